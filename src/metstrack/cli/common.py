@@ -1,0 +1,63 @@
+"""Helpers shared by the CLI command modules: consoles, error handling, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from metstrack.errors import MetstrackError
+
+#: Results go to stdout, diagnostics to stderr.
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+#: Exit code for a data error (bad input file, inconsistent dataset).
+EXIT_DATA_ERROR = 1
+#: Exit code for a usage error (bad option); Typer uses it too.
+EXIT_USAGE_ERROR = 2
+
+
+@contextlib.contextmanager
+def guarded() -> Iterator[None]:
+    """Turn a :class:`MetstrackError` into one red line on stderr and exit code 1."""
+    try:
+        yield
+    except MetstrackError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_DATA_ERROR) from None
+
+
+def progress() -> Progress:
+    """A Rich progress bar for long work (renders only on a terminal)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    """Route the library's log records to stderr through Rich."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
