@@ -74,6 +74,20 @@ TARGET_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: Predictions mirror the imaging tree under their own root:
+#: ``<pred>/predictions/patientId/<PatientID>/studyId/<StudyID>/{mask,prob}.nii.gz``
+#: plus ``lesions.csv`` (one row per predicted lesion).
+PREDICTIONS_DIR = "predictions"
+PREDICTION_MASK = "mask"
+PREDICTION_PROB = "prob"
+PREDICTION_LESIONS = "lesions.csv"
+
+
+def prediction_dir(pred_root: str | Path, patient_id: str, study_id: str) -> Path:
+    """Folder of one study's predictions under a prediction root."""
+    return Path(pred_root) / PREDICTIONS_DIR / "patientId" / patient_id / "studyId" / study_id
+
+
 def study_dir(root: str | Path, patient_id: str, study_id: str) -> Path:
     """Folder of one study: ``root/imaging/patientId/<PatientID>/studyId/<StudyID>``."""
     return Path(root) / IMAGING_DIR / "patientId" / patient_id / "studyId" / study_id
