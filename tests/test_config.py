@@ -1,0 +1,48 @@
+"""Typed config loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from metstrack.config import load_config, to_dict
+from metstrack.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 1e-3
+    schedule: str = "cosine"
+
+
+@dataclass(frozen=True)
+class Cfg:
+    seed: int = 0
+    shape: tuple[int, int, int] = (48, 48, 48)
+    optim: Optim = field(default_factory=Optim)
+    name: str | None = None
+
+
+def test_defaults_file_and_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("seed = 3\n[optim]\nlr = 0.01\n")
+    cfg = load_config(Cfg, p, ["optim.schedule=poly", "shape=[32,32,16]"])
+    assert cfg == Cfg(seed=3, shape=(32, 32, 16), optim=Optim(lr=0.01, schedule="poly"))
+    assert to_dict(cfg)["shape"] == [32, 32, 16]
+
+
+def test_unknown_key_suggests(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[optim]\nlearning_rat = 0.1\n")
+    with pytest.raises(ConfigError, match=r"c.toml.optim: unknown key 'learning_rat'"):
+        load_config(Cfg, p)
+    with pytest.raises(ConfigError, match="did you mean 'seed'"):
+        load_config(Cfg, None, ["sed=1"])
+
+
+def test_bad_value_type():
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(Cfg, None, ["seed=1.5"])
+    with pytest.raises(ConfigError, match="expected 3 values"):
+        load_config(Cfg, None, ["shape=[1,2]"])
