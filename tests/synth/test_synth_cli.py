@@ -56,8 +56,8 @@ def test_no_motion_and_config_file(cli, tmp_path):
 def test_bad_settings_are_usage_errors(cli, tmp_path):
     r = cli("synth", "--shape", "8", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "shape" in r.output
-    r = cli("synth", "--set", "survival.hr_rat=2", "--out", tmp_path / "x")
-    assert r.exit_code == 2 and "hr_rate" in r.output
+    r = cli("synth", "--set", "hazard_rati=2", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "hazard_ratio" in r.output
     r = cli("synth", "--config", tmp_path / "missing.toml", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "missing.toml" in r.output
     assert not (tmp_path / "x").exists()

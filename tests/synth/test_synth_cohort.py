@@ -94,9 +94,17 @@ def test_misalignment_within_bounds(small_cohort):
 
 def test_config_from_toml_and_unknown_key(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text('n_patients = 3\nshape = 64\nlabelled = "all"\n[survival]\nhr_rate = 1.5\n')
+    f.write_text(
+        'n_patients = 3\nshape = 64\nlabelled = "all"\nhazard_ratio = 1.5\n'
+        "[covariates]\nhr_kps_per_10 = 0.7\n"
+    )
     cfg = load_config(SynthConfig, f)
-    assert cfg.n_patients == 3 and cfg.survival.hr_rate == 1.5 and cfg.labelled_fraction() == 1
+    assert (
+        cfg.n_patients == 3
+        and cfg.hazard_ratio == 1.5
+        and cfg.covariates.hr_kps_per_10 == 0.7
+        and cfg.labelled_fraction() == 1
+    )
     f.write_text("n_patient = 3\n")
     with pytest.raises(ConfigError, match="n_patients"):
         load_config(SynthConfig, f)

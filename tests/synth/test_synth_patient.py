@@ -141,6 +141,6 @@ def test_vessels_persist_enhance_and_are_never_labelled():
 
 
 def test_vessels_can_be_disabled():
-    p = make_patient(seed=2, shape=48, n_studies=2, config=SynthConfig(vessels=False))
+    p = make_patient(seed=2, shape=48, n_studies=2, config=SynthConfig(vessel_bait=False))
     assert len(p.geometry.vessel_radius_mm) == 0
     assert not any(st.vessel_mask.any() for st in p.studies)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
-from metstrack.synth.config import SurvivalEffects, SynthConfig
+from metstrack.synth.config import SynthConfig
 from metstrack.synth.timeline import least_squares_rate_cm3_per_month
 from metstrack.types import DAYS_PER_MONTH
 
@@ -89,7 +89,7 @@ def test_cox_recovers_the_planted_hazard_ratio(cohort):
 def test_a_different_planted_ratio_is_recovered_too():
     from lifelines import CoxPHFitter
 
-    cfg = SynthConfig(survival=SurvivalEffects(hr_rate=2.0))
+    cfg = SynthConfig(hazard_ratio=2.0)
     c = generate_clinical_only(1500, seed=5, config=cfg)
     assert c.tables.survival_truth["hazard_ratios"]["rate_cm3_per_month"] == pytest.approx(2.0)
     cph = CoxPHFitter().fit(_analyst_frame(c.tables), duration_col="T", event_col="E")
