@@ -61,3 +61,19 @@ def test_bad_settings_are_usage_errors(cli, tmp_path):
     r = cli("synth", "--config", tmp_path / "missing.toml", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "missing.toml" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_existing_output_needs_overwrite_and_foreign_files_are_kept(cli, tmp_path):
+    args = ("synth", "--clinical-only", "--patients", "5", "--out", tmp_path / "c")
+    assert cli(*args).exit_code == 0
+    r = cli(*args)
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    r = cli(*args, "--overwrite", "--seed", "9")
+    assert r.exit_code == 0, r.output
+    cfg = (tmp_path / "c" / "ground_truth" / "config.json").read_text()
+    assert '"seed": 9' in cfg
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    r = cli(*args, "--overwrite")
+    assert r.exit_code == 1 and "refusing" in r.output
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".c.partial-*"))

@@ -489,14 +489,26 @@ def labelled_flags(tl: Timeline, frac: float | None, ss: np.random.SeedSequence)
     return np.random.default_rng(ss).random(n_w) < frac
 
 
-def write_clinical_only(cohort: ClinicalCohort, out_dir: str | Path) -> Path:
+def write_clinical_only(
+    cohort: ClinicalCohort, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
     """Write a clinical-only cohort: ``tables/`` and ``ground_truth/`` (no ``imaging/``).
 
     The imaging table lists every study with all sequence flags 0 (no files).
+    ``out_dir`` must not exist or be empty unless ``overwrite`` (as for
+    :func:`metstrack.synth.cohort.generate_cohort`); files appear all at once.
     """
-    out = Path(out_dir)
-    write_tables(cohort.tables, out, cohort.config, mode="clinical-only")
-    return out
+    from metstrack.synth.cohort import prepare_output, publish_output
+
+    staging = prepare_output(out_dir, overwrite=overwrite)
+    try:
+        write_tables(cohort.tables, staging, cohort.config, mode="clinical-only")
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return publish_output(staging, out_dir)
 
 
 def summary(tables: CohortTables) -> dict[str, float]:

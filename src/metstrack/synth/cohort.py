@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metstrack.errors import DatasetError
 from metstrack.io import schema
 from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import write_volume
@@ -284,10 +287,52 @@ def _write_patient(cfg: SynthConfig, index: int, out: Path) -> _Written:
     )
 
 
+#: Entries a folder may hold for ``overwrite=True`` to replace it.
+_COHORT_ENTRIES = {schema.IMAGING_DIR, schema.TABLES_DIR, schema.GROUND_TRUTH_DIR}
+
+
+def prepare_output(out_dir: str | Path, *, overwrite: bool) -> Path:
+    """Check that ``out_dir`` may receive a cohort; return a fresh staging folder beside it.
+
+    The cohort is built in the staging folder and moved into place by
+    :func:`publish_output`, so an interrupted run never leaves a half-written cohort.
+
+    Raises:
+        DatasetError: ``out_dir`` is a non-empty folder and ``overwrite`` is false, or
+            it holds files other than a cohort's (never deleted).
+    """
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise DatasetError(f"{out}: exists and is not a folder; choose another --out")
+        entries = {p.name for p in out.iterdir()}
+        if entries and not overwrite:
+            raise DatasetError(
+                f"{out}: folder is not empty; choose a new --out or pass --overwrite"
+            )
+        if entries - _COHORT_ENTRIES:
+            raise DatasetError(
+                f"{out}: holds files that are not part of a cohort "
+                f"({', '.join(sorted(entries - _COHORT_ENTRIES)[:3])}); refusing to replace it"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def publish_output(staging: Path, out_dir: str | Path) -> Path:
+    """Move a finished staging folder onto ``out_dir`` (replacing a previous cohort)."""
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out
+
+
 def generate_cohort(
     cfg: SynthConfig,
     out_dir: str | Path,
     *,
+    overwrite: bool = False,
     on_patient: Callable[[str], None] | None = None,
 ) -> Path:
     """Generate an imaging cohort in the release layout with ground truth beside it.
@@ -295,14 +340,28 @@ def generate_cohort(
     Args:
         cfg: Settings; ``cfg.workers > 1`` renders patients in parallel processes
             (the output is identical for any number of workers).
-        out_dir: Output folder (created; existing files of the same names are replaced).
+        out_dir: Output folder; it must not exist or be empty, unless ``overwrite``
+            (then a previous cohort there is replaced). The cohort is built in a
+            staging folder beside it and moved into place when complete.
+        overwrite: Replace a previous cohort in ``out_dir``.
         on_patient: Called with each PatientID when its files are written (progress).
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        DatasetError: ``out_dir`` is not empty and ``overwrite`` is false.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = prepare_output(out_dir, overwrite=overwrite)
+    try:
+        _generate_into(cfg, staging, on_patient)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return publish_output(staging, out_dir)
+
+
+def _generate_into(cfg: SynthConfig, out: Path, on_patient: Callable[[str], None] | None) -> None:
     splits = assign_splits(cfg.n_patients, cfg.seed, cfg.split_fractions)
     results: list[_Written | None] = [None] * cfg.n_patients
     if cfg.workers > 1 and cfg.n_patients > 1:
@@ -341,7 +400,4 @@ def generate_cohort(
         pd.concat([w.vessels for w in written], ignore_index=True),
         float_format="%.6f",
     )
-    log.info(
-        "synthetic cohort: %d patients, %d studies in %s", len(written), len(tables.imaging), out
-    )
-    return out
+    log.info("synthetic cohort: %d patients, %d studies", len(written), len(tables.imaging))
