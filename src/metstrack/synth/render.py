@@ -373,18 +373,19 @@ def render_study(
         images[(slice(None), *box)] = sub * (1 - alpha) + alpha * VESSEL[:, None, None, None]
         vessel_mask[box] |= alpha >= 0.5
 
+    # Bias field and Rician noise, one contrast at a time to bound peak memory.
     bias_sigma = 45.0 / spacing
+    sd = np.float32(NOISE_STD)
     for c in range(len(MODALITIES)):
-        bias = np.exp(0.1 * smooth_noise(rng, shape, bias_sigma))
-        images[c] *= bias
-    sd = NOISE_STD
-    n1 = rng.standard_normal(images.shape, dtype=np.float32)
-    n1 *= sd
-    n1 += images
-    n2 = rng.standard_normal(images.shape, dtype=np.float32)
-    n2 *= sd
-    np.hypot(n1, n2, out=images)
-    images *= INTENSITY_SCALE
+        img = images[c]
+        img *= np.exp(np.float32(0.1) * smooth_noise(rng, shape, bias_sigma))
+        real = rng.standard_normal(shape, dtype=np.float32)
+        real *= sd
+        real += img
+        imag = rng.standard_normal(shape, dtype=np.float32)
+        imag *= sd
+        np.hypot(real, imag, out=img)
+    images *= np.float32(INTENSITY_SCALE)
     return RenderedStudy(
         images=images, instances=instances, vessel_mask=vessel_mask, lesion_volume_mm3=rendered
     )
