@@ -61,6 +61,11 @@ def test_new_lesion_is_progression_and_blocks_cr():
     assert rano([100.0, 50.0], new=True) == "PD"
 
 
+def test_cr_needs_every_lesion_gone():
+    assert rano([100.0, 0.0], any_lesion_present=True) == "PR"  # a non-target remains
+    assert rano([100.0, 0.0], any_lesion_present=False) == "CR"
+
+
 def test_patient_without_targets():
     assert rano([0.0, 0.0], has_targets=False, any_lesion_present=True) == "SD"
     assert rano([0.0, 0.0], has_targets=False, any_lesion_present=False) == "CR"

@@ -17,9 +17,14 @@ steroid use and clinical status are out of scope):
 
   1. **PD** if a new lesion appeared, or ``SoD_t - nadir_t >= 0.20 * nadir_t``
      and ``SoD_t - nadir_t >= 5 mm``;
-  2. **CR** if every target lineage is absent (``SoD_t == 0``);
-  3. **PR** if ``SoD_t <= (1 - 0.30) * SoD_0`` (a decrease of at least 30%);
+  2. **CR** if every target lineage is absent (``SoD_t == 0``) and no other
+     lesion (non-target, or new at an earlier follow-up) is present either;
+  3. **PR** if ``SoD_t <= (1 - 0.30) * SoD_0`` (a decrease of at least 30%;
+     targets gone while other lesions remain is therefore PR);
   4. **SD** otherwise.
+
+  Every follow-up is assessed on its own against baseline and nadir (a PD
+  does not end the assessment, so later rows show what happened next).
 
   Boundaries are inclusive (exactly 30% down is PR, exactly 20% and 5 mm up is
   PD), compared with a relative tolerance of 1e-9 so that floating-point sums
@@ -105,7 +110,7 @@ def response_category(
     pd_increase_fraction: float,
     pd_min_increase: float,
     has_targets: bool = True,
-    any_lesion_present: bool = True,
+    any_lesion_present: bool | None = None,
 ) -> str:
     """Response category of follow-up ``t`` from a target-burden series.
 
@@ -118,8 +123,8 @@ def response_category(
         pd_increase_fraction: PD at an increase from the nadir of at least this ...
         pd_min_increase: ... and at least this absolute amount (series units).
         has_targets: False when the patient had no target lesion at baseline.
-        any_lesion_present: Any lesion (target or not) present at ``t``; used
-            only without targets.
+        any_lesion_present: Any lesion (target or not) present at ``t``
+            (default: ``series[t] > 0``); CR needs none.
 
     Returns:
         ``"CR"``, ``"PR"``, ``"SD"`` or ``"PD"`` (rules in the module docs).
@@ -128,6 +133,8 @@ def response_category(
         raise ValueError(f"follow-up index {t} outside 1..{len(series) - 1}")
     if new_lesion:
         return "PD"
+    if any_lesion_present is None:
+        any_lesion_present = float(series[t]) > 0
     if not has_targets:
         return "SD" if any_lesion_present else "CR"
     cur = float(series[t])
@@ -136,7 +143,7 @@ def response_category(
     inc = cur - nadir
     if inc > 0 and _ge(inc, pd_increase_fraction * nadir) and _ge(inc, pd_min_increase):
         return "PD"
-    if cur <= _REL_TOL * max(1.0, base):
+    if cur <= _REL_TOL * max(1.0, base) and not any_lesion_present:
         return "CR"
     if _ge(base - cur, pr_decrease_fraction * base):
         return "PR"
