@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from metstrack.types import Cohort
+
 #: Severity of a problem that makes the dataset unusable as it is.
 ERROR = "error"
 #: Severity of a problem worth knowing that does not stop use of the dataset.
@@ -44,3 +46,26 @@ class Problem:
     def is_error(self) -> bool:
         """True for severity ``"error"``."""
         return self.severity == ERROR
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """What a lenient dataset scan found (every layout reader has a ``scan_*`` function).
+
+    Attributes:
+        cohort: The cohort built from every usable entry, or ``None`` when the
+            dataset's index (e.g. the imaging table) is unusable.
+        table_errors: Problems that make the dataset's tables or naming
+            untrustworthy; the matching ``read_*`` function raises on them.
+        problems: Recorded table-versus-files problems (errors and warnings)
+            that the reader tolerates unless asked to be strict.
+    """
+
+    cohort: Cohort | None
+    table_errors: tuple[Problem, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def all_problems(self) -> tuple[Problem, ...]:
+        """Table errors followed by recorded problems."""
+        return self.table_errors + self.problems

@@ -43,7 +43,7 @@ import pandas as pd
 from metstrack.errors import DatasetError, did_you_mean
 from metstrack.io import schema
 from metstrack.io.nifti import NIFTI_SUFFIXES, is_nifti
-from metstrack.io.problems import ERROR, WARNING, Problem
+from metstrack.io.problems import ERROR, WARNING, DatasetScan, Problem
 from metstrack.types import (
     LABEL_SEQUENCE,
     MODALITIES,
@@ -82,28 +82,6 @@ STRICT_CHECKS: frozenset[str] = frozenset({"table-vs-files", "unlisted-study", "
 
 _TRUE = {"1", "1.0", "true", "yes"}
 _FALSE = {"0", "0.0", "false", "no"}
-
-
-@dataclass(frozen=True)
-class ReleaseScan:
-    """Everything :func:`scan_release` found.
-
-    Attributes:
-        cohort: The cohort built from every usable row (rows with table errors
-            are left out), or ``None`` when ``tables/imaging.csv`` is unusable.
-        table_errors: Problems that make the tables untrustworthy;
-            :func:`read_release` raises on the first of them.
-        problems: Recorded table-versus-files problems (errors and warnings).
-    """
-
-    cohort: Cohort | None
-    table_errors: tuple[Problem, ...]
-    problems: tuple[Problem, ...]
-
-    @property
-    def all_problems(self) -> tuple[Problem, ...]:
-        """Table errors followed by recorded problems."""
-        return self.table_errors + self.problems
 
 
 def read_release(root: str | Path, *, strict: bool = False) -> Cohort:
@@ -146,14 +124,14 @@ def read_release(root: str | Path, *, strict: bool = False) -> Cohort:
     return scan.cohort
 
 
-def scan_release(root: str | Path) -> ReleaseScan:
+def scan_release(root: str | Path) -> DatasetScan:
     """Read a release-layout dataset and collect every problem instead of stopping.
 
     Args:
         root: Dataset folder.
 
     Returns:
-        A :class:`ReleaseScan`.
+        A :class:`~metstrack.io.problems.DatasetScan`.
 
     Raises:
         DatasetError: ``root`` is not a folder or has no ``tables/imaging.csv``.
@@ -170,7 +148,7 @@ def scan_release(root: str | Path) -> ReleaseScan:
     found = _Found()
     studies = _read_imaging(root, imaging_csv, found)
     if studies is None:
-        return ReleaseScan(None, tuple(found.table), tuple(found.recorded))
+        return DatasetScan(None, tuple(found.table), tuple(found.recorded))
     _check_unlisted_folders(root, studies, found)
     splits = _read_split(root, studies, found)
     by_patient: dict[str, list[Study]] = defaultdict(list)
@@ -195,7 +173,7 @@ def scan_release(root: str | Path) -> ReleaseScan:
         radiosurgery_targets=targets,
         layout=LAYOUT,
     )
-    return ReleaseScan(cohort, tuple(found.table), tuple(found.recorded))
+    return DatasetScan(cohort, tuple(found.table), tuple(found.recorded))
 
 
 # --------------------------------------------------------------------------- internals
