@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from tests.dataset_factory import edit_table, write_release
 
-from dataset_factory import edit_table, write_release
 from metstrack.errors import DatasetError
 from metstrack.io import schema
 from metstrack.io.release import read_release, scan_release
