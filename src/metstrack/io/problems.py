@@ -9,10 +9,15 @@ birth dates, DICOM tags); they name files, columns and release IDs only.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from metstrack.errors import DatasetError
 from metstrack.types import Cohort
+
+log = logging.getLogger(__name__)
 
 #: Severity of a problem that makes the dataset unusable as it is.
 ERROR = "error"
@@ -69,3 +74,62 @@ class DatasetScan:
     def all_problems(self) -> tuple[Problem, ...]:
         """Table errors followed by recorded problems."""
         return self.table_errors + self.problems
+
+
+def dataset_error(problems: Sequence[Problem], root: str | Path) -> DatasetError:
+    """A DatasetError quoting the first problem (file first) and counting the others."""
+    first = problems[0]
+    msg = f"{first.file}: {first.message}" if first.file is not None else first.message
+    if len(problems) > 1:
+        msg += (
+            f" (and {len(problems) - 1} more problem(s); "
+            f"`metstrack validate {root}` lists them all)"
+        )
+    return DatasetError(msg)
+
+
+def cohort_or_raise(
+    scan: DatasetScan,
+    root: str | Path,
+    *,
+    strict: bool,
+    strict_checks: Collection[str] | None = None,
+) -> Cohort:
+    """Turn a scan into a cohort the way every ``read_*`` function does.
+
+    Args:
+        scan: The layout's scan.
+        root: Dataset folder (for messages).
+        strict: Also raise on recorded problems.
+        strict_checks: With ``strict``, the checks that raise; ``None`` means
+            every recorded problem of severity error.
+
+    Returns:
+        ``scan.cohort``.
+
+    Raises:
+        DatasetError: Any table error, or (strict) a recorded problem.
+    """
+    if scan.table_errors:
+        raise dataset_error(scan.table_errors, root)
+    if scan.cohort is None:  # pragma: no cover - scans give a cohort when no table error
+        raise DatasetError(f"{root}: no dataset could be read")
+    if strict:
+        if strict_checks is None:
+            bad = [p for p in scan.problems if p.is_error]
+        else:
+            bad = [p for p in scan.problems if p.check in strict_checks]
+        if bad:
+            raise dataset_error(bad, root)
+    for p in scan.problems:
+        log.log(logging.WARNING if p.is_error else logging.INFO, "%s: %s", p.file, p.message)
+    if scan.problems:
+        n_err = sum(p.is_error for p in scan.problems)
+        log.warning(
+            "%s: read with %d recorded problem(s) (%d error(s)); run `metstrack validate %s`",
+            root,
+            len(scan.problems),
+            n_err,
+            root,
+        )
+    return scan.cohort

@@ -43,7 +43,7 @@ import pandas as pd
 from metstrack.errors import DatasetError, did_you_mean
 from metstrack.io import schema
 from metstrack.io.nifti import NIFTI_SUFFIXES, is_nifti
-from metstrack.io.problems import ERROR, WARNING, DatasetScan, Problem
+from metstrack.io.problems import ERROR, WARNING, DatasetScan, Problem, cohort_or_raise
 from metstrack.types import (
     LABEL_SEQUENCE,
     MODALITIES,
@@ -103,25 +103,7 @@ def read_release(root: str | Path, *, strict: bool = False) -> Cohort:
             and counts the others; ``metstrack validate`` lists them all).
     """
     scan = scan_release(root)
-    if scan.table_errors:
-        raise _dataset_error(scan.table_errors, root)
-    assert scan.cohort is not None  # no table errors means imaging.csv was read
-    if strict:
-        bad = [p for p in scan.problems if p.check in STRICT_CHECKS]
-        if bad:
-            raise _dataset_error(bad, root)
-    for p in scan.problems:
-        log.log(logging.WARNING if p.is_error else logging.INFO, "%s: %s", p.file, p.message)
-    if scan.problems:
-        n_err = sum(p.is_error for p in scan.problems)
-        log.warning(
-            "%s: read with %d recorded problem(s) (%d error(s)); run `metstrack validate %s`",
-            root,
-            len(scan.problems),
-            n_err,
-            root,
-        )
-    return scan.cohort
+    return cohort_or_raise(scan, root, strict=strict, strict_checks=STRICT_CHECKS)
 
 
 def scan_release(root: str | Path) -> DatasetScan:
@@ -217,17 +199,6 @@ class _BadCellError(Exception):
         super().__init__(reason)
         self.column = column
         self.reason = reason
-
-
-def _dataset_error(problems: Sequence[Problem], root: str | Path) -> DatasetError:
-    first = problems[0]
-    msg = f"{first.file}: {first.message}" if first.file is not None else first.message
-    if len(problems) > 1:
-        msg += (
-            f" (and {len(problems) - 1} more problem(s); "
-            f"`metstrack validate {root}` lists them all)"
-        )
-    return DatasetError(msg)
 
 
 def _load_csv(path: Path, required: Sequence[str], found: _Found) -> pd.DataFrame | None:
