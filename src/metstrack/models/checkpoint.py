@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -194,12 +193,12 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning files may pickle config objects in hyper_parameters; allowed
-        # only after the safe loader refused, and said so.
-        log.warning("%s: holds non-tensor Python objects; loading it with full unpickling", path)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle fails in many ways
+        if not (isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc)):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
+    # Lightning files may pickle config objects in hyper_parameters; full unpickling
+    # is used only after the safe loader refused them, and it is logged.
+    log.warning("%s: holds non-tensor Python objects; loading it with full unpickling", path)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure of a corrupt pickle
