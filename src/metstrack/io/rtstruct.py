@@ -249,7 +249,8 @@ def _contour_mask(
     rr, cc = fill_polygon(r, c, shape=shp)
     m = np.zeros(shp, dtype=bool)
     m[rr, cc] = True
-    inside = (r >= -0.5) & (r <= shp[0] - 0.5) & (c >= -0.5) & (c <= shp[1] - 0.5)
+    lo, eps = -0.5 - 1e-3, 1e-3  # a contour along the grid's outer edge is inside
+    inside = (r >= lo) & (r <= shp[0] - 0.5 + eps) & (c >= lo) & (c <= shp[1] - 0.5 + eps)
     if not inside.any() and not m.any():
         return f"lies off the grid in-plane (slice {k})"
     return axis, k, m, bool(not inside.all())
