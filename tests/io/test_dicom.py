@@ -9,16 +9,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk  # noqa: N813
-from dicom_testdata import (
-    SECRET_BIRTH,
-    SECRET_ID,
-    SECRET_NAME,
-    expected_affine,
-    write_series,
-)
 
 from metstrack.errors import DicomSeriesError
 from metstrack.io.dicom import load_series, read_dicom_series, scan_dicom, series_geometry
+from metstrack.io.dicom_synth import (
+    SECRET_BIRTH,
+    SECRET_ID,
+    SECRET_NAME,
+    write_series,
+)
 
 SECRETS = (SECRET_NAME, SECRET_ID, SECRET_BIRTH, "Doe", "Jane")
 
@@ -172,3 +171,15 @@ def test_real_ct_matches_reference_nifti(realdata):
     assert vol.shape == ref.shape == (512, 512, 4)
     np.testing.assert_allclose(vol.affine, ref.affine, atol=1e-3)
     np.testing.assert_allclose(vol.array, ref.get_fdata(), atol=0.5)
+
+
+def expected_affine(*, row_dir, col_dir, origin_lps, pixel_spacing, step_mm) -> np.ndarray:
+    """The RAS affine a correct reader must produce, from first principles."""
+    r = np.asarray(row_dir, float) / np.linalg.norm(row_dir)
+    c = np.asarray(col_dir, float) / np.linalg.norm(col_dir)
+    lps = np.eye(4)
+    lps[:3, 0] = r * pixel_spacing[1]  # moving along X (columns) steps one column spacing
+    lps[:3, 1] = c * pixel_spacing[0]  # moving along Y (rows) steps one row spacing
+    lps[:3, 2] = np.cross(r, c) * step_mm
+    lps[:3, 3] = origin_lps
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from dicom_testdata import write_series
 
 from metstrack.errors import GeometryMismatchError, LabelError
 from metstrack.io.dicom import read_dicom_series, scan_dicom
+from metstrack.io.dicom_synth import write_series
 from metstrack.io.export import lesion_instances, read_seg, write_rtstruct, write_seg
 from metstrack.io.rtstruct import rasterize_rtstruct, read_rtstruct
 from metstrack.types import Volume

@@ -7,10 +7,10 @@ import logging
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_testdata import SECRET_ID, SECRET_NAME, write_rtstruct, write_series
 
 from metstrack.errors import DicomSeriesError, LabelError
 from metstrack.io.dicom import read_dicom_series, scan_dicom
+from metstrack.io.dicom_synth import SECRET_ID, SECRET_NAME, write_rtstruct, write_series
 from metstrack.io.rtstruct import (
     ALL_ROIS,
     RoiSelection,

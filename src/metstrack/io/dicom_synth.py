@@ -1,8 +1,12 @@
-"""Write small, real DICOM files with plain pydicom for the DICOM/RTSTRUCT tests.
+"""Write small, real DICOM series and RTSTRUCTs with plain pydicom.
 
-Kept independent of metstrack's reader: positions and orientations are set
-from explicit direction vectors so the tests can compute the expected affine
-on their own.
+Used by the tests, the documentation's worked examples and demos. Kept
+independent of metstrack's reader (:mod:`metstrack.io.dicom`): positions and
+orientations are set from explicit direction vectors, so tests can compute
+the affine a correct reader must produce on their own.
+
+The default patient name, ID and birth date are obviously fake marker values
+(:data:`SECRET_NAME`...) that tests search for in messages and logs.
 """
 
 from __future__ import annotations
@@ -120,26 +124,6 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def expected_affine(
-    *,
-    row_dir: Sequence[float],
-    col_dir: Sequence[float],
-    origin_lps: Sequence[float],
-    pixel_spacing: tuple[float, float],
-    step_mm: float,
-) -> np.ndarray:
-    """The RAS affine a correct reader must produce (computed from first principles)."""
-    r = np.asarray(row_dir, float) / np.linalg.norm(row_dir)
-    c = np.asarray(col_dir, float) / np.linalg.norm(col_dir)
-    n = np.cross(r, c)
-    lps = np.eye(4)
-    lps[:3, 0] = r * pixel_spacing[1]  # moving along X (columns) steps one column spacing
-    lps[:3, 1] = c * pixel_spacing[0]
-    lps[:3, 2] = n * step_mm
-    lps[:3, 3] = origin_lps
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
 def write_rtstruct(
