@@ -133,6 +133,7 @@ def test_mixed_series_in_one_folder(tmp_path, caplog):
         p.rename(tmp_path / "s" / f"b_{p.name}")
     scan = scan_dicom(tmp_path / "s")
     assert len(scan.image_series) == 2
+    assert len(scan.notes) == 1 and "mixed series" in scan.notes[0]
     with caplog.at_level(logging.DEBUG), pytest.raises(DicomSeriesError) as exc:
         read_dicom_series(tmp_path / "s")
     assert "mixed series" in str(exc.value) and str(tmp_path / "s") in str(exc.value)

@@ -145,11 +145,13 @@ class DicomScan:
         root: The scanned folder.
         series: Every series found, sorted by study UID, series number, series UID.
         skipped: One message per folder naming what was skipped and why.
+        notes: One message per folder holding several series (grouped by UID).
     """
 
     root: Path
     series: tuple[DicomSeriesInfo, ...]
     skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def image_series(self) -> tuple[DicomSeriesInfo, ...]:
@@ -208,8 +210,8 @@ def scan_dicom(root: str | Path) -> DicomScan:
 
     Non-DICOM files, DICOMDIR files and DICOM objects that are neither images
     nor RTSTRUCT/SEG (reports, presentation states, plans) are skipped with one
-    warning per folder. A folder holding several series is reported (logged at
-    INFO) and its files are grouped by SeriesInstanceUID.
+    warning per folder. A folder holding several series is reported with a
+    warning and its files are grouped by SeriesInstanceUID.
 
     Args:
         root: A folder (any depth of patient/study/series subfolders) or one file.
@@ -260,15 +262,16 @@ def scan_dicom(root: str | Path) -> DicomScan:
     for s in series:
         for f in s.folders:
             per_folder[f].append(s.series_uid)
+    notes = []
     for folder, uids in sorted(per_folder.items()):
         if len(uids) > 1:
-            log.info(
-                "%s: holds %d series (%s); grouping files by SeriesInstanceUID",
-                folder,
-                len(uids),
-                ", ".join(uid_suffix(u) for u in uids),
+            msg = (
+                f"{folder}: mixed series in one folder ({len(uids)} series: "
+                f"{', '.join(uid_suffix(u) for u in uids)}); files grouped by SeriesInstanceUID"
             )
-    return DicomScan(root=root, series=tuple(series), skipped=tuple(messages))
+            log.warning(msg)
+            notes.append(msg)
+    return DicomScan(root=root, series=tuple(series), skipped=tuple(messages), notes=tuple(notes))
 
 
 def _series_info(uid: str, items: list[tuple[Path, pydicom.Dataset]]) -> DicomSeriesInfo:

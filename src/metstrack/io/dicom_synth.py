@@ -137,6 +137,7 @@ def write_rtstruct(
 
     ``series_uid`` overrides the referenced series (to simulate an absent one).
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
     ref = pydicom.dcmread(series_paths[0], stop_before_pixels=True)
     ds = _base(path, RTSTRUCT_STORAGE, "RTSTRUCT")
     for key in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate"):
