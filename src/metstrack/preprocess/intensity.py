@@ -98,7 +98,7 @@ def n4_correct(
     Returns:
         float32 volume on the same grid: ``vol / exp(log_bias_field)``.
     """
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # noqa: N813
 
     from metstrack.preprocess.register import from_sitk, to_sitk
 
