@@ -128,7 +128,9 @@ class SequenceAugment:
         img_np = np.ascontiguousarray(img.numpy(), dtype=np.float32)
         lab_np = (lab.numpy() > 0.5).astype(np.uint8)
         if blanked(image, img_np):
-            log.warning("augmentation blanked a channel (seed %d); using the sample un-augmented", seed)
+            log.warning(
+                "augmentation blanked a channel (seed %d); using the sample un-augmented", seed
+            )
             return image, label
         return img_np, lab_np
 

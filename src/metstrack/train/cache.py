@@ -112,7 +112,11 @@ def _file_stat(path: Path | None) -> list[object]:
 
 
 def study_key(
-    study: Study, modalities: tuple[str, ...], *, missing_modality: str, use_all_labels: bool,
+    study: Study,
+    modalities: tuple[str, ...],
+    *,
+    missing_modality: str,
+    use_all_labels: bool,
     float16: bool,
 ) -> str:
     """Cache key of a study: preprocessing settings plus size and mtime of every file."""
@@ -180,7 +184,7 @@ def preprocess_study(
     if missing and missing_modality == "error":
         raise DatasetError(
             f"{where}: modality {', '.join(missing)} missing; restore the file, drop it from "
-            "data.modalities, or set data.missing_modality = \"zero\" to zero-fill it"
+            'data.modalities, or set data.missing_modality = "zero" to zero-fill it'
         )
     if not vols:
         raise DatasetError(f"{where}: none of the modalities {', '.join(modalities)} is present")

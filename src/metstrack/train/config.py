@@ -239,9 +239,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def load_train_config(
-    path: str | Path | None = None, overrides: Sequence[str] = ()
-) -> TrainConfig:
+def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Load and check a training config: defaults, then a TOML file, then overrides.
 
     Args:

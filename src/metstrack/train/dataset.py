@@ -141,7 +141,9 @@ class PatientSequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.patients)
 
-    def load_patient(self, patient: Patient, start: int = 0, stop: int | None = None) -> list[StudyArrays]:
+    def load_patient(
+        self, patient: Patient, start: int = 0, stop: int | None = None
+    ) -> list[StudyArrays]:
         """Preprocessed studies ``start:stop`` of ``patient`` (checked to share one grid)."""
         studies = list(patient.studies[start:stop])
         arrays = [self.cache.load(s) for s in studies]
