@@ -209,3 +209,15 @@ def test_tracked_ids_consistent_over_many_lesions(tk, rng):
         assert len(ids) == 1 and 0 not in ids
     assert res.n_lesions == len(centres)
     assert res.burden["lesion_count"].tolist() == [5, 5, 5, 5]
+
+
+def test_baseline_grid_parameter_resamples_onto_it(tk):
+    from metstrack.preprocess.grid import Grid
+
+    a = tk.ball((12, 12, 12), 4)
+    grid = Grid(shape=(16, 16, 16), affine=tk.affine((2.0, 2.0, 2.0)))
+    res = track_patient([tk.mask(a), tk.mask(a)], [0, 30], baseline_grid=grid)
+    assert res.tracked_maps[0].shape == (16, 16, 16)
+    assert res.tracked_maps[1].array[6, 6, 6] == 1  # world (12, 12, 12) mm
+    vol = tk.rows(res, 1)["volume_mm3"].iloc[0]
+    assert vol == pytest.approx(a.sum(), rel=0.25)  # 8 mm3 voxels approximate the ball
