@@ -269,7 +269,7 @@ def track_patient(
                 distance_weight=m.distance_weight,
                 min_overlap_fraction=m.min_overlap_fraction,
             )
-            links = optimal_links(cost, ok)
+            links = optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight))
             linked_prev = {i for i, _ in links}
             for i, j in links:
                 assign[les[j].label] = prev_ids[prev[i].label]
@@ -394,7 +394,7 @@ def _lookback(
             min_overlap_fraction=m.min_overlap_fraction,
         )
         cost[r], ok[r] = c[0], a[0]
-    for r, k in optimal_links(cost, ok):
+    for r, k in optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight)):
         lid = cand_ids[r]
         assign[cur[k].label] = lid
         reappeared.add((t, lid))
