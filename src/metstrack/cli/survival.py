@@ -37,7 +37,9 @@ def resolve_burden(data: Path, burden: Path | None, tracking: Path | None) -> Pa
 
 
 def survival(
-    data: Annotated[Path, typer.Option("--data", help="Dataset root with tables/ (clinical tables).")],
+    data: Annotated[
+        Path, typer.Option("--data", help="Dataset root with tables/ (clinical tables).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     tracking: Annotated[
         Path | None, typer.Option("--tracking", help="Output folder of `metstrack track`.")
@@ -100,17 +102,19 @@ def _render(res) -> None:
         title=f"Cox model: {res.cox.n_patients_} patients, {res.cox.n_events_} deaths "
         f"(origin {t.origin})"
     )
-    for col in ("covariate", "HR (95% CI)", "p", "HR per SD", "unit"):
-        table.add_column(col)
+    table.add_column("covariate", no_wrap=True)
+    for col in ("HR (95% CI)", "p", "HR per SD"):
+        table.add_column(col, no_wrap=True)
     for _, r in res.cox.summary_.iterrows():
         table.add_row(
             r["covariate"],
             f"{r['hr']:.3f} ({r['hr_lower_95']:.3f}-{r['hr_upper_95']:.3f})",
             f"{r['p']:.3g}",
             f"{r['hr_per_sd']:.3f}",
-            r["unit"],
         )
     console.print(table)
+    for _, r in res.cox.summary_.iterrows():
+        console.print(f"  {r['covariate']}: HR {r['unit']}", soft_wrap=True)
     console.print(
         f"concordance {res.cox.concordance_:.3f}; likelihood-ratio p = {res.cox.lr_test_['p']:.3g}"
     )
