@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli.common import setup_logging
 
@@ -37,6 +38,7 @@ def _root(
 
 
 app.command("info")(info_cmd.info)
+app.command("evaluate")(evaluate_cmd.evaluate)
 
 
 def main() -> None:
