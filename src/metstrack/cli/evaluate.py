@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import console, err_console, guarded, progress
+from metstrack.cli.common import console, guarded, progress
 from metstrack.errors import did_you_mean
 from metstrack.metrics.matching import CRITERIA, MATCH_MODES
 
@@ -133,9 +133,4 @@ def evaluate(
             label, _fmt(m.value), f"{_fmt(m.ci_low)} .. {_fmt(m.ci_high)}", str(m.n_defined)
         )
     console.print(table)
-    if s.n_missing_predictions:
-        err_console.print(
-            f"[yellow]warning:[/] {s.n_missing_predictions} studies had no prediction "
-            "and were counted as all missed (column prediction_missing of studies.csv)"
-        )
     console.print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
