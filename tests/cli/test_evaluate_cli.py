@@ -157,3 +157,29 @@ def test_reference_without_dataset_is_a_data_error(cli, dataset, tmp_path):
     _, pred = dataset
     r = run(cli, tmp_path / "nothing", pred, tmp_path / "o")
     assert r.exit_code == 1 and "nothing" in r.output
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    text = DOC.read_text(encoding="utf-8")
+    parts = text.split(f"```{lang}\n")[1:]
+    return [p.split("```", 1)[0] for p in parts]
+
+
+def test_docs_cli_example_runs(cli, dataset, tmp_path, monkeypatch):
+    (line,) = [ln for b in _blocks("console") for ln in b.splitlines() if "metstrack" in ln]
+    args = line.removeprefix("$ ").split()
+    assert args[:2] == ["metstrack", "evaluate"]
+    monkeypatch.chdir(tmp_path)  # the fixture wrote data/ and preds/ here
+    r = cli(*args[1:])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+    assert summary["n_bootstrap"] == 200 and summary["n_studies"] == 4
+
+
+def test_docs_python_example_runs(capsys):
+    (code,) = _blocks("python")
+    exec(compile(code, str(DOC), "exec"), {})  # the block asserts its own results
+    assert "HeadlineMetrics(lesion_f1=0.5" in capsys.readouterr().out
