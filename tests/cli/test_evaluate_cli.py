@@ -183,3 +183,40 @@ def test_docs_python_example_runs(capsys):
     (code,) = _blocks("python")
     exec(compile(code, str(DOC), "exec"), {})  # the block asserts its own results
     assert "HeadlineMetrics(lesion_f1=0.5" in capsys.readouterr().out
+
+
+def test_synthetic_cohort_uses_ground_truth_identities(cli, tmp_path):
+    """End to end on a generated cohort: new lesions come from the instance maps."""
+    from metstrack.io.nifti import read_label
+    from metstrack.io.release import read_release
+    from metstrack.synth.cohort import generate_cohort
+    from metstrack.synth.config import SynthConfig
+
+    root = generate_cohort(
+        SynthConfig(n_patients=2, seed=5, shape=48, max_studies=3), tmp_path / "c"
+    )
+    pred = tmp_path / "pred"
+    expected_new, dropped = 0, False
+    for patient in read_release(root).patients:
+        prev_ids: set[int] | None = None
+        for study in patient.studies:
+            inst_path = root / "ground_truth" / "instances" / patient.patient_id
+            inst = read_label(inst_path / f"{study.study_id}.nii.gz", binary=False)
+            ids = set(np.unique(inst.array).tolist()) - {0}
+            mask = inst.array > 0
+            if prev_ids is not None:
+                new = sorted(ids - prev_ids)
+                expected_new += len(new)
+                if new and not dropped:  # the prediction misses one new lesion
+                    mask &= inst.array != new[0]
+                    dropped = True
+            prev_ids = ids
+            folder = schema.prediction_dir(pred, patient.patient_id, study.study_id)
+            write_volume(mask.astype(np.uint8), folder / "mask.nii.gz", affine=inst.affine)
+    assert dropped and expected_new >= 2
+    r = cli("evaluate", "--pred", pred, "--ref", root, "--out", tmp_path / "o", "--bootstrap", "20")
+    assert r.exit_code == 0, r.output
+    pairs = pd.read_csv(tmp_path / "o" / "longitudinal.csv")
+    assert pairs["new_status_known"].all()
+    assert pairs["n_new_ref"].sum() == expected_new
+    assert pairs["new_detected"].sum() == expected_new - 1

@@ -15,9 +15,13 @@ and, with a probability threshold only, ``prob.nii[.gz]`` beside a missing mask.
 A study without a prediction is evaluated as an empty prediction (every lesion
 missed) and flagged ``prediction_missing``; it is never skipped.
 
-New lesions are decided against the patient's previous labelled study when the
-two share a grid (shape and affine within ``affine_atol_mm``); otherwise their
-status is unknown and the new-lesion sensitivity of that pair is NaN.
+New lesions are decided against the patient's previous labelled study. When the
+dataset carries ground-truth identities (synthetic cohorts:
+``<ref>/ground_truth/instances/<P>/<S>.nii.gz``, the same ID for the same lesion
+in every study) for both studies, a lesion is new when its ID is absent from the
+previous study. Otherwise the two labels are compared by overlap when they share
+a grid (shape and affine within ``affine_atol_mm``); else the status is unknown
+and the new-lesion sensitivity of that pair is NaN.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ from metstrack.metrics.study import StudyEvaluation, evaluate_study
 from metstrack.types import AFFINE_ATOL_MM, LABEL_SEQUENCE, Volume
 
 log = logging.getLogger(__name__)
+
+#: Folder of ground-truth instance maps under ``<root>/ground_truth`` (synthetic cohorts).
+INSTANCES_DIR = "instances"
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class StudyJob:
     ref_path: Path
     pred_path: Path | None
     previous_ref_path: Path | None
+    instances_path: Path | None = None
+    previous_instances_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,7 @@ def plan_jobs(
     jobs: list[StudyJob] = []
     for patient in cohort.patients:
         prev: Path | None = None
+        prev_inst: Path | None = None
         for study in patient.studies:
             lab = study.label_path
             if lab is None:
@@ -182,8 +192,22 @@ def plan_jobs(
                 study.study_id,
                 allow_prob=config.prob_threshold is not None,
             )
-            jobs.append(StudyJob(patient.patient_id, study.study_id, Path(lab), pred, prev))
-            prev = Path(lab)
+            inst = find_nifti(
+                Path(ref_root) / schema.GROUND_TRUTH_DIR / INSTANCES_DIR / patient.patient_id,
+                study.study_id,
+            )
+            jobs.append(
+                StudyJob(
+                    patient.patient_id,
+                    study.study_id,
+                    Path(lab),
+                    pred,
+                    prev,
+                    inst,
+                    prev_inst if inst is not None else None,
+                )
+            )
+            prev, prev_inst = Path(lab), inst
     if not jobs:
         raise DatasetError(
             f"{ref_root}: no study has a reference label ({LABEL_SEQUENCE}.nii.gz); "
@@ -221,8 +245,11 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         pred = read_volume(job.pred_path, dtype=np.float32)
         check_same_grid(ref, pred, atol_mm=config.affine_atol_mm)
         pred_arr = _binary(pred, config.prob_threshold)
-    prev_arr = None
-    if job.previous_ref_path is not None:
+    inst = prev_inst = prev_arr = None
+    if job.instances_path is not None and job.previous_instances_path is not None:
+        inst = read_label(job.instances_path, binary=False, reference=ref).array
+        prev_inst = read_label(job.previous_instances_path, binary=False).array
+    elif job.previous_ref_path is not None:
         prev = read_label(job.previous_ref_path, binary=False)
         if prev.same_grid(ref, atol_mm=config.affine_atol_mm):
             prev_arr = prev.array != 0
@@ -243,6 +270,8 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         beta=config.beta,
         hd95_penalty_mm=config.hd95_penalty_mm,
         previous_ref=prev_arr,
+        ref_instances=inst,
+        previous_ref_instances=prev_inst,
         new_lesion_margin_voxels=config.new_lesion_margin_voxels,
         patient_id=job.patient_id,
         study_id=job.study_id,
