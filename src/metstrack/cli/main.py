@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli import validate as validate_cmd
 from metstrack.cli import track as track_cmd
@@ -43,6 +44,7 @@ def _root(
 app.command("info")(info_cmd.info)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("survival")(survival_cmd.survival)
 app.command("synth")(synth_cmd.synth)
 
