@@ -9,10 +9,10 @@ import typer
 from metstrack import __version__
 from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
-from metstrack.cli import validate as validate_cmd
-from metstrack.cli import track as track_cmd
 from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
+from metstrack.cli import track as track_cmd
+from metstrack.cli import validate as validate_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
