@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +148,48 @@ def test_other_layout_through_the_cli(cli, tmp_path):
     checks = {(p["check"], p["file"]) for p in report["problems"]}
     assert ("geometry", "BraTS-MET-00001-000/BraTS-MET-00001-000-seg.nii.gz") in checks
     assert ("label-binary", "BraTS-MET-00001-000/BraTS-MET-00001-000-seg.nii.gz") in checks
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "datasets.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def _doc_datasets(tmp_path):
+    write_release(tmp_path / "my_dataset")
+    case = tmp_path / "brats_cases" / "BraTS-MET-00001-000"
+    for i, sfx in enumerate(("t1n", "t1c", "t2w", "t2f")):
+        write_volume(image(i), case / f"BraTS-MET-00001-000-{sfx}.nii.gz", affine=affine())
+    seg = np.zeros((8, 8, 8), np.uint8)
+    seg[2:4, 2:4, 2:4] = 3
+    write_volume(seg, case / "BraTS-MET-00001-000-seg.nii.gz", affine=affine())
+
+
+def test_docs_cli_examples_run(cli, tmp_path, monkeypatch):
+    _doc_datasets(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    commands = [
+        line
+        for block in _blocks("bash")
+        for line in block.splitlines()
+        if line.startswith("metstrack ")
+    ]
+    assert len(commands) == 3
+    for line in commands:
+        r = cli(*shlex.split(line)[1:])
+        assert r.exit_code == 0, (line, r.output)
+    assert json.loads((tmp_path / "report.json").read_text())["summary"]["ok"] is True
+
+
+def test_docs_python_examples_run(tmp_path, monkeypatch, capsys):
+    _doc_datasets(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    blocks = _blocks("python")
+    assert len(blocks) == 2
+    for code in blocks:
+        exec(compile(code, str(DOC), "exec"), {})
+    out = capsys.readouterr().out
+    assert "P01 P01S1 0.0 8" in out  # the reading example: patient, study, days, mask voxels
+    assert out.strip().splitlines()[-1] == "0 0 {}"  # the validate example on a clean dataset
