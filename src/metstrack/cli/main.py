@@ -7,10 +7,12 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
-from metstrack.cli import validate as validate_cmd
-from metstrack.cli import track as track_cmd
+from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
+from metstrack.cli import track as track_cmd
+from metstrack.cli import validate as validate_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -42,6 +44,8 @@ def _root(
 app.command("info")(info_cmd.info)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("survival")(survival_cmd.survival)
 app.command("synth")(synth_cmd.synth)
 
 
