@@ -9,6 +9,7 @@ import typer
 from metstrack import __version__
 from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
+from metstrack.cli import report as report_cmd
 from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
 from metstrack.cli import track as track_cmd
@@ -46,6 +47,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("survival")(survival_cmd.survival)
+app.command("report")(report_cmd.report)
 app.command("synth")(synth_cmd.synth)
 
 
