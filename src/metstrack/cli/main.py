@@ -8,6 +8,7 @@ import typer
 
 from metstrack import __version__
 from metstrack.cli import info as info_cmd
+from metstrack.cli import predict as predict_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ def _root(
 
 
 app.command("info")(info_cmd.info)
+app.command("predict")(predict_cmd.predict)
 
 
 def main() -> None:
