@@ -8,6 +8,9 @@ import typer
 
 from metstrack import __version__
 from metstrack.cli import info as info_cmd
+from metstrack.cli import validate as validate_cmd
+from metstrack.cli import track as track_cmd
+from metstrack.cli import synth as synth_cmd
 from metstrack.cli import predict as predict_cmd
 from metstrack.cli.common import setup_logging
 
@@ -38,6 +41,9 @@ def _root(
 
 
 app.command("info")(info_cmd.info)
+app.command("validate")(validate_cmd.validate)
+app.command("track")(track_cmd.track)
+app.command("synth")(synth_cmd.synth)
 app.command("predict")(predict_cmd.predict)
 
 
