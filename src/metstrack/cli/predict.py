@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
@@ -33,6 +34,7 @@ class PredictRun:
     threshold: float
     sw_batch_size: int
     device: str
+    output_grid: str
 
 
 def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
@@ -65,15 +67,26 @@ def _device(name: str):
     return dev
 
 
-def load_patient_studies(patient: Patient, modalities: tuple[str, ...]):
+def load_patient_studies(
+    patient: Patient, modalities: tuple[str, ...], *, transforms_root: Path | None = None
+):
     """Read every study of a patient as :class:`~metstrack.infer.predict.StudyImages`.
 
+    Args:
+        patient: The patient (studies in time order).
+        modalities: Sequences to stack, in the network's channel order.
+        transforms_root: A ``metstrack preprocess`` output root: its studies are on
+            the baseline grid and ``transforms/<P>/<S>.json`` gives each original
+            file's grid, onto which the outputs are mapped back.
+
     Raises:
-        DatasetError: A modality the network needs has no file (names the study folder).
+        DatasetError: A modality the network needs has no file (names the study
+            folder), or a transform file is missing or malformed.
         ImageReadError, InvalidImageError: A file is missing or corrupt (names the file).
     """
     from metstrack.infer.predict import StudyImages
     from metstrack.io.nifti import read_volume
+    from metstrack.preprocess.mapping import load_transform
 
     out = []
     for st in patient.studies:
@@ -86,7 +99,18 @@ def load_patient_studies(patient: Patient, modalities: tuple[str, ...]):
                     f"network needs ({', '.join(modalities)}); add the file or drop the study"
                 )
             vols.append(read_volume(path))
-        out.append(StudyImages(study_id=st.study_id, images=tuple(vols)))
+        if transforms_root is None:
+            out.append(StudyImages(study_id=st.study_id, images=tuple(vols)))
+            continue
+        tr = load_transform(transforms_root, patient.patient_id, st.study_id)
+        out.append(
+            StudyImages(
+                study_id=st.study_id,
+                images=tuple(vols),
+                output_grid=(tr.native_grid.shape, tr.native_grid.affine),
+                output_transform=tr.baseline_to_study,
+            )
+        )
     return out
 
 
@@ -113,6 +137,14 @@ def predict(
     device: Annotated[
         str, typer.Option("--device", help="Torch device (cpu, cuda, cuda:1).")
     ] = "cpu",
+    native: Annotated[
+        bool,
+        typer.Option(
+            "--native/--input-grid",
+            help="For a `metstrack preprocess` output (it has transforms/): write on the "
+            "original files' grids (default) or on the preprocessed grid.",
+        ),
+    ] = True,
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.config import save_config, to_dict
@@ -133,6 +165,9 @@ def predict(
             selected = list(cohort.patients)
         if not selected:
             raise DatasetError(f"{data}: no patients to predict")
+    from metstrack.preprocess.mapping import TRANSFORMS_DIR
+
+    transforms_root = data if native and (data / TRANSFORMS_DIR).is_dir() else None
     options = PredictOptions(
         roi_size=roi_size,
         overlap=overlap,
@@ -150,6 +185,7 @@ def predict(
         threshold=threshold,
         sw_batch_size=sw_batch_size,
         device=str(dev),
+        output_grid="native" if transforms_root is not None else "input",
     )
     save_config(run, out / CONFIG_FILE, model=to_dict(cfg))
     table = Table(title=f"predictions in {out}")
@@ -161,11 +197,15 @@ def predict(
         for patient in selected:
             pid = patient.patient_id
             try:
-                studies = load_patient_studies(patient, cfg.modalities)
+                studies = load_patient_studies(
+                    patient, cfg.modalities, transforms_root=transforms_root
+                )
                 results = predict_patient(model, pid, studies, out, options=options)
             except MetstrackError as exc:
                 failed.append(pid)
-                err_console.print(f"[bold red]error:[/] patient {pid}: {exc}", soft_wrap=True)
+                err_console.print(
+                    f"[bold red]error:[/] patient {pid}: {escape(str(exc))}", soft_wrap=True
+                )
                 table.add_row(pid, str(len(patient.studies)), "-", "[red]failed[/]")
             else:
                 skipped = sum(r.skipped for r in results)

@@ -10,9 +10,13 @@ Flow for one patient (studies in time order)::
 Transform convention (:mod:`metstrack.preprocess.spatial`): ``baseline_to_study``
 maps a baseline world point (RAS, mm) to the same anatomy in the study; the
 first study's grid is the baseline grid. Without a transform the studies are
-taken as already aligned in world coordinates (e.g. after
-``metstrack preprocess``). Native voxels that fall outside the baseline field
-of view get probability 0.
+taken as already aligned in world coordinates. Native voxels that fall
+outside the baseline field of view get probability 0.
+
+Studies already put on the baseline grid by ``metstrack preprocess`` give
+their original file's grid and transform as ``output_grid`` /
+``output_transform`` (from :mod:`metstrack.preprocess.mapping`), so the
+outputs still land on the native grid of the original files.
 
 Outputs go under :func:`metstrack.io.schema.prediction_dir`, each file written
 atomically; ``lesions.csv`` is written last, so a study is finished when it
@@ -73,12 +77,25 @@ class StudyImages:
         images: One volume per modality in the network's channel order
             (``model.config.modalities``), all on the study's native grid.
         baseline_to_study: float64 (4, 4) world transform from the baseline
-            (first study) to this study; ``None`` means identity.
+            (first study) to this study's images; ``None`` means identity.
+        output_grid: ``(shape, affine)`` of the grid the outputs are written on;
+            ``None``: the images' own grid.
+        output_transform: float64 (4, 4) baseline-world to output-grid-world
+            transform used with ``output_grid``; ``None`` means identity.
     """
 
     study_id: str
     images: tuple[Volume, ...]
     baseline_to_study: np.ndarray | None = None
+    output_grid: tuple[tuple[int, int, int], np.ndarray] | None = None
+    output_transform: np.ndarray | None = None
+
+    def output_geometry(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray | None]:
+        """``(shape, affine, baseline_to_output)`` of the grid the outputs go on."""
+        if self.output_grid is None:
+            return self.images[0].shape, np.asarray(self.images[0].affine), self.baseline_to_study
+        shape, affine = self.output_grid
+        return tuple(int(v) for v in shape), np.asarray(affine, np.float64), self.output_transform
 
 
 @dataclass(frozen=True)
@@ -180,16 +197,15 @@ def _check_inputs(model: SequenceModel, patient_id: str, studies: Sequence[Study
             )
         for vol in st.images[1:]:
             check_same_grid(st.images[0], vol)
-        t = st.baseline_to_study
-        if t is not None:
+        for name in ("baseline_to_study", "output_transform"):
+            t = getattr(st, name)
+            if t is None:
+                continue
             t = np.asarray(t, dtype=np.float64)
-            if (
-                t.shape != (4, 4)
-                or not np.all(np.isfinite(t))
-                or abs(np.linalg.det(t[:3, :3])) < 1e-6
-            ):
+            bad = t.shape != (4, 4) or not np.all(np.isfinite(t))
+            if bad or abs(np.linalg.det(t[:3, :3])) < 1e-6:
                 raise InvalidImageError(
-                    f"patient {patient_id} study {st.study_id}: baseline_to_study must be a "
+                    f"patient {patient_id} study {st.study_id}: {name} must be a "
                     f"finite invertible 4x4 world transform, found {t!r}"
                 )
 
@@ -209,14 +225,15 @@ def _to_baseline(st: StudyImages, ref: Volume) -> np.ndarray:
 
 
 def _to_native(prob: np.ndarray, ref: Volume, st: StudyImages) -> np.ndarray:
-    """Baseline-grid probability (X, Y, Z) -> the study's native grid (float32, in [0, 1])."""
-    native = st.images[0]
-    t = None if st.baseline_to_study is None else np.asarray(st.baseline_to_study, np.float64)
-    if native.same_grid(ref) and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+    """Baseline-grid probability (X, Y, Z) -> the study's output grid (float32, in [0, 1])."""
+    shape, affine, t = st.output_geometry()
+    t = None if t is None else np.asarray(t, np.float64)
+    same = tuple(shape) == ref.shape and np.allclose(affine, ref.affine, atol=1e-3, rtol=0)
+    if same and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
         out = prob.astype(np.float32, copy=True)
     else:
         inv = None if t is None else np.linalg.inv(t)
-        out = resample_array(prob, ref.affine, native.shape, native.affine, transform=inv, order=1)
+        out = resample_array(prob, ref.affine, shape, affine, transform=inv, order=1)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -295,12 +312,12 @@ def _write_study(
     prob: np.ndarray,
     options: PredictOptions,
 ) -> StudyPrediction:
-    native = st.images[0]
+    _, affine, _ = st.output_geometry()
     mask = (prob >= options.threshold).astype(np.uint8)
     mask_path, prob_path, lesions_path = output_paths(out_root, patient_id, st.study_id)
-    write_volume(prob, prob_path, affine=native.affine, dtype=np.float32)
-    write_volume(mask, mask_path, affine=native.affine, dtype=np.uint8)
-    frame = lesion_frame(mask, native.affine, patient_id, st.study_id)
+    write_volume(prob, prob_path, affine=affine, dtype=np.float32)
+    write_volume(mask, mask_path, affine=affine, dtype=np.uint8)
+    frame = lesion_frame(mask, affine, patient_id, st.study_id)
     write_csv_atomic(lesions_path, frame)  # last: marks the study finished
     log.info("patient %s study %s: %d lesions", patient_id, st.study_id, len(frame))
     return StudyPrediction(
