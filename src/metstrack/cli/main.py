@@ -14,6 +14,7 @@ from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
 from metstrack.cli import track as track_cmd
 from metstrack.cli import validate as validate_cmd
+from metstrack.cli import predict as predict_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -49,6 +50,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("survival")(survival_cmd.survival)
 app.command("report")(report_cmd.report)
 app.command("synth")(synth_cmd.synth)
+app.command("predict")(predict_cmd.predict)
 
 
 def main() -> None:
