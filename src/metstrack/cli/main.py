@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import export as export_cmd
 from metstrack.cli import info as info_cmd
+from metstrack.cli import ingest as ingest_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -37,6 +39,9 @@ def _root(
 
 
 app.command("info")(info_cmd.info)
+app.command("ingest")(ingest_cmd.ingest)
+app.command("dicom-scan")(ingest_cmd.dicom_scan)
+app.command("export-rtstruct")(export_cmd.export_rtstruct)
 
 
 def main() -> None:

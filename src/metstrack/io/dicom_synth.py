@@ -193,3 +193,63 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = DSequence(obs)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_demo_export(root: Path, *, seed: int = 0) -> Path:
+    """Write a tiny hospital-style export: one patient, two studies, an RTSTRUCT.
+
+    Layout: ``root/patient1/study{1,2}/<series>/IM*.dcm`` with series T1, T1 post
+    (contrast agent set), T2, FLAIR and, in study 1, a planning T1 post with an
+    RTSTRUCT holding two GTV circle stacks and a brainstem. 16x16x8 voxels,
+    1 x 1 x 2 mm. The patient values are the fake markers of this module.
+
+    Args:
+        root: Folder to create.
+        seed: Seed of the random image texture.
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    img = rng.integers(50, 400, size=(16, 16, 8)).astype(np.uint16)
+    origin = np.array([-8.0, -8.0, 0.0])
+    for s, date in ((1, "20210104"), (2, "20210405")):
+        common = dict(study_uid=generate_uid(), study_date=date, origin_lps=origin)
+        base = root / "patient1" / f"study{s}"
+        write_series(base / "t1", img, description="AX T1 MPRAGE", series_number=1, **common)
+        write_series(
+            base / "t1post",
+            img,
+            description="AX T1 MPRAGE",
+            contrast_agent="Gadobutrol",
+            series_number=2,
+            **common,
+        )
+        write_series(base / "t2", img, description="AX T2 FSE", series_number=3, **common)
+        write_series(base / "flair", img, description="AX T2 FLAIR", series_number=4, **common)
+        if s == 1:
+            plan = write_series(
+                base / "planning", img, description="Stealth T1 post", series_number=5, **common
+            )
+            t = np.linspace(0, 2 * np.pi, 90, endpoint=False)
+
+            def ring(k: int, cx: float, cy: float, r: float, t: np.ndarray = t) -> np.ndarray:
+                return np.column_stack(
+                    [
+                        origin[0] + cx + r * np.cos(t),
+                        origin[1] + cy + r * np.sin(t),
+                        np.full_like(t, origin[2] + 2.0 * k),
+                    ]
+                )
+
+            write_rtstruct(
+                base / "rtstruct" / "RS.dcm",
+                plan,
+                [
+                    ("GTV_1", "GTV", [ring(k, 4.5, 5.0, 2.5) for k in (2, 3, 4)]),
+                    ("GTV_2", "GTV", [ring(k, 11.0, 10.0, 1.6) for k in (5, 6)]),
+                    ("Brainstem", "ORGAN", [ring(k, 8.0, 12.0, 2.0) for k in (1, 2)]),
+                ],
+            )
+    return root

@@ -247,7 +247,7 @@ def ingest_dicom(
     problems += _assign_pseudonyms(by_study, mapping, cfg)
     _save_mapping(mapping_path, mapping)  # pseudonyms fixed before any study is written
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / INGEST_DIR / "config.json", source=str(src))
+    save_config(cfg, out / INGEST_DIR / "config.json")
     _clean_partials(out)
     outcomes, unclassified = [], []
     order = sorted(by_study, key=lambda u: mapping["studies"][u]["study_id"])
