@@ -10,6 +10,9 @@ from metstrack import __version__
 from metstrack.cli import export as export_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli import ingest as ingest_cmd
+from metstrack.cli import validate as validate_cmd
+from metstrack.cli import track as track_cmd
+from metstrack.cli import synth as synth_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -42,6 +45,9 @@ app.command("info")(info_cmd.info)
 app.command("ingest")(ingest_cmd.ingest)
 app.command("dicom-scan")(ingest_cmd.dicom_scan)
 app.command("export-rtstruct")(export_cmd.export_rtstruct)
+app.command("validate")(validate_cmd.validate)
+app.command("track")(track_cmd.track)
+app.command("synth")(synth_cmd.synth)
 
 
 def main() -> None:
