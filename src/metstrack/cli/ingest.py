@@ -37,6 +37,10 @@ def ingest(
             "--mapping", help="Private pseudonym mapping file [default: <out>-pseudonyms.json]."
         ),
     ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option("--catalog", help="Cohort catalog (SQLite) to register the run in."),
+    ] = None,
     strict: Annotated[
         bool,
         typer.Option("--strict", help="Exit 1 when any study failed or any problem was found."),
@@ -53,7 +57,9 @@ def ingest(
             def tick(outcome: StudyOutcome) -> None:
                 bar.advance(task)
 
-            report = ingest_dicom(src, out, config=cfg, mapping_path=mapping, on_study=tick)
+            report = ingest_dicom(
+                src, out, config=cfg, mapping_path=mapping, catalog_path=catalog, on_study=tick
+            )
     table = Table(title=f"ingest {src} -> {out}")
     for col in ("PatientID", "StudyID", "status", "sequences"):
         table.add_column(col)

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,6 +215,7 @@ def ingest_dicom(
     *,
     config: IngestConfig | None = None,
     mapping_path: str | Path | None = None,
+    catalog_path: str | Path | None = None,
     on_study: Callable[[StudyOutcome], None] | None = None,
 ) -> IngestReport:
     """Convert a DICOM export under ``src`` into the release layout under ``out``.
@@ -224,6 +226,10 @@ def ingest_dicom(
         config: Classification rules, ROI selection and tolerances.
         mapping_path: The private pseudonym mapping file (default
             :func:`default_mapping_path`).
+        catalog_path: Optional cohort catalog (SQLite, :mod:`metstrack.catalog`): the
+            run and each finished study are recorded as they complete (one
+            transaction each), the ingested dataset is registered at the end; a
+            killed run is resumed under the same run id.
         on_study: Called after each study (progress display).
 
     Returns:
@@ -251,27 +257,52 @@ def ingest_dicom(
     _clean_partials(out)
     outcomes, unclassified = [], []
     order = sorted(by_study, key=lambda u: mapping["studies"][u]["study_id"])
-    for uid in order:
-        entry = mapping["studies"][uid]
-        outcome, uncl, probs = _ingest_study(uid, by_study[uid], scan, out, entry, cfg)
-        outcomes.append(outcome)
-        unclassified += uncl
-        problems += probs
-        for m in uncl + probs:
-            log.warning(m)
-        if on_study is not None:
-            on_study(outcome)
-    _save_mapping(mapping_path, mapping)
-    write_tables(out, mapping)
-    report = IngestReport(
+    catalog = run_id = None
+    if catalog_path is not None:
+        from metstrack.catalog import Catalog
+
+        catalog = Catalog.open(catalog_path)
+        run_id = catalog.begin_run("ingest", cfg, source=str(src), output=str(out))
+    try:
+        for uid in order:
+            entry = mapping["studies"][uid]
+            t0 = time.perf_counter()
+            outcome, uncl, probs = _ingest_study(uid, by_study[uid], scan, out, entry, cfg)
+            outcomes.append(outcome)
+            unclassified += uncl
+            problems += probs
+            for m in uncl + probs:
+                log.warning(m)
+            if catalog is not None and outcome.status != "failed":
+                folder = schema.study_dir(out, outcome.patient_id, outcome.study_id)
+                catalog.record_study_done(
+                    run_id,
+                    outcome.patient_id,
+                    outcome.study_id,
+                    outputs=[str(folder / f"{seq}.nii.gz") for seq in outcome.sequences],
+                    seconds=time.perf_counter() - t0,
+                )
+            if on_study is not None:
+                on_study(outcome)
+        _save_mapping(mapping_path, mapping)
+        write_tables(out, mapping)
+        if catalog is not None:
+            problems += _register_dataset(catalog, out)
+    except BaseException:
+        if catalog is not None:
+            catalog.close()  # the run stays 'running'; a rerun resumes it
+        raise
+    if catalog is not None:
+        status = "failed" if any(o.status == "failed" for o in outcomes) else "finished"
+        catalog.finish_run(run_id, status=status)
+        catalog.close()
+    return IngestReport(
         out=out,
         mapping_path=mapping_path,
         studies=tuple(outcomes),
         unclassified=tuple(unclassified),
         problems=tuple(problems),
     )
-    _register_with_catalog(report)
-    return report
 
 
 def _home_study(s: DicomSeriesInfo, scan: DicomScan) -> str:
@@ -477,19 +508,15 @@ def write_tables(out: Path, mapping: dict) -> None:
     )
 
 
-def _register_with_catalog(report: IngestReport) -> None:
-    """Hook for the cohort catalog (``metstrack.catalog``) once it exists.
+def _register_dataset(catalog, out: Path) -> list[str]:
+    """Register the ingested dataset's patients, studies, series and labels in the catalog."""
+    from metstrack.errors import MetstrackError
+    from metstrack.io.release import read_release
 
-    The catalog registers the ingested patients, studies, series and labels in
-    one transaction. Until it lands this logs at DEBUG and does nothing.
-    """
     try:
-        from metstrack import catalog  # type: ignore[attr-defined]
-    except ImportError:
-        log.debug("metstrack.catalog not available; ingest run not registered")
-        return
-    register = getattr(catalog, "register_ingest", None)
-    if register is None:
-        log.debug("metstrack.catalog has no register_ingest(); ingest run not registered")
-        return
-    register(report)
+        catalog.register_dataset(read_release(out))
+    except MetstrackError as exc:
+        msg = f"{out}: dataset not registered in the catalog: {exc}"
+        log.warning(msg)
+        return [msg]
+    return []
