@@ -14,6 +14,9 @@ reference (:mod:`metstrack.io.rtstruct`) and writes::
     <out>/ingest/config.json              the resolved IngestConfig
     <mapping>                             PRIVATE: original IDs, UIDs, dates -> pseudonyms
 
+With ``catalog_path`` the run, each finished study and finally the ingested
+dataset are recorded in the cohort catalog (:mod:`metstrack.catalog`).
+
 Pseudonyms are sequential (``P0001``, ``S00001``) in order of the original
 PatientID, StudyDate and StudyInstanceUID; the mapping file (default
 ``<out>-pseudonyms.json`` beside, not inside, ``<out>``) is the only place
