@@ -16,6 +16,7 @@ from metstrack.io.dicom_synth import (
     SECRET_BIRTH,
     SECRET_ID,
     SECRET_NAME,
+    write_enhanced_series,
     write_series,
 )
 
@@ -162,6 +163,32 @@ def test_headers_hold_geometry_without_pixels(tmp_path):
     assert geo.slice_step_mm == pytest.approx(1.5)
     assert SECRET_ID not in repr(info) and SECRET_NAME not in repr(info)
     assert load_series(info).shape == (8, 6, 3)
+
+
+def test_enhanced_multiframe_matches_single_frame(tmp_path, rng):
+    row, col = _oblique()
+    arr = rng.integers(0, 1000, size=(12, 10, 6)).astype(np.uint16)
+    geo = dict(
+        row_dir=row, col_dir=col, origin_lps=(5.0, -7.0, 3.0), pixel_spacing=(1.1, 0.8), step_mm=1.5
+    )
+    write_enhanced_series(
+        tmp_path / "e" / "enh.dcm",
+        arr,
+        frame_order=[3, 0, 5, 1, 4, 2],
+        slope=0.5,
+        intercept=7,
+        **geo,
+    )
+    vol = read_dicom_series(tmp_path / "e")
+    np.testing.assert_allclose(vol.affine, expected_affine(**geo), atol=1e-5)
+    np.testing.assert_allclose(vol.array, arr * 0.5 + 7)
+
+
+def test_enhanced_multiframe_missing_frame_names_it(tmp_path):
+    arr = np.zeros((8, 8, 5), np.uint16)
+    write_enhanced_series(tmp_path / "e" / "enh.dcm", arr, frame_order=[0, 1, 3, 4])
+    with pytest.raises(DicomSeriesError, match=r"missing slice.*enh.dcm\[frame 2\]"):
+        read_dicom_series(tmp_path / "e")
 
 
 @pytest.mark.realdata

@@ -21,6 +21,7 @@ from pydicom.sequence import Sequence as DSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
 #: Patient-identifying values the tests look for in messages and logs.
@@ -124,6 +125,76 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_enhanced_series(
+    path: Path,
+    array_xyz: np.ndarray,
+    *,
+    row_dir: Sequence[float] = (1, 0, 0),
+    col_dir: Sequence[float] = (0, 1, 0),
+    origin_lps: Sequence[float] = (-20.0, -30.0, 10.0),
+    pixel_spacing: tuple[float, float] = (1.0, 1.0),
+    step_mm: float = 2.0,
+    frame_order: Sequence[int] | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    description: str = "T1 MPRAGE",
+) -> Path:
+    """Write an (X, Y, Z) array as one enhanced (multi-frame) MR file.
+
+    Geometry as :func:`write_series`; orientation and spacing in the shared
+    functional groups, positions and rescale per frame. ``frame_order`` lists
+    the slice stored in each frame (default in order).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    r = np.asarray(row_dir, float) / np.linalg.norm(row_dir)
+    c = np.asarray(col_dir, float) / np.linalg.norm(col_dir)
+    n = np.cross(r, c)
+    nx, ny, nz = array_xyz.shape
+    order = list(range(nz)) if frame_order is None else list(frame_order)
+    ds = _base(path, ENHANCED_MR_STORAGE, "MR")
+    ds.PatientName = SECRET_NAME
+    ds.PatientID = SECRET_ID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.SeriesDescription = description
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = len(order)
+    ds.Rows, ds.Columns = ny, nx
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    shared = pydicom.Dataset()
+    meas = pydicom.Dataset()
+    meas.PixelSpacing = [float(pixel_spacing[0]), float(pixel_spacing[1])]
+    meas.SliceThickness = float(step_mm)
+    ori = pydicom.Dataset()
+    ori.ImageOrientationPatient = [float(v) for v in (*r, *c)]
+    shared.PixelMeasuresSequence = DSequence([meas])
+    shared.PlaneOrientationSequence = DSequence([ori])
+    ds.SharedFunctionalGroupsSequence = DSequence([shared])
+    frames = []
+    for k in order:
+        pf = pydicom.Dataset()
+        pos = pydicom.Dataset()
+        pos.ImagePositionPatient = [float(v) for v in np.asarray(origin_lps) + n * k * step_mm]
+        pf.PlanePositionSequence = DSequence([pos])
+        tr = pydicom.Dataset()
+        tr.RescaleSlope = slope
+        tr.RescaleIntercept = intercept
+        tr.RescaleType = "US"
+        pf.PixelValueTransformationSequence = DSequence([tr])
+        frames.append(pf)
+    ds.PerFrameFunctionalGroupsSequence = DSequence(frames)
+    data = np.stack([array_xyz[:, :, k].T for k in order]).astype(np.uint16)
+    ds.PixelData = np.ascontiguousarray(data).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def write_rtstruct(
