@@ -211,3 +211,21 @@ def expected_affine(*, row_dir, col_dir, origin_lps, pixel_spacing, step_mm) -> 
     lps[:3, 2] = np.cross(r, c) * step_mm
     lps[:3, 3] = origin_lps
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def test_gantry_tilt_gives_sheared_affine_and_warning(tmp_path, caplog):
+    arr = np.zeros((8, 8, 4), np.uint16)
+    paths = write_series(tmp_path / "s", arr, step_mm=2.0, shuffle_seed=None)
+    for k, p in enumerate(paths):  # shift each slice along the column direction (tilt)
+        ds = pydicom.dcmread(p)
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + 0.5 * k, ipp[2]]
+        ds.save_as(p)
+    with caplog.at_level(logging.WARNING):
+        vol = read_dicom_series(tmp_path / "s")
+    assert "gantry tilt" in caplog.text
+    # voxel (0, 0, 3) sits where the 4th file says (LPS y + 1.5 -> RAS y - 1.5)
+    last = pydicom.dcmread(paths[3]).ImagePositionPatient
+    np.testing.assert_allclose(
+        (vol.affine @ [0, 0, 3, 1])[:3], [-float(last[0]), -float(last[1]), float(last[2])]
+    )

@@ -96,7 +96,7 @@ def dicom_scan(
         scan = scan_dicom(src)
     table = Table(title=f"DICOM series under {src}")
     for col in ("folder", "series", "modality", "description", "files", "sequence"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for s in scan.series:
         seq = "-"
         if s.is_image:

@@ -491,6 +491,13 @@ def series_geometry(
                 "uniform spacing before ingest"
             )
         step_vec = (pos[-1] - pos[0]) / (n - 1)
+        tilt = np.degrees(np.arccos(min(1.0, abs(step_vec @ normal) / np.linalg.norm(step_vec))))
+        if tilt > 0.1:  # gantry tilt: the affine keeps the true (sheared) slice positions
+            log.warning(
+                "%s: slices are offset in-plane (gantry tilt of %.1f deg); the affine is sheared",
+                where,
+                tilt,
+            )
     else:
         step = 1.0
         step_vec = normal * step

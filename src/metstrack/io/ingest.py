@@ -196,7 +196,12 @@ def _assign_pseudonyms(
             notes.append(
                 f"{series[0].where}: no PatientID; the study is treated as its own patient"
             )
-        keys[uid] = (pid, _study_date(series), uid)
+        date = _study_date(series)
+        if not date:
+            notes.append(
+                f"{series[0].where}: no StudyDate/SeriesDate; DaysFromBaselineScan left empty"
+            )
+        keys[uid] = (pid, date, uid)
     patients = mapping["patients"]
     studies = mapping["studies"]
     for uid, (pid, date, _) in sorted(keys.items(), key=lambda kv: kv[1]):
@@ -417,6 +422,15 @@ def _ingest_study(
         try:
             ss = read_rtstruct(f)
             check_reference(ss, ref.series_uid, {i.sop_instance_uid for i in ref.instances})
+            if (
+                ss.frame_of_reference_uid
+                and ref.frame_of_reference_uid
+                and (ss.frame_of_reference_uid != ref.frame_of_reference_uid)
+            ):
+                problems.append(
+                    f"{f}: RTSTRUCT frame of reference differs from its series {ref.where}; "
+                    "contours are placed by their coordinates as given"
+                )
             masks = rasterize_rtstruct(ss, vol, selection=cfg.rois)
         except (DicomSeriesError, LabelError) as exc:
             problems.append(str(exc))
