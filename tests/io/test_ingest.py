@@ -227,3 +227,15 @@ def test_no_dicom_is_error(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(DicomSeriesError, match="no DICOM image series"):
         ingest_dicom(tmp_path / "empty", tmp_path / "out")
+
+
+def test_study_without_patient_id_or_date(tmp_path, rng, caplog):
+    img = rng.integers(0, 400, size=SHAPE).astype(np.uint16)
+    write_series(tmp_path / "e" / "x", img, description="AX FLAIR", patient_id="", study_date="")
+    with caplog.at_level(logging.WARNING):
+        report = ingest_dicom(tmp_path / "e", tmp_path / "out")
+    text = "\n".join(report.problems)
+    assert "no PatientID" in text and "no StudyDate" in text
+    table = pd.read_csv(report.imaging_table)
+    assert table.FLAIR.tolist() == [1] and np.isnan(table.DaysFromBaselineScan[0])
+    assert SECRET_NAME not in caplog.text + text
