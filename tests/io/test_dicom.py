@@ -229,3 +229,20 @@ def test_gantry_tilt_gives_sheared_affine_and_warning(tmp_path, caplog):
     np.testing.assert_allclose(
         (vol.affine @ [0, 0, 3, 1])[:3], [-float(last[0]), -float(last[1]), float(last[2])]
     )
+
+
+def test_bare_dataset_without_preamble_is_read(tmp_path, rng):
+    arr = rng.integers(0, 100, size=(6, 5, 3)).astype(np.uint16)
+    paths = write_series(tmp_path / "s", arr, shuffle_seed=None)
+    ds = pydicom.dcmread(paths[1])
+    bare = pydicom.Dataset(ds)  # no file meta, no 'DICM' preamble (older exports)
+    paths[1].unlink()
+    pydicom.dcmwrite(
+        tmp_path / "s" / "raw1",
+        bare,
+        implicit_vr=True,
+        little_endian=True,
+        enforce_file_format=False,
+    )
+    vol = read_dicom_series(tmp_path / "s")
+    np.testing.assert_allclose(vol.array, arr)

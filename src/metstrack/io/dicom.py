@@ -220,6 +220,38 @@ def _candidate_files(root: Path) -> Iterable[Path]:
             yield p
 
 
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """Header of a DICOM file (Part 10, or a raw dataset without preamble), else ``None``."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        pass  # older exports write bare datasets without the 'DICM' preamble
+    except Exception:  # noqa: BLE001 - pydicom raises many types on foreign files
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
+            return ds
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """Give a bare dataset (no file meta) the uncompressed transfer syntax it was read with."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    if meta is None:
+        ds.file_meta = meta = pydicom.dataset.FileMetaDataset()
+    implicit, little = ds.original_encoding
+    meta.TransferSyntaxUID = (
+        pydicom.uid.ImplicitVRLittleEndian
+        if implicit
+        else (pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+    )
+
+
 def scan_dicom(root: str | Path) -> DicomScan:
     """Find every DICOM series under ``root``, reading headers only.
 
@@ -244,11 +276,9 @@ def scan_dicom(root: str | Path) -> DicomScan:
     by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     skipped: dict[Path, list[str]] = defaultdict(list)
     for path in files:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
-            kind = "not DICOM" if isinstance(exc, InvalidDicomError) else "unreadable"
-            skipped[path.parent].append(f"{path.name} ({kind})")
+        ds = _read_header(path)
+        if ds is None:
+            skipped[path.parent].append(f"{path.name} (not DICOM)")
             continue
         if "DirectoryRecordSequence" in ds:
             skipped[path.parent].append(f"{path.name} (DICOMDIR)")
@@ -540,7 +570,8 @@ def load_series(
     for k, inst in enumerate(geo.instances):
         if inst.path not in cache:
             try:
-                ds = pydicom.dcmread(inst.path)
+                ds = pydicom.dcmread(inst.path, force=True)
+                _ensure_transfer_syntax(ds)
                 pixels = ds.pixel_array
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixels
                 raise DicomSeriesError(
