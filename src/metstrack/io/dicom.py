@@ -565,7 +565,7 @@ def load_series(
         raise DicomSeriesError(f"{info.where}: a {info.modality} series holds no image volume")
     geo = series_geometry(info.instances, where=info.where, spacing_rtol=spacing_rtol)
     nx, ny, nz = geo.shape
-    out = np.empty((nx, ny, nz), dtype=dtype)
+    out = np.empty((nx, ny, nz), dtype=dtype, order="F")  # slices contiguous; NIfTI is F-order
     cache: dict[Path, tuple[pydicom.Dataset, np.ndarray]] = {}  # one decode per multi-frame file
     for k, inst in enumerate(geo.instances):
         if inst.path not in cache:

@@ -462,7 +462,9 @@ def _ingest_study(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for seq, vol in volumes.items():
-            write_volume(vol.with_array(vol.array.astype(np.float32)), tmp / f"{seq}.nii.gz")
+            write_volume(
+                vol.with_array(vol.array.astype(np.float32, copy=False)), tmp / f"{seq}.nii.gz"
+            )
         if label is not None:
             write_volume(label, tmp / f"{LABEL_SEQUENCE}.nii.gz", dtype=np.uint8)
         side = out / INGEST_DIR / sid
