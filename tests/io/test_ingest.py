@@ -239,3 +239,11 @@ def test_study_without_patient_id_or_date(tmp_path, rng, caplog):
     table = pd.read_csv(report.imaging_table)
     assert table.FLAIR.tolist() == [1] and np.isnan(table.DaysFromBaselineScan[0])
     assert SECRET_NAME not in caplog.text + text
+
+
+def test_no_matching_roi_keeps_planning_scan(tmp_path, export):
+    cfg = IngestConfig(rois=RoiSelection(types=("CTV",), name_pattern="", exclude_pattern=""))
+    report = ingest_dicom(export, tmp_path / "release", config=cfg)
+    assert any("no ROI matches" in p and "GTV_1" in p for p in report.problems)
+    first = pd.read_csv(report.imaging_table).iloc[0]
+    assert (first.RTSTRUCT_MRI, first.RTSTRUCT_segmentation) == (1, 0)

@@ -419,6 +419,10 @@ def _ingest_study(
         vol = load(ref)
         if vol is None:
             continue
+        # the referenced series is the planning scan even when no ROI can be used
+        volumes[PLANNING_SEQUENCE] = vol
+        if "CT1" not in volumes:
+            volumes["CT1"] = vol
         try:
             ss = read_rtstruct(f)
             check_reference(ss, ref.series_uid, {i.sop_instance_uid for i in ref.instances})
@@ -436,9 +440,6 @@ def _ingest_study(
             problems.append(str(exc))
             continue
         problems += list(masks.problems)
-        volumes[PLANNING_SEQUENCE] = vol
-        if "CT1" not in volumes:
-            volumes["CT1"] = vol
         label, instances = masks.binary, masks.instances
         rois_rows = [
             {
