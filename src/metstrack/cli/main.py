@@ -12,7 +12,12 @@ from metstrack.cli import info as info_cmd
 from metstrack.cli import ingest as ingest_cmd
 from metstrack.cli import validate as validate_cmd
 from metstrack.cli import track as track_cmd
+from metstrack.cli import evaluate as evaluate_cmd
+from metstrack.cli import info as info_cmd
+from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
+from metstrack.cli import track as track_cmd
+from metstrack.cli import validate as validate_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -47,6 +52,8 @@ app.command("dicom-scan")(ingest_cmd.dicom_scan)
 app.command("export-rtstruct")(export_cmd.export_rtstruct)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("survival")(survival_cmd.survival)
 app.command("synth")(synth_cmd.synth)
 
 

@@ -290,6 +290,11 @@ def _text(row: pd.Series, column: str) -> str:
     return v
 
 
+def _optional_number(row: pd.Series, column: str) -> float:
+    """A number, or NaN for an empty cell (documented optional columns only)."""
+    return math.nan if not _cell(row, column) else _number(row, column)
+
+
 def _number(row: pd.Series, column: str, *, lo: float | None = None, hi: float | None = None):
     v = _cell(row, column)
     try:
@@ -747,10 +752,10 @@ def _read_targets(
             days_from_first_srs=_number(row, "days_from_first_srs"),
             target_volume_mm3=_number(row, "target_volume_mm3", lo=0),
             dose_gy=_number(row, "dose_gy", lo=0),
-            centroid_mm=(
-                _number(row, "centroid_x_mm"),
-                _number(row, "centroid_y_mm"),
-                _number(row, "centroid_z_mm"),
+            centroid_mm=(  # empty when the planning contour's position is unknown
+                _optional_number(row, "centroid_x_mm"),
+                _optional_number(row, "centroid_y_mm"),
+                _optional_number(row, "centroid_z_mm"),
             ),
         )
 
