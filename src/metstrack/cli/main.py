@@ -7,6 +7,11 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import export as export_cmd
+from metstrack.cli import info as info_cmd
+from metstrack.cli import ingest as ingest_cmd
+from metstrack.cli import validate as validate_cmd
+from metstrack.cli import track as track_cmd
 from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli import report as report_cmd
@@ -44,6 +49,9 @@ def _root(
 
 
 app.command("info")(info_cmd.info)
+app.command("ingest")(ingest_cmd.ingest)
+app.command("dicom-scan")(ingest_cmd.dicom_scan)
+app.command("export-rtstruct")(export_cmd.export_rtstruct)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
 app.command("evaluate")(evaluate_cmd.evaluate)
