@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import catalog as catalog_cmd
 from metstrack.cli import info as info_cmd
+from metstrack.cli import preprocess as preprocess_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -37,6 +39,8 @@ def _root(
 
 
 app.command("info")(info_cmd.info)
+app.command("preprocess")(preprocess_cmd.preprocess)
+app.command("catalog")(catalog_cmd.catalog)
 
 
 def main() -> None:
