@@ -10,6 +10,8 @@ from metstrack import __version__
 from metstrack.cli import catalog as catalog_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli import preprocess as preprocess_cmd
+from metstrack.cli import validate as validate_cmd
+from metstrack.cli import track as track_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -41,6 +43,8 @@ def _root(
 app.command("info")(info_cmd.info)
 app.command("preprocess")(preprocess_cmd.preprocess)
 app.command("catalog")(catalog_cmd.catalog)
+app.command("validate")(validate_cmd.validate)
+app.command("track")(track_cmd.track)
 
 
 def main() -> None:

@@ -1,0 +1,148 @@
+"""Lesion matching in both modes: split, merged, touching, near-miss, Hungarian optimality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metstrack.metrics.lesions import label_map
+from metstrack.metrics.matching import MatchingOptions, match_lesions, pair_overlaps
+
+
+def match(pred, ref, **kw):
+    return match_lesions(
+        label_map(pred), label_map(ref), options=MatchingOptions(**kw), voxel_volume_mm3=1.0
+    )
+
+
+def empty(shape=(30, 20, 20)):
+    return np.zeros(shape, bool)
+
+
+def split_case():
+    ref = empty()
+    ref[5:15, 5:10, 5:10] = True
+    pred = ref.copy()
+    pred[9:11] = False  # cut in two along x
+    return pred, ref
+
+
+def merged_case():
+    ref = empty()
+    ref[5:10, 5:10, 5:10] = True
+    ref[13:18, 5:10, 5:10] = True  # gap of 3 voxels: not merged by a 1-voxel dilation
+    pred = empty()
+    pred[5:18, 5:10, 5:10] = True
+    return pred, ref
+
+
+def test_split_lesion_overlap_mode_gives_one_fp():
+    m = match(*split_case())
+    assert m.ref_units == ((1,),) and len(m.unit_pred[0]) == 1
+    assert len(m.false_positive_pred) == 1
+
+
+def test_split_lesion_brats_mode_merges_predictions():
+    m = match(*split_case(), mode="brats")
+    assert m.unit_pred == ((1, 2),)
+    assert m.false_positive_pred == ()
+    assert m.unit_intersection_voxels == (8 * 25,)
+
+
+def test_merged_prediction_overlap_mode_misses_one():
+    m = match(*merged_case())
+    assert sum(bool(p) for p in m.unit_pred) == 1
+    assert m.false_positive_pred == ()
+
+
+def test_merged_prediction_brats_mode_detects_both():
+    m = match(*merged_case(), mode="brats")
+    assert m.ref_units == ((1,), (2,))
+    assert m.unit_pred == ((1,), (1,))
+
+
+def test_brats_merges_reference_lesions_whose_dilations_touch():
+    ref = empty()
+    ref[5:8, 5:8, 5:8] = True
+    ref[10:13, 5:8, 5:8] = True  # gap of 2: dilations (1 voxel each) touch
+    m = match(empty(), ref, mode="brats")
+    assert m.ref_units == ((1, 2),)
+    m0 = match(empty(), ref, mode="brats", dilation_voxels=0)
+    assert m0.ref_units == ((1,), (2,))
+
+
+def test_near_miss_counts_in_brats_only():
+    ref = empty()
+    ref[5:8, 5:8, 5:8] = True
+    pred = empty()
+    pred[8:10, 5:8, 5:8] = True  # adjacent, no shared voxel: inside the dilated reference
+    over = match(pred, ref)
+    assert over.unit_pred == ((),) and over.false_positive_pred == (1,)
+    brats = match(pred, ref, mode="brats")
+    assert brats.unit_pred == ((1,),) and brats.unit_intersection_voxels == (0,)
+
+
+def test_min_volume_ignores_small_reference_lesions_but_not_as_fp():
+    ref = empty()
+    ref[3, 3, 3] = True  # 1 voxel = 1 mm3
+    ref[10:13, 10:13, 10:13] = True
+    pred = ref.copy()
+    m = match(pred, ref, mode="brats", min_ref_volume_mm3=2.0)
+    assert m.unit_ignored == (True, False)
+    assert m.false_positive_pred == ()
+    assert match(pred, ref, mode="brats").unit_ignored == (False, False)
+
+
+def test_touching_lesions_depend_on_connectivity():
+    ref = empty()
+    ref[5, 5, 5] = True
+    ref[6, 6, 6] = True  # corner contact only
+    assert label_map(ref).n == 1
+    assert label_map(ref, connectivity=6).n == 2
+    assert label_map(ref, connectivity=18).n == 2
+
+
+def test_hungarian_maximises_number_of_matches():
+    # p1 overlaps r1 most (IoU 7/13) and r2 a little; p2 overlaps only r1. Greedy or a
+    # plain max-total-IoU assignment keeps p1-r1 alone; the best matching has two pairs.
+    ref = empty()
+    ref[2:12, 2:6, 2:6] = True  # r1
+    ref[14:16, 2:6, 2:6] = True  # r2
+    pred = empty()
+    pred[5:15, 2:6, 2:6] = True  # p1
+    pred[2:4, 2:6, 2:6] = True  # p2
+    pm, rm = label_map(pred), label_map(ref)
+    assert pm.n == 2 and rm.n == 2
+    m = match_lesions(pm, rm, voxel_volume_mm3=1.0)
+    assert all(m.unit_pred) and m.false_positive_pred == ()
+    assert m.unit_score[0] == pytest.approx(2 / 10)  # r1 matched to p2
+
+
+def test_threshold_and_criterion():
+    ref = empty()
+    ref[5:7, 5:7, 5:7] = True  # 8 voxels
+    pred = empty()
+    pred[3:9, 3:9, 3:9] = True  # 216 voxels covering ref: IoU 8/216, IoR 1
+    assert match(pred, ref, threshold=0.5).unit_pred == ((),)
+    assert match(pred, ref, threshold=0.5, criterion="ior").unit_pred == ((1,),)
+    assert match(pred, ref, threshold=0.0).unit_pred == ((1,),)
+
+
+def test_bad_options_suggest():
+    with pytest.raises(ValueError, match="did you mean 'brats'"):
+        MatchingOptions(mode="brat")
+    with pytest.raises(ValueError, match="threshold"):
+        MatchingOptions(threshold=1.5)
+
+
+def test_pair_overlaps_match_brute_force(rng):
+    pl = rng.integers(0, 6, size=(12, 12, 12)).astype(np.uint32)
+    rl = rng.integers(0, 4, size=(12, 12, 12)).astype(np.uint32)
+    got = pair_overlaps(label_map(None, labels=pl), label_map(None, labels=rl))
+    want = {
+        (p, r): int(((pl == p) & (rl == r)).sum())
+        for p in range(1, 6)
+        for r in range(1, 4)
+        if ((pl == p) & (rl == r)).any()
+    }
+    assert got == want
