@@ -12,6 +12,7 @@ from metstrack.cli import info as info_cmd
 from metstrack.cli import preprocess as preprocess_cmd
 from metstrack.cli import validate as validate_cmd
 from metstrack.cli import track as track_cmd
+from metstrack.cli import synth as synth_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.command("preprocess")(preprocess_cmd.preprocess)
 app.command("catalog")(catalog_cmd.catalog)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("synth")(synth_cmd.synth)
 
 
 def main() -> None:
