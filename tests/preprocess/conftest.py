@@ -46,13 +46,25 @@ def _moved(vol: Volume, baseline_to_study, shape, affine, order=3):
     from metstrack.preprocess.spatial import resample_array
 
     arr = resample_array(
-        vol.array, vol.affine, shape, affine, transform=np.linalg.inv(baseline_to_study), order=order
+        vol.array,
+        vol.affine,
+        shape,
+        affine,
+        transform=np.linalg.inv(baseline_to_study),
+        order=order,
     )
     return arr
 
 
-def write_tiny_cohort(root, *, n_patients: int = 2, n_studies: int = 2, n: int = 48,
-                      spacing_mm: float = 2.5, seed: int = 0):
+def write_tiny_cohort(
+    root,
+    *,
+    n_patients: int = 2,
+    n_studies: int = 2,
+    n: int = 48,
+    spacing_mm: float = 2.5,
+    seed: int = 0,
+):
     """A release-layout cohort of head phantoms with misaligned follow-ups.
 
     Follow-ups are rigidly moved (up to ~6 deg, 4 mm) and stored on a flipped,
@@ -89,8 +101,11 @@ def write_tiny_cohort(root, *, n_patients: int = 2, n_studies: int = 2, n: int =
                 b2s = rigid_transform(ang, tr, center_mm=tuple(rng.uniform(-10, 10, 3)))
                 shape = (n, n, n // 2)
                 aff = np.diag([-spacing_mm, spacing_mm, 2 * spacing_mm, 1.0])  # L-R flipped
-                aff[:3, 3] = [spacing_mm * (n - 1) / 2, -spacing_mm * (n - 1) / 2,
-                              -spacing_mm * (n - 1) / 2]
+                aff[:3, 3] = [
+                    spacing_mm * (n - 1) / 2,
+                    -spacing_mm * (n - 1) / 2,
+                    -spacing_mm * (n - 1) / 2,
+                ]
             truth[sid] = b2s
             motion = rigid_transform((0.0, 3.0, -2.0), (1.5, -1.0, 1.0)) if k > 1 else np.eye(4)
             write_volume(_moved(t1c, b2s, shape, aff), folder / "CT1.nii.gz", affine=aff)
@@ -99,9 +114,16 @@ def write_tiny_cohort(root, *, n_patients: int = 2, n_studies: int = 2, n: int =
             lab = _moved(Volume(lesion, t1c.affine), b2s, shape, aff, order=0)
             write_volume(lab, folder / "RTSTRUCT_segmentation.nii.gz", affine=aff)
             row = {"PatientID": pid, "StudyID": sid}
-            row.update({s: int(s in ("T1", "CT1", "T2", "RTSTRUCT_segmentation")) for s in SEQUENCES})
-            row.update({"ExpertAdjusted": 0, "DaysFromBaselineScan": 90.0 * (k - 1),
-                        "RelativeTimepoint": k})
+            row.update(
+                {s: int(s in ("T1", "CT1", "T2", "RTSTRUCT_segmentation")) for s in SEQUENCES}
+            )
+            row.update(
+                {
+                    "ExpertAdjusted": 0,
+                    "DaysFromBaselineScan": 90.0 * (k - 1),
+                    "RelativeTimepoint": k,
+                }
+            )
             rows.append(row)
     tables = root / schema.TABLES_DIR
     tables.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,9 @@ def test_preprocess_dataset_end_to_end_and_resume(tiny_cohort, tmp_path):
     assert (report.count("done"), report.count("failed")) == (4, 0)
 
     # same tables, readable as a release dataset, every study of a patient on one grid
-    assert (out / "tables" / "imaging.csv").read_bytes() == (src / "tables" / "imaging.csv").read_bytes()
+    assert (out / "tables" / "imaging.csv").read_bytes() == (
+        src / "tables" / "imaging.csv"
+    ).read_bytes()
     cohort = read_release(out)
     for patient in cohort.patients:
         grids = []
@@ -68,12 +70,18 @@ def test_preprocess_dataset_end_to_end_and_resume(tiny_cohort, tmp_path):
         pid = sid[:3]
         st = load_transform(out, pid, sid)
         brain, aff = brains[pid]
-        err = np.median(residual_mm(st.baseline_to_study, b2s, voxel_to_world(np.argwhere(brain), aff)))
+        err = np.median(
+            residual_mm(st.baseline_to_study, b2s, voxel_to_world(np.argwhere(brain), aff))
+        )
         assert err < 1.0, f"{sid}: median residual {err:.2f} mm"
         # the label maps back onto the native grid where the original label was
-        native_lab = read_volume(src / "imaging/patientId" / pid / "studyId" / sid /
-                                 "RTSTRUCT_segmentation.nii.gz", dtype=None)
-        pp_lab = read_volume(schema.study_dir(out, pid, sid) / "RTSTRUCT_segmentation.nii.gz", dtype=None)
+        native_lab = read_volume(
+            src / "imaging/patientId" / pid / "studyId" / sid / "RTSTRUCT_segmentation.nii.gz",
+            dtype=None,
+        )
+        pp_lab = read_volume(
+            schema.study_dir(out, pid, sid) / "RTSTRUCT_segmentation.nii.gz", dtype=None
+        )
         back = map_to_native(pp_lab, st.native_grid, st, order=0).array
         assert back.dtype == np.uint8
         inter = (back & native_lab.array).sum()
@@ -82,8 +90,15 @@ def test_preprocess_dataset_end_to_end_and_resume(tiny_cohort, tmp_path):
     # z-scored inside the brain, provenance records every step
     prov = json.loads(provenance_path(out, "P00", "P00S2").read_text())
     steps = [s["step"] for s in prov["steps"]]
-    for name in ("reorient", "register_through_time", "register_within_study", "resample",
-                 "brain_mask", "normalize", "label"):
+    for name in (
+        "reorient",
+        "register_through_time",
+        "register_within_study",
+        "resample",
+        "brain_mask",
+        "normalize",
+        "label",
+    ):
         assert name in steps
     assert any(s["step"] == "missing" and s["sequence"] == "FLAIR" for s in prov["steps"])
     assert len(prov["input_fingerprint"]) == 16
@@ -117,7 +132,9 @@ def test_reruns_are_bit_identical_and_parallel_workers_agree(tiny_cohort, tmp_pa
     assert a.count("done") == b.count("done") == 4
     for f in (tmp_path / "a" / "transforms").rglob("*.json"):
         ta = json.loads(f.read_text())["baseline_to_study"]
-        tb = json.loads((tmp_path / "b" / f.relative_to(tmp_path / "a")).read_text())["baseline_to_study"]
+        tb = json.loads((tmp_path / "b" / f.relative_to(tmp_path / "a")).read_text())[
+            "baseline_to_study"
+        ]
         assert ta == tb
 
 
@@ -129,7 +146,9 @@ def test_missing_baseline_ct1_fails_that_patient_only(tiny_cohort, tmp_path):
     t = pd.read_csv(src / "tables" / "imaging.csv")
     t.loc[t.StudyID == "P00S1", "CT1"] = 0
     t.to_csv(src / "tables" / "imaging.csv", index=False)
-    report = preprocess_dataset(src, tmp_path / "out", _cfg("register_within_study=false"), workers=1)
+    report = preprocess_dataset(
+        src, tmp_path / "out", _cfg("register_within_study=false"), workers=1
+    )
     failed = {o.study_id: o.message for o in report.failed}
     assert set(failed) == {"P00S1", "P00S2"}
     assert "baseline study P00S1 has no CT1" in failed["P00S1"]

@@ -63,7 +63,12 @@ NORMALISATIONS = ("zscore", "none")
 
 
 def _within_default() -> RegistrationConfig:
-    return RegistrationConfig(shrink_factors=(4, 2), smoothing_sigmas_mm=(2.0, 1.0), iterations=60)
+    return RegistrationConfig(
+        shrink_factors=(4, 2),
+        smoothing_sigmas_mm=(2.0, 1.0),
+        iterations=60,
+        sampling_percentage=0.1,
+    )
 
 
 def _through_default() -> RegistrationConfig:
@@ -71,7 +76,7 @@ def _through_default() -> RegistrationConfig:
         shrink_factors=(4, 2, 1),
         smoothing_sigmas_mm=(2.0, 1.0, 0.0),
         iterations=100,
-        sampling_percentage=0.1,
+        sampling_percentage=0.05,
         init="geometry",
     )
 
