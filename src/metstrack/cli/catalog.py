@@ -35,7 +35,7 @@ def catalog(
             raise DatasetError(f"{db}: catalog file not found; check the path")
         with Catalog.open(db) as cat:
             if action == "list":
-                t = Table(title=f"catalog {db} (schema v{cat.schema_version})")
+                t = Table(title=f"{db.name} (schema v{cat.schema_version})")
                 t.add_column("table")
                 t.add_column("rows", justify="right")
                 for name, n in cat.counts().items():
