@@ -12,7 +12,12 @@ from metstrack.cli import info as info_cmd
 from metstrack.cli import preprocess as preprocess_cmd
 from metstrack.cli import validate as validate_cmd
 from metstrack.cli import track as track_cmd
+from metstrack.cli import evaluate as evaluate_cmd
+from metstrack.cli import info as info_cmd
+from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
+from metstrack.cli import track as track_cmd
+from metstrack.cli import validate as validate_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -46,6 +51,8 @@ app.command("preprocess")(preprocess_cmd.preprocess)
 app.command("catalog")(catalog_cmd.catalog)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("survival")(survival_cmd.survival)
 app.command("synth")(synth_cmd.synth)
 
 

@@ -74,11 +74,12 @@ def validate(
         console.print(
             f"layout {report.layout}: {report.n_patients} patients, {report.n_studies} studies, "
             f"{report.n_files} files checked; "
-            f"[bold]{report.n_errors} error(s), {report.n_warnings} warning(s)[/]"
+            f"[bold]{report.n_errors} error(s), {report.n_warnings} warning(s)[/]",
+            soft_wrap=True,
         )
         if json_out is not None:
             write_json_atomic(json_out, report.to_dict())
-            err_console.print(f"report written to {json_out}")
+            err_console.print(f"report written to {json_out}", soft_wrap=True)
         if not report.ok:
             raise typer.Exit(EXIT_DATA_ERROR)
         console.print("[green]dataset is valid[/]")

@@ -204,7 +204,7 @@ def _place_vessels(
                 continue
         starts.append(a)
         ends.append(b)
-        radii.append(rng.uniform(0.55, 1.0))
+        radii.append(rng.uniform(0.7, 1.2))
     return np.array(starts).reshape(-1, 3), np.array(ends).reshape(-1, 3), np.array(radii)
 
 
