@@ -160,3 +160,63 @@ def test_config_errors_name_the_key():
         load_config(PreprocessConfig, None, ["spacing=1.0"])
     with pytest.raises(ConfigError, match="linear, bspline"):
         load_config(PreprocessConfig, None, ["image_interpolation=cubic"])
+
+
+_KILLED_RUN = """
+import sys
+sys.path.insert(0, {src!r})
+from metstrack.config import load_config
+from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
+cfg = load_config(PreprocessConfig, None, {overrides!r})
+preprocess_dataset({data!r}, {out!r}, cfg, workers=1, catalog_path={db!r})
+"""
+
+
+def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(tiny_cohort, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src, truth, _ = tiny_cohort
+    out, db = tmp_path / "out", tmp_path / "c.db"
+    code = _KILLED_RUN.format(
+        src=str(Path(__file__).resolve().parents[2] / "src"),
+        overrides=[*FAST, "register_within_study=false"],
+        data=str(src),
+        out=str(out),
+        db=str(db),
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "transforms" / "P00").is_dir() and db.exists():
+            with Catalog.open(db) as cat:
+                n = len(cat.done_studies("preprocess"))
+            if n >= 2:  # the first patient is registered; the second is in progress
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert killed, "the run finished before it could be killed"
+    with Catalog.open(db) as cat:
+        assert cat.integrity_problems() == []
+        assert cat.done_studies("preprocess") == {"P00S1", "P00S2"}
+        assert cat.frame("runs")["status"].tolist() == ["running"]
+    again = preprocess_dataset(src, out, _cfg("register_within_study=false"), catalog_path=db)
+    assert again.count("failed") == 0
+    with Catalog.open(db) as cat:
+        assert cat.integrity_problems() == []
+        runs = cat.frame("runs")
+        assert runs["status"].tolist() == ["finished"]  # the killed run was resumed
+        assert cat.done_studies("preprocess") == set(truth)
+        outs = cat.frame("outputs")
+        assert not outs.duplicated(["run_id", "path"]).any()
+        per_study = outs.groupby("study_id").size()
+        assert set(per_study.index) == set(truth)
+        assert per_study.nunique() == 1  # every study has all its files (T1, CT1, T2, label...)
+        assert set(outs["kind"]) >= {"image", "label", "transform", "brain_mask", "provenance"}
