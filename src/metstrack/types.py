@@ -273,6 +273,10 @@ class Cohort:
         clinical_events: Event rows (may be empty).
         radiosurgery_targets: Target rows (may be empty).
         layout: Name of the reader that produced it (``"release"``, ``"brats-mets"``...).
+        label_classes: Label values that form the lesion mask when the label
+            files are multi-class (BraTS-METS: 1 necrotic core, 3 enhancing);
+            empty when label files are binary. Load masks with
+            :func:`metstrack.io.layouts.load_lesion_mask`, which applies it.
     """
 
     root: Path
@@ -282,6 +286,7 @@ class Cohort:
     radiosurgery_targets: tuple[RadiosurgeryTarget, ...] = ()
     layout: str = "release"
     extra: dict[str, str] = field(default_factory=dict)
+    label_classes: tuple[int, ...] = ()
 
     def patient(self, patient_id: str) -> Patient:
         """Return the patient with ``patient_id`` or raise a DatasetError naming the cohort."""

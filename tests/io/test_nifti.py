@@ -41,7 +41,9 @@ def test_missing_file_names_the_file(tmp_path):
 
 
 def test_truncated_gzip_is_an_image_read_error(tmp_path):
-    p = write_volume(np.random.default_rng(0).normal(size=(20, 20, 20)), tmp_path / "t.nii.gz", affine=_aff())
+    p = write_volume(
+        np.random.default_rng(0).normal(size=(20, 20, 20)), tmp_path / "t.nii.gz", affine=_aff()
+    )
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="t.nii.gz"):

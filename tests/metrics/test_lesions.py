@@ -42,3 +42,19 @@ def test_sphere_diameter_close_to_analytic():
     (les,) = lesion_table(m, np.eye(4))
     assert les.longest_diameter_mm == pytest.approx(2 * r, abs=0.01)
     assert les.volume_mm3 == pytest.approx(4 / 3 * np.pi * r**3, rel=0.03)
+
+
+def test_label_map_agrees_with_lesion_table_and_scipy(rng):
+    from metstrack.metrics.lesions import label_map
+
+    m = rng.random((20, 18, 16)) > 0.85
+    lm = label_map(m)
+    table = lesion_table(m, np.eye(4))
+    assert lm.n == len(table)
+    for les in table:
+        assert tuple(lm.bboxes[les.label]) == les.bbox
+        assert lm.voxel_counts[les.label] == les.voxel_count
+        assert tuple(lm.centroids_voxel[les.label]) == pytest.approx(les.centroid_voxel)
+    sl, n = ndimage.label(m, structure=np.ones((3, 3, 3)))
+    assert n == lm.n
+    assert sorted(np.bincount(sl.ravel())[1:]) == sorted(lm.voxel_counts[1:])

@@ -1,1 +1,1 @@
-"""metstrack.infer."""
+"""Inference: sequence sliding-window prediction and mapping back to native space."""

@@ -9,6 +9,9 @@ and the longest diameter is the largest distance between two voxel centres
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import cc3d
 import numpy as np
 from scipy import ndimage
@@ -49,10 +52,9 @@ def longest_diameter_mm(points_mm: np.ndarray) -> float:
     if len(pts) < 2:
         return 0.0
     if len(pts) > 64:
-        try:
+        # coplanar or collinear points: fall back to all points
+        with contextlib.suppress(QhullError):
             pts = pts[ConvexHull(pts).vertices]
-        except QhullError:  # coplanar or collinear points: fall back to all points
-            pass
     if len(pts) > 4000:  # degenerate hull on huge flat lesions; subsample deterministically
         pts = pts[:: int(np.ceil(len(pts) / 4000))]
     return float(pdist(pts).max())
@@ -114,3 +116,72 @@ def lesion_table(
             )
         )
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class LabelMap:
+    """Connected components of a mask with their voxel counts and bounding boxes.
+
+    Attributes:
+        labels: uint32 (X, Y, Z) array, 0 background, components 1..n.
+        n: Number of components.
+        voxel_counts: int64 (n + 1,) voxels per label (index 0 is the background).
+        bboxes: int64 (n + 1, 6) half-open boxes ``(x0, y0, z0, x1, y1, z1)`` per label
+            (row 0 unused).
+        centroids_voxel: float64 (n + 1, 3) centroid of each label in voxel indices
+            (X, Y, Z); NaN for absent labels and row 0.
+    """
+
+    labels: np.ndarray
+    n: int
+    voxel_counts: np.ndarray
+    bboxes: np.ndarray
+    centroids_voxel: np.ndarray
+
+    def box(self, label: int, *, margin: int = 0) -> tuple[slice, slice, slice]:
+        """Slices of ``label``'s bounding box grown by ``margin`` voxels, clipped to the array."""
+        b = self.bboxes[label]
+        shape = self.labels.shape
+        return tuple(
+            slice(max(int(b[ax]) - margin, 0), min(int(b[ax + 3]) + margin, shape[ax]))
+            for ax in range(3)
+        )  # type: ignore[return-value]
+
+
+def label_map(
+    mask: np.ndarray, *, connectivity: int = 26, labels: np.ndarray | None = None
+) -> LabelMap:
+    """Label a mask and gather per-component voxel counts and bounding boxes in one pass.
+
+    Args:
+        mask: (X, Y, Z) binary mask; non-zero is foreground (ignored when ``labels`` is given).
+        connectivity: 6, 18 or 26.
+        labels: An existing (X, Y, Z) label map (0 background, labels 1..n) to use instead.
+
+    Returns:
+        A :class:`LabelMap`.
+    """
+    if labels is None:
+        labels, n = label_components(mask, connectivity=connectivity)
+    else:
+        labels = np.asarray(labels)
+        if labels.ndim != 3:
+            raise LabelError(f"expected a 3D label map, found shape {labels.shape}")
+        labels = labels.astype(np.uint32, copy=False)
+        n = int(labels.max()) if labels.size else 0
+    counts = np.zeros(n + 1, dtype=np.int64)
+    boxes = np.zeros((n + 1, 6), dtype=np.int64)
+    cents = np.full((n + 1, 3), np.nan)
+    if n:
+        stats = cc3d.statistics(labels, no_slice_conversion=True)
+        c = np.asarray(stats["voxel_counts"], dtype=np.int64)
+        counts[: len(c)] = c[: n + 1]
+        bb = np.asarray(stats["bounding_boxes"], dtype=np.int64).reshape(-1, 6)[: n + 1]
+        # cc3d gives inclusive (x0, x1, y0, y1, z0, z1); store half-open (x0, y0, z0, x1, y1, z1)
+        boxes[: len(bb)] = bb[:, [0, 2, 4, 1, 3, 5]] + np.array([0, 0, 0, 1, 1, 1])
+        boxes[counts == 0] = 0  # labels absent from an instance map
+        cc = np.asarray(stats["centroids"], dtype=np.float64).reshape(-1, 3)[: n + 1]
+        cents[: len(cc)] = cc
+        cents[counts == 0] = np.nan
+        cents[0] = np.nan
+    return LabelMap(labels=labels, n=n, voxel_counts=counts, bboxes=boxes, centroids_voxel=cents)

@@ -1,1 +1,1 @@
-"""metstrack.models."""
+"""Networks: Segmentation-Through-Time, its ablation, MONAI baselines, registry, checkpoints."""

@@ -104,14 +104,27 @@ def resample_array(
     m = np.linalg.inv(np.asarray(moving_affine, dtype=np.float64)) @ t @ np.asarray(fixed_affine)
     if order == 0:
         out = ndimage.affine_transform(
-            moving, m[:3, :3], offset=m[:3, 3], output_shape=tuple(fixed_shape),
-            order=0, mode="constant", cval=cval, output=moving.dtype,
+            moving,
+            m[:3, :3],
+            offset=m[:3, 3],
+            output_shape=tuple(fixed_shape),
+            order=0,
+            mode="constant",
+            cval=cval,
+            output=moving.dtype,
         )
         return out
     src = moving.astype(np.float32, copy=False)
     return ndimage.affine_transform(
-        src, m[:3, :3], offset=m[:3, 3], output_shape=tuple(fixed_shape),
-        order=order, mode="constant", cval=cval, output=np.float32, prefilter=order > 1,
+        src,
+        m[:3, :3],
+        offset=m[:3, 3],
+        output_shape=tuple(fixed_shape),
+        order=order,
+        mode="constant",
+        cval=cval,
+        output=np.float32,
+        prefilter=order > 1,
     )
 
 
@@ -125,7 +138,12 @@ def resample_volume(
 ) -> Volume:
     """Resample a volume onto another volume's grid (see :func:`resample_array`)."""
     arr = resample_array(
-        moving.array, moving.affine, fixed.shape, fixed.affine,
-        transform=transform, order=order, cval=cval,
+        moving.array,
+        moving.affine,
+        fixed.shape,
+        fixed.affine,
+        transform=transform,
+        order=order,
+        cval=cval,
     )
     return Volume(array=arr, affine=np.array(fixed.affine, copy=True), path=None)

@@ -1,0 +1,642 @@
+"""DICOM series discovery and volume building with pydicom.
+
+A folder tree is scanned header-only (``stop_before_pixels``); files are
+grouped by SeriesInstanceUID; a series' slices are sorted along the slice
+normal (the cross product of the two ImageOrientationPatient directions) and
+checked for consistent orientation and size, uniform spacing and missing
+slices before the volume is built.
+
+Geometry: DICOM world coordinates are LPS; metstrack's are RAS, so the
+voxel-to-world affine is ``diag(-1, -1, 1, 1) @ affine_lps``. The array is
+indexed (X, Y, Z) = (column, row, slice) with slices in ascending order along
+the normal, so the affine's columns are the row direction times the column
+spacing, the column direction times the row spacing, and the step between
+consecutive slice positions.
+
+Privacy: messages and logs name folders and SeriesInstanceUID suffixes only,
+never patient-identifying values (name, ID, birth date, accession number).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from metstrack.errors import DicomSeriesError
+from metstrack.types import Volume
+
+log = logging.getLogger(__name__)
+
+#: LPS (DICOM) to RAS (metstrack) world flip.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Modalities holding structure sets or segmentations rather than images.
+RTSTRUCT_MODALITY = "RTSTRUCT"
+SEG_MODALITY = "SEG"
+
+#: Orientation cosines may differ by this much between slices of one series.
+ORIENTATION_ATOL = 1e-4
+#: Relative tolerance on the step between consecutive slices.
+SPACING_RTOL = 0.02
+#: A gap larger than this multiple of the typical step is a missing slice.
+MISSING_SLICE_FACTOR = 1.5
+
+
+def uid_suffix(uid: str, n: int = 8) -> str:
+    """Last ``n`` characters of a UID, prefixed with ``...`` (safe for messages)."""
+    return f"...{uid[-n:]}" if len(uid) > n else uid
+
+
+@dataclass(frozen=True)
+class DicomInstance:
+    """Header fields of one image instance needed for geometry (no pixel data).
+
+    Attributes:
+        path: The file.
+        sop_instance_uid: SOPInstanceUID.
+        sop_class_uid: SOPClassUID.
+        instance_number: InstanceNumber (0 when absent).
+        position_lps: ImagePositionPatient, mm, LPS; ``None`` when absent.
+        orientation: ImageOrientationPatient (row then column cosines); ``None`` when absent.
+        pixel_spacing_mm: PixelSpacing as (row spacing, column spacing) in mm; ``None`` when absent.
+        rows: Rows (pixels along Y).
+        columns: Columns (pixels along X).
+        frames: NumberOfFrames of the file (1 for single-frame images).
+        frame_index: 0-based frame of a multi-frame (enhanced) file, ``None`` for
+            single-frame files.
+        rescale: (slope, intercept) of an enhanced file's frame; ``None`` means
+            read RescaleSlope/RescaleIntercept from the file's top level.
+    """
+
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int
+    position_lps: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing_mm: tuple[float, float] | None
+    rows: int
+    columns: int
+    frames: int = 1
+    frame_index: int | None = None
+    rescale: tuple[float, float] | None = None
+
+    @property
+    def name(self) -> str:
+        """File name, with the frame number for a frame of a multi-frame file."""
+        return (
+            self.path.name
+            if self.frame_index is None
+            else f"{self.path.name}[frame {self.frame_index + 1}]"
+        )
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """One series found on disk (headers only).
+
+    Identifying values needed to group studies into patients are kept in
+    fields excluded from ``repr`` and must never be logged.
+
+    Attributes:
+        series_uid: SeriesInstanceUID.
+        study_uid: StudyInstanceUID.
+        modality: Modality tag (``"MR"``, ``"CT"``, ``"RTSTRUCT"``, ``"SEG"``...).
+        folders: Folders holding its files (sorted).
+        instances: Its image instances (unsorted; geometry is checked on load).
+        files: Every file of the series (for RTSTRUCT/SEG the object files).
+        series_number: SeriesNumber (0 when absent).
+        series_description: SeriesDescription ("" when absent).
+        protocol_name: ProtocolName.
+        sequence_name: SequenceName.
+        contrast_agent: ContrastBolusAgent (free text, "" when absent).
+        image_type: ImageType values joined by backslashes.
+        frame_of_reference_uid: FrameOfReferenceUID ("" when absent).
+        study_date: StudyDate (YYYYMMDD) or SeriesDate/AcquisitionDate fallback; private.
+        patient_key: PatientID (private; never log it).
+    """
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    folders: tuple[Path, ...]
+    instances: tuple[DicomInstance, ...] = ()
+    files: tuple[Path, ...] = ()
+    series_number: int = 0
+    series_description: str = ""
+    protocol_name: str = ""
+    sequence_name: str = ""
+    contrast_agent: str = ""
+    image_type: str = ""
+    frame_of_reference_uid: str = ""
+    study_date: str = field(default="", repr=False)
+    patient_key: str = field(default="", repr=False)
+
+    @property
+    def where(self) -> str:
+        """Folder(s) and UID suffix for messages, e.g. ``"/x/ser3 (series ...12345678)"``."""
+        folders = ", ".join(str(f) for f in self.folders[:3])
+        if len(self.folders) > 3:
+            folders += f" (+{len(self.folders) - 3} more folders)"
+        return f"{folders} (series {uid_suffix(self.series_uid)})"
+
+    @property
+    def is_image(self) -> bool:
+        """True when the series holds images with the geometry tags a volume needs."""
+        return bool(self.instances) and self.modality not in (RTSTRUCT_MODALITY, SEG_MODALITY)
+
+
+@dataclass(frozen=True)
+class DicomScan:
+    """The result of scanning a folder tree.
+
+    Attributes:
+        root: The scanned folder.
+        series: Every series found, sorted by study UID, series number, series UID.
+        skipped: One message per folder naming what was skipped and why.
+        notes: One message per folder holding several series (grouped by UID).
+    """
+
+    root: Path
+    series: tuple[DicomSeriesInfo, ...]
+    skipped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def image_series(self) -> tuple[DicomSeriesInfo, ...]:
+        """Series that can be built into volumes."""
+        return tuple(s for s in self.series if s.is_image)
+
+    @property
+    def structure_sets(self) -> tuple[DicomSeriesInfo, ...]:
+        """RTSTRUCT series."""
+        return tuple(s for s in self.series if s.modality == RTSTRUCT_MODALITY)
+
+    def find(self, series_uid: str) -> DicomSeriesInfo | None:
+        """The series with ``series_uid``, or ``None``."""
+        for s in self.series:
+            if s.series_uid == series_uid:
+                return s
+        return None
+
+
+def _str(ds: pydicom.Dataset, key: str) -> str:
+    v = ds.get(key, "")
+    if v is None:
+        return ""
+    if isinstance(v, pydicom.multival.MultiValue):
+        return "\\".join(str(x) for x in v)
+    return str(v).strip()
+
+
+def _floats(ds: pydicom.Dataset, key: str, n: int) -> tuple[float, ...] | None:
+    v = ds.get(key)
+    if v is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        return None
+    return vals if len(vals) == n else None
+
+
+def _int(ds: pydicom.Dataset, key: str, default: int = 0) -> int:
+    try:
+        v = ds.get(key)
+        return default if v in (None, "") else int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _candidate_files(root: Path) -> Iterable[Path]:
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            yield p
+
+
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """Header of a DICOM file (Part 10, or a raw dataset without preamble), else ``None``."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        pass  # older exports write bare datasets without the 'DICM' preamble
+    except Exception:  # noqa: BLE001 - pydicom raises many types on foreign files
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
+            return ds
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """Give a bare dataset (no file meta) the uncompressed transfer syntax it was read with."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    if meta is None:
+        ds.file_meta = meta = pydicom.dataset.FileMetaDataset()
+    implicit, little = ds.original_encoding
+    meta.TransferSyntaxUID = (
+        pydicom.uid.ImplicitVRLittleEndian
+        if implicit
+        else (pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+    )
+
+
+def scan_dicom(root: str | Path) -> DicomScan:
+    """Find every DICOM series under ``root``, reading headers only.
+
+    Non-DICOM files, DICOMDIR files and DICOM objects that are neither images
+    nor RTSTRUCT/SEG (reports, presentation states, plans) are skipped with one
+    warning per folder. A folder holding several series is reported with a
+    warning and its files are grouped by SeriesInstanceUID.
+
+    Args:
+        root: A folder (any depth of patient/study/series subfolders) or one file.
+
+    Returns:
+        A :class:`DicomScan`.
+
+    Raises:
+        DicomSeriesError: ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DicomSeriesError(f"{root}: folder not found")
+    files = [root] if root.is_file() else list(_candidate_files(root))
+    by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
+    skipped: dict[Path, list[str]] = defaultdict(list)
+    for path in files:
+        ds = _read_header(path)
+        if ds is None:
+            skipped[path.parent].append(f"{path.name} (not DICOM)")
+            continue
+        if "DirectoryRecordSequence" in ds:
+            skipped[path.parent].append(f"{path.name} (DICOMDIR)")
+            continue
+        uid = _str(ds, "SeriesInstanceUID")
+        modality = _str(ds, "Modality").upper()
+        if not uid:
+            skipped[path.parent].append(f"{path.name} (no SeriesInstanceUID)")
+            continue
+        has_geometry = "ImagePositionPatient" in ds or "PerFrameFunctionalGroupsSequence" in ds
+        if modality not in (RTSTRUCT_MODALITY, SEG_MODALITY) and not (
+            "Rows" in ds and has_geometry
+        ):
+            skipped[path.parent].append(f"{path.name} (non-image {modality or 'object'})")
+            continue
+        by_series[uid].append((path, ds))
+    messages = []
+    for folder, items in sorted(skipped.items()):
+        shown = ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+        msg = f"{folder}: skipped {len(items)} file(s): {shown}"
+        log.warning(msg)
+        messages.append(msg)
+    series = [_series_info(uid, items) for uid, items in by_series.items()]
+    series.sort(key=lambda s: (s.study_uid, s.series_number, s.series_uid))
+    per_folder: dict[Path, list[str]] = defaultdict(list)
+    for s in series:
+        for f in s.folders:
+            per_folder[f].append(s.series_uid)
+    notes = []
+    for folder, uids in sorted(per_folder.items()):
+        if len(uids) > 1:
+            msg = (
+                f"{folder}: mixed series in one folder ({len(uids)} series: "
+                f"{', '.join(uid_suffix(u) for u in uids)}); files grouped by SeriesInstanceUID"
+            )
+            log.warning(msg)
+            notes.append(msg)
+    return DicomScan(root=root, series=tuple(series), skipped=tuple(messages), notes=tuple(notes))
+
+
+def _series_info(uid: str, items: list[tuple[Path, pydicom.Dataset]]) -> DicomSeriesInfo:
+    ds0 = items[0][1]
+    modality = _str(ds0, "Modality").upper()
+    instances = ()
+    if modality not in (RTSTRUCT_MODALITY, SEG_MODALITY):
+        instances = tuple(i for p, ds in items for i in _instances(p, ds))
+    date = _str(ds0, "StudyDate") or _str(ds0, "SeriesDate") or _str(ds0, "AcquisitionDate")
+    agent = ""
+    for _, ds in items:
+        agent = _str(ds, "ContrastBolusAgent")
+        if agent:
+            break
+    return DicomSeriesInfo(
+        series_uid=uid,
+        study_uid=_str(ds0, "StudyInstanceUID"),
+        modality=modality,
+        folders=tuple(sorted({p.parent for p, _ in items})),
+        instances=instances,
+        files=tuple(sorted(p for p, _ in items)),
+        series_number=_int(ds0, "SeriesNumber"),
+        series_description=_str(ds0, "SeriesDescription"),
+        protocol_name=_str(ds0, "ProtocolName"),
+        sequence_name=_str(ds0, "SequenceName"),
+        contrast_agent=agent,
+        image_type=_str(ds0, "ImageType"),
+        frame_of_reference_uid=_str(ds0, "FrameOfReferenceUID"),
+        study_date=date,
+        patient_key=_str(ds0, "PatientID"),
+    )
+
+
+def _instances(path: Path, ds: pydicom.Dataset) -> list[DicomInstance]:
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_frames(path, ds)
+    ps = _floats(ds, "PixelSpacing", 2)
+    return [
+        DicomInstance(
+            path=path,
+            sop_instance_uid=_str(ds, "SOPInstanceUID"),
+            sop_class_uid=_str(ds, "SOPClassUID"),
+            instance_number=_int(ds, "InstanceNumber"),
+            position_lps=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+            orientation=_floats(ds, "ImageOrientationPatient", 6),
+            pixel_spacing_mm=ps,  # type: ignore[arg-type]
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            frames=_int(ds, "NumberOfFrames", 1),
+        )
+    ]
+
+
+def _group(per_frame: pydicom.Dataset, shared: pydicom.Dataset | None, key: str):
+    """First item of functional group ``key``, per-frame before shared."""
+    for src in (per_frame, shared):
+        if src is not None and key in src and len(src[key].value):
+            return src[key].value[0]
+    return None
+
+
+def _enhanced_frames(path: Path, ds: pydicom.Dataset) -> list[DicomInstance]:
+    """One pseudo-instance per frame of an enhanced (multi-frame) image."""
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    out = []
+    n = _int(ds, "NumberOfFrames", 1)
+    for i, pf in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        pos = _group(pf, shared, "PlanePositionSequence")
+        ori = _group(pf, shared, "PlaneOrientationSequence")
+        meas = _group(pf, shared, "PixelMeasuresSequence")
+        trans = _group(pf, shared, "PixelValueTransformationSequence")
+        rescale = None
+        if trans is not None:
+            rescale = (
+                float(trans.get("RescaleSlope", 1.0) or 1.0),
+                float(trans.get("RescaleIntercept", 0.0) or 0.0),
+            )
+        out.append(
+            DicomInstance(
+                path=path,
+                sop_instance_uid=_str(ds, "SOPInstanceUID"),
+                sop_class_uid=_str(ds, "SOPClassUID"),
+                instance_number=_int(ds, "InstanceNumber"),
+                position_lps=None if pos is None else _floats(pos, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+                orientation=None if ori is None else _floats(ori, "ImageOrientationPatient", 6),
+                pixel_spacing_mm=None if meas is None else _floats(meas, "PixelSpacing", 2),  # type: ignore[arg-type]
+                rows=_int(ds, "Rows"),
+                columns=_int(ds, "Columns"),
+                frames=n,
+                frame_index=i,
+                rescale=rescale or (1.0, 0.0),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """A checked slice order and the resulting grid.
+
+    Attributes:
+        instances: Instances sorted by position along the slice normal.
+        affine: float64 (4, 4) voxel (X=column, Y=row, Z=slice) to RAS mm.
+        shape: (columns, rows, slices).
+        slice_step_mm: Distance between consecutive slices along the normal.
+    """
+
+    instances: tuple[DicomInstance, ...]
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    slice_step_mm: float
+
+
+def series_geometry(
+    instances: Sequence[DicomInstance],
+    *,
+    where: str = "series",
+    spacing_rtol: float = SPACING_RTOL,
+) -> SeriesGeometry:
+    """Sort slices along the normal, check them, and compute the RAS affine.
+
+    Args:
+        instances: Image instances of one series in any order.
+        where: Folder / series description for messages.
+        spacing_rtol: Allowed relative deviation of each slice step from the median.
+
+    Returns:
+        A :class:`SeriesGeometry`.
+
+    Raises:
+        DicomSeriesError: Missing geometry tags, multi-frame images, differing
+            orientation or size, duplicate positions, a missing slice, uneven spacing.
+    """
+    if not instances:
+        raise DicomSeriesError(f"{where}: no image instances")
+    for inst in instances:
+        if inst.frames > 1 and inst.frame_index is None:
+            raise DicomSeriesError(
+                f"{where}: {inst.path.name} is a multi-frame image without per-frame "
+                "geometry; convert it to single-frame images first (e.g. dcm2niix)"
+            )
+        if inst.position_lps is None or inst.orientation is None or inst.pixel_spacing_mm is None:
+            raise DicomSeriesError(
+                f"{where}: {inst.name} lacks ImagePositionPatient, ImageOrientationPatient "
+                "or PixelSpacing; cannot place the slice in space"
+            )
+    first = instances[0]
+    iop = np.asarray(first.orientation, dtype=np.float64)
+    for inst in instances[1:]:
+        if not np.allclose(inst.orientation, iop, atol=ORIENTATION_ATOL, rtol=0):
+            raise DicomSeriesError(
+                f"{where}: slices have different orientations ({first.name} vs "
+                f"{inst.name}); mixed series (e.g. a localizer) in one series UID - "
+                "separate them before ingest"
+            )
+        if (inst.rows, inst.columns) != (first.rows, first.columns) or not np.allclose(
+            inst.pixel_spacing_mm, first.pixel_spacing_mm, atol=1e-4
+        ):
+            raise DicomSeriesError(
+                f"{where}: slices differ in size or pixel spacing ({first.name}: "
+                f"{first.rows}x{first.columns}, {inst.name}: {inst.rows}x{inst.columns}); "
+                "mixed series in one series UID"
+            )
+    row_dir = iop[:3] / np.linalg.norm(iop[:3])
+    col_dir = iop[3:] / np.linalg.norm(iop[3:])
+    normal = np.cross(row_dir, col_dir)
+    pos = np.array([inst.position_lps for inst in instances], dtype=np.float64)
+    dist = pos @ normal
+    order = np.argsort(dist, kind="stable")
+    dist = dist[order]
+    pos = pos[order]
+    sorted_inst = tuple(instances[i] for i in order)
+    row_mm, col_mm = first.pixel_spacing_mm  # spacing between rows, between columns
+    n = len(sorted_inst)
+    if n > 1:
+        steps = np.diff(dist)
+        if np.any(steps < 1e-3):
+            k = int(np.argmin(steps))
+            raise DicomSeriesError(
+                f"{where}: {sorted_inst[k].name} and {sorted_inst[k + 1].name} lie at "
+                f"the same position ({dist[k]:.2f} mm along the normal); duplicate slices or "
+                "several acquisitions (echoes, phases) in one series - split them before ingest"
+            )
+        step = float(np.median(steps))
+        gaps = np.flatnonzero(steps > MISSING_SLICE_FACTOR * step)
+        if gaps.size:
+            k = int(gaps[0])
+            missing = round(steps[k] / step) - 1
+            raise DicomSeriesError(
+                f"{where}: missing slice(s): a gap of {steps[k]:.2f} mm between "
+                f"{sorted_inst[k].name} and {sorted_inst[k + 1].name} where the step "
+                f"is {step:.2f} mm (about {missing} slice(s) absent); re-export the complete series"
+            )
+        dev = np.abs(steps - step)
+        if np.any(dev > spacing_rtol * step + 1e-3):
+            k = int(np.argmax(dev))
+            raise DicomSeriesError(
+                f"{where}: uneven slice spacing: steps range "
+                f"{steps.min():.3f}..{steps.max():.3f} mm "
+                f"(first deviation after {sorted_inst[k].name}); resample the series to a "
+                "uniform spacing before ingest"
+            )
+        step_vec = (pos[-1] - pos[0]) / (n - 1)
+        tilt = np.degrees(np.arccos(min(1.0, abs(step_vec @ normal) / np.linalg.norm(step_vec))))
+        if tilt > 0.1:  # gantry tilt: the affine keeps the true (sheared) slice positions
+            log.warning(
+                "%s: slices are offset in-plane (gantry tilt of %.1f deg); the affine is sheared",
+                where,
+                tilt,
+            )
+    else:
+        step = 1.0
+        step_vec = normal * step
+    aff_lps = np.eye(4)
+    aff_lps[:3, 0] = row_dir * col_mm
+    aff_lps[:3, 1] = col_dir * row_mm
+    aff_lps[:3, 2] = step_vec
+    aff_lps[:3, 3] = pos[0]
+    return SeriesGeometry(
+        instances=sorted_inst,
+        affine=LPS_TO_RAS @ aff_lps,
+        shape=(first.columns, first.rows, n),
+        slice_step_mm=float(np.linalg.norm(step_vec)),
+    )
+
+
+def load_series(
+    info: DicomSeriesInfo, *, spacing_rtol: float = SPACING_RTOL, dtype: type = np.float32
+) -> Volume:
+    """Build the volume of an image series, applying RescaleSlope/RescaleIntercept.
+
+    Args:
+        info: A series from :func:`scan_dicom`.
+        spacing_rtol: Allowed relative deviation of slice steps.
+        dtype: dtype of the returned array.
+
+    Returns:
+        A :class:`~metstrack.types.Volume`: array (X=column, Y=row, Z=slice),
+        RAS affine in mm; ``path`` is the series' first folder.
+
+    Raises:
+        DicomSeriesError: The series is not an image series or fails a geometry check.
+    """
+    if not info.is_image:
+        raise DicomSeriesError(f"{info.where}: a {info.modality} series holds no image volume")
+    geo = series_geometry(info.instances, where=info.where, spacing_rtol=spacing_rtol)
+    nx, ny, nz = geo.shape
+    out = np.empty((nx, ny, nz), dtype=dtype, order="F")  # slices contiguous; NIfTI is F-order
+    cache: dict[Path, tuple[pydicom.Dataset, np.ndarray]] = {}  # one decode per multi-frame file
+    for k, inst in enumerate(geo.instances):
+        if inst.path not in cache:
+            try:
+                ds = pydicom.dcmread(inst.path, force=True)
+                _ensure_transfer_syntax(ds)
+                pixels = ds.pixel_array
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixels
+                raise DicomSeriesError(
+                    f"{info.where}: cannot decode pixel data of {inst.name} "
+                    f"({type(exc).__name__}); the file is corrupt or uses an unsupported "
+                    "compression"
+                ) from exc
+            if inst.frame_index is None:
+                cache.clear()
+            cache[inst.path] = (ds, pixels)
+        ds, pixels = cache[inst.path]
+        pix = (
+            pixels
+            if inst.frame_index is None
+            else pixels.reshape(-1, *pixels.shape[-2:])[inst.frame_index]
+        )
+        if pix.shape != (ny, nx):
+            raise DicomSeriesError(
+                f"{info.where}: {inst.name} pixel data has shape {pix.shape}, "
+                f"expected {(ny, nx)} (rows, columns)"
+            )
+        if inst.rescale is not None:
+            slope, intercept = inst.rescale
+        else:
+            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        out[:, :, k] = (pix.astype(np.float64) * slope + intercept).T
+    return Volume(array=out, affine=geo.affine, path=info.folders[0])
+
+
+def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Volume:
+    """Read the one image series in ``folder`` (or the one with ``series_uid``).
+
+    Args:
+        folder: A folder holding one series (subfolders are searched too).
+        series_uid: Pick this series when the folder holds several.
+
+    Returns:
+        The series volume (see :func:`load_series`).
+
+    Raises:
+        DicomSeriesError: No image series, several series and no ``series_uid``,
+            or a geometry check failed.
+    """
+    scan = scan_dicom(folder)
+    images = scan.image_series
+    if series_uid is not None:
+        images = tuple(s for s in images if s.series_uid == series_uid)
+        if not images:
+            raise DicomSeriesError(f"{folder}: no image series {uid_suffix(series_uid)}")
+    if not images:
+        raise DicomSeriesError(f"{folder}: no DICOM image series found")
+    if len(images) > 1:
+        listed = ", ".join(
+            f"{uid_suffix(s.series_uid)} ({s.series_description or 'no description'})"
+            for s in images[:5]
+        )
+        raise DicomSeriesError(
+            f"{folder}: mixed series in one folder ({len(images)} series: {listed}); "
+            "pass the series UID to pick one, or separate them"
+        )
+    return load_series(images[0])
+
+
+def read_headers(info: DicomSeriesInfo, geometry: SeriesGeometry | None = None) -> list:
+    """Header datasets (no pixel data) of an image series in slice order."""
+    geo = geometry or series_geometry(info.instances, where=info.where)
+    return [pydicom.dcmread(i.path, stop_before_pixels=True) for i in geo.instances]

@@ -1,0 +1,329 @@
+"""Saving and loading network checkpoints, including published Lightning checkpoints.
+
+Format. A checkpoint is a ``torch.save`` dict laid out like a Lightning
+checkpoint of a ``LightningModule`` that holds the network as ``self.net``::
+
+    {
+      "state_dict": {"net.<module name>": tensor, ...},
+      "hyper_parameters": {"model": {<ModelConfig fields>}, <extra metadata>},
+      "metstrack_version": "0.1.0",
+      "format": "metstrack-checkpoint/1",
+    }
+
+so metstrack's own files, the training module's Lightning ``.ckpt`` files
+(``self.net`` plus ``save_hyperparameters({"model": to_dict(cfg), ...})``) and a
+published Lightning checkpoint all load through :func:`load_checkpoint`.
+
+Key mapping (published Lightning checkpoint -> :class:`~metstrack.models.stt.STTUNet`):
+
+* ``net.<name>`` -> ``<name>``: the published module names are used verbatim
+  (see :func:`published_layout` for every name and shape); a ``_orig_mod.``
+  segment left by ``torch.compile`` is dropped.
+* Keys outside ``net.`` (loss weights, metric buffers of the LightningModule)
+  are not network weights; they are skipped and logged.
+* With no model configuration in the file, the configuration is read from the
+  tensor shapes: ``in_channels = conv_0.conv_0.conv.weight.shape[1]``,
+  ``features[0] = conv_0.conv_0.conv.weight.shape[0]``,
+  ``features[i] = down_i.convs.conv_0.conv.weight.shape[0]`` (i = 1..4),
+  ``features[5] = upcat_1.convs.conv_1.conv.weight.shape[0]``,
+  ``out_channels = final_conv.weight.shape[0]``; ``convlstm.conv.weight``
+  present -> ``"stt"``, absent -> ``"unet"``.
+
+Every key must match: a missing, unexpected or differently shaped tensor is a
+:class:`~metstrack.errors.CheckpointError` naming the file and listing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metstrack import __version__
+from metstrack.config import from_dict, to_dict
+from metstrack.errors import CheckpointError, ConfigError
+from metstrack.io.atomic import atomic_path
+from metstrack.models.base import SequenceModel
+from metstrack.models.config import ModelConfig
+from metstrack.models.registry import build_model
+from metstrack.types import MODALITIES
+
+log = logging.getLogger(__name__)
+
+#: Value of the ``"format"`` key of checkpoints written by :func:`save_checkpoint`.
+CHECKPOINT_FORMAT = "metstrack-checkpoint/1"
+#: Prefix of the network's keys in a Lightning checkpoint (``self.net``).
+NET_PREFIX = "net."
+_SHOWN = 12
+
+
+def published_layout(
+    in_channels: int = 4,
+    features: tuple[int, ...] = (32, 32, 64, 128, 256, 32),
+    out_channels: int = 2,
+    *,
+    temporal: bool = True,
+) -> OrderedDict[str, tuple[int, ...]]:
+    """Every parameter name and shape of the published STT network (without ``net.``).
+
+    The network is MONAI's basic U-Net (``TwoConv`` = two conv-norm-act units
+    ``conv_0``/``conv_1``, each ``conv`` + instance norm ``adn.N``; ``Down`` =
+    max-pool + ``convs``; ``UpCat`` = ``upsample.deconv`` + ``convs``) with a
+    ConvLSTM cell ``convlstm.conv`` at the bottleneck.
+
+    Args:
+        in_channels: Input channels per study.
+        features: (f0, f1, f2, f3, f4, f5) widths.
+        out_channels: Classes K.
+        temporal: Include the ConvLSTM (False gives the no-memory ablation).
+
+    Returns:
+        Ordered mapping of state-dict key to tensor shape.
+    """
+    f0, f1, f2, f3, f4, f5 = (int(f) for f in features)
+    out: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+
+    def two_conv(prefix: str, cin: int, cout: int) -> None:
+        for i, ci in enumerate((cin, cout)):
+            out[f"{prefix}.conv_{i}.conv.weight"] = (cout, ci, 3, 3, 3)
+            out[f"{prefix}.conv_{i}.conv.bias"] = (cout,)
+            out[f"{prefix}.conv_{i}.adn.N.weight"] = (cout,)
+            out[f"{prefix}.conv_{i}.adn.N.bias"] = (cout,)
+
+    two_conv("conv_0", in_channels, f0)
+    for i, (a, b) in enumerate(((f0, f1), (f1, f2), (f2, f3), (f3, f4)), start=1):
+        two_conv(f"down_{i}.convs", a, b)
+    if temporal:
+        out["convlstm.conv.weight"] = (4 * f4, 2 * f4, 3, 3, 3)
+        out["convlstm.conv.bias"] = (4 * f4,)
+    # upcat_k: deconv halves the channels (except upcat_1), concat with the skip, TwoConv.
+    for name, cin, cat, cout, halves in (
+        ("upcat_4", f4, f3, f3, True),
+        ("upcat_3", f3, f2, f2, True),
+        ("upcat_2", f2, f1, f1, True),
+        ("upcat_1", f1, f0, f5, False),
+    ):
+        up = cin // 2 if halves else cin
+        out[f"{name}.upsample.deconv.weight"] = (cin, up, 2, 2, 2)
+        out[f"{name}.upsample.deconv.bias"] = (up,)
+        two_conv(f"{name}.convs", cat + up, cout)
+    out["final_conv.weight"] = (out_channels, f5, 1, 1, 1)
+    out["final_conv.bias"] = (out_channels,)
+    return out
+
+
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, cfg: ModelConfig, **meta: Any
+) -> Path:
+    """Write a checkpoint atomically.
+
+    Args:
+        path: Target file (``.ckpt`` or ``.pt`` by convention); parents are created.
+        model: The network (its ``state_dict`` is stored under ``net.``).
+        cfg: The configuration it was built from.
+        **meta: Extra plain metadata stored in ``hyper_parameters`` (epoch, score,
+            data fingerprint...). Must not use the key ``"model"``.
+
+    Returns:
+        ``path``.
+    """
+    if "model" in meta:
+        raise ValueError("save_checkpoint: 'model' is reserved for the model configuration")
+    payload = {
+        "state_dict": OrderedDict(
+            (NET_PREFIX + k, v.detach().cpu().clone()) for k, v in model.state_dict().items()
+        ),
+        "hyper_parameters": {"model": to_dict(cfg), **meta},
+        "metstrack_version": __version__,
+        "format": CHECKPOINT_FORMAT,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    config: ModelConfig | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[SequenceModel, ModelConfig]:
+    """Load a network from a metstrack, Lightning or published checkpoint.
+
+    Args:
+        path: The checkpoint file.
+        config: The architecture to build; by default the one stored in the file,
+            else the one read from the tensor shapes (see the module docstring).
+        map_location: Device for the loaded tensors.
+
+    Returns:
+        ``(model, cfg)``: the network in eval mode holding the weights, and its config.
+
+    Raises:
+        CheckpointError: Unreadable file, no state dict, no usable configuration,
+            or weights that do not fit the architecture (missing, unexpected or
+            differently shaped keys, all listed).
+    """
+    path = Path(path)
+    payload = _read(path, map_location)
+    state = _network_state(path, payload)
+    if config is not None:
+        cfg = config
+    else:
+        cfg = _stored_config(path, payload) or infer_config(state, path=path)
+    try:
+        model = build_model(cfg)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    check_state_fits(path, model, state, cfg)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    log.info("loaded %s (%s, %d tensors) from %s", cfg.name, cfg.scaled_features, len(state), path)
+    return model, cfg
+
+
+def _read(path: Path, map_location: str | torch.device) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt pickle fails in many ways
+        if not (isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc)):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
+    # Lightning files may pickle config objects in hyper_parameters; full unpickling
+    # is used only after the safe loader refused them, and it is logged.
+    log.warning("%s: holds non-tensor Python objects; loading it with full unpickling", path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any failure of a corrupt pickle
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+
+
+def _network_state(path: Path, payload: Any) -> OrderedDict[str, torch.Tensor]:
+    if not isinstance(payload, Mapping):
+        raise CheckpointError(
+            f"{path}: expected a checkpoint dict with a 'state_dict', "
+            f"found {type(payload).__name__}"
+        )
+    sd = payload.get("state_dict", payload)
+    if not isinstance(sd, Mapping) or not sd:
+        raise CheckpointError(f"{path}: no 'state_dict' with network weights in the checkpoint")
+    keys = [k for k in sd if isinstance(k, str)]
+    prefixed = [k for k in keys if k.startswith(NET_PREFIX)]
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    if prefixed:
+        skipped = [k for k in keys if not k.startswith(NET_PREFIX)]
+        if skipped:
+            log.info("%s: %d non-network keys skipped (e.g. %s)", path, len(skipped), skipped[0])
+        for k in prefixed:
+            out[k[len(NET_PREFIX) :].replace("_orig_mod.", "")] = sd[k]
+    else:  # a bare network state dict
+        for k in keys:
+            out[k.replace("_orig_mod.", "")] = sd[k]
+    bad = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: state_dict entries are not tensors: {', '.join(bad[:_SHOWN])}"
+        )
+    return out
+
+
+def _stored_config(path: Path, payload: Mapping) -> ModelConfig | None:
+    hp = payload.get("hyper_parameters")
+    if not isinstance(hp, Mapping):
+        return None
+    for key in ("model", "model_config"):
+        raw = hp.get(key)
+        if isinstance(raw, ModelConfig):
+            return raw
+        if isinstance(raw, Mapping):
+            try:
+                return from_dict(ModelConfig, dict(raw), where=f"{path}: hyper_parameters.{key}")
+            except ConfigError as exc:
+                raise CheckpointError(str(exc)) from exc
+    return None
+
+
+def infer_config(
+    state: Mapping[str, torch.Tensor], *, path: str | Path | None = None
+) -> ModelConfig:
+    """Read a basic-U-Net/STT configuration from the tensor shapes of a state dict.
+
+    Args:
+        state: Network state dict without the ``net.`` prefix.
+        path: File to name in errors.
+
+    Raises:
+        CheckpointError: The keys are not those of the published layout, or the
+            channel count has no known modality order.
+    """
+    names = {
+        "conv_0": "conv_0.conv_0.conv.weight",
+        **{f"down_{i}": f"down_{i}.convs.conv_0.conv.weight" for i in range(1, 5)},
+        "upcat_1": "upcat_1.convs.conv_1.conv.weight",
+        "final_conv": "final_conv.weight",
+    }
+    missing = [k for k in names.values() if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path}: carries no model configuration and is not in the published STT layout "
+            f"(missing {', '.join(missing[:_SHOWN])}); pass the ModelConfig it was trained with"
+        )
+    first = state[names["conv_0"]]
+    in_ch = int(first.shape[1])
+    feats = (
+        int(first.shape[0]),
+        *(int(state[names[f"down_{i}"]].shape[0]) for i in range(1, 5)),
+        int(state[names["upcat_1"]].shape[0]),
+    )
+    if in_ch != len(MODALITIES):
+        raise CheckpointError(
+            f"{path}: carries no model configuration and has {in_ch} input channels; the "
+            f"modality order is only known for {len(MODALITIES)} ({', '.join(MODALITIES)}); "
+            "pass the ModelConfig (modalities, prior_mask) it was trained with"
+        )
+    return ModelConfig(
+        name="stt" if "convlstm.conv.weight" in state else "unet",
+        in_channels=in_ch,
+        out_channels=int(state[names["final_conv"]].shape[0]),
+        features=feats,
+        width=1.0,
+    )
+
+
+def check_state_fits(
+    path: str | Path, model: torch.nn.Module, state: Mapping[str, torch.Tensor], cfg: ModelConfig
+) -> None:
+    """Raise :class:`CheckpointError` listing every key that does not fit ``model``."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(want[k].shape)}"
+        for k in want
+        if k in state and tuple(state[k].shape) != tuple(want[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if items:
+            more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:_SHOWN])}{more}")
+    raise CheckpointError(
+        f"{path}: weights do not fit network {cfg.name!r} with "
+        f"{cfg.network_in_channels} input channels and widths {list(cfg.scaled_features)}: "
+        + "; ".join(parts)
+        + "; the checkpoint was trained with another architecture or channel count, "
+        "give the matching model configuration"
+    )

@@ -1,0 +1,704 @@
+"""Preprocess a release-layout dataset into a canonical, co-registered one.
+
+For each patient (the unit of work, so a worker owns the baseline it registers
+to), every study is put on the baseline T1 post's isotropic RAS grid:
+
+1. read each series as stored and reorient it to RAS (lossless, recorded);
+2. the baseline grid is an axis-aligned RAS grid of ``spacing_mm`` covering the
+   baseline T1 post (CT1); the baseline CT1 is resampled onto it;
+3. through time: each follow-up CT1 is registered to the baseline CT1 (rigid,
+   then optional affine; Mattes MI, multi-resolution, fixed seed), giving
+   ``baseline_to_study``; the baseline's own transform is the identity;
+4. within the study: every other sequence (T1, T2, FLAIR, the planning T1 post)
+   is registered to the study's CT1 on the baseline grid, starting from
+   ``baseline_to_study`` (the sequences share the study's scanner frame);
+5. every image is resampled once, straight from its native file onto the
+   baseline grid (linear or B-spline); the lesion label with nearest
+   neighbour, its dtype kept;
+6. brain mask (heuristic on the CT1, or the non-zero voxels for skull-stripped
+   data), optional N4 bias correction, per-channel z-score inside the brain
+   (voxels outside the brain become 0).
+
+Outputs (``out_root``): the same release layout and tables, plus
+``transforms/<PatientID>/<StudyID>.json`` (:mod:`metstrack.preprocess.mapping`)
+and ``preprocess/`` (resolved config, per-study provenance, brain masks, the
+run report). A study is finished when its transform JSON exists (written last,
+atomically), so a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from metstrack.catalog import Catalog, OutputRecord
+from metstrack.config import config_fingerprint, save_config, to_dict
+from metstrack.errors import ConfigError, DatasetError, MetstrackError
+from metstrack.io import schema
+from metstrack.io.atomic import write_bytes_atomic, write_json_atomic
+from metstrack.io.nifti import read_volume, write_volume
+from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
+from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
+from metstrack.preprocess.intensity import n4_correct, zscore_in_brain
+from metstrack.preprocess.mapping import (
+    TRANSFORMS_DIR,
+    StudyTransform,
+    save_transform,
+    transform_path,
+)
+from metstrack.preprocess.register import RegistrationConfig, register
+from metstrack.preprocess.spatial import resample_array
+from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE, Patient, Study, Volume
+
+log = logging.getLogger(__name__)
+
+#: Folder of the preprocessing records inside the output dataset.
+PREPROCESS_DIR = "preprocess"
+REFERENCE_SEQUENCE = "CT1"
+INTERPOLATIONS = {"linear": 1, "bspline": 3}
+NORMALISATIONS = ("zscore", "none")
+
+
+def _within_default() -> RegistrationConfig:
+    return RegistrationConfig(
+        shrink_factors=(4, 2),
+        smoothing_sigmas_mm=(2.0, 1.0),
+        iterations=60,
+        sampling_percentage=0.1,
+    )
+
+
+def _through_default() -> RegistrationConfig:
+    return RegistrationConfig(
+        shrink_factors=(4, 2, 1),
+        smoothing_sigmas_mm=(2.0, 1.0, 0.0),
+        iterations=100,
+        sampling_percentage=0.05,
+        init="geometry",
+    )
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of ``metstrack preprocess`` (TOML sections ``[within_study]``,
+    ``[through_time]``, ``[brain]``).
+
+    Attributes:
+        spacing_mm: Isotropic output voxel size.
+        image_interpolation: ``linear`` or ``bspline`` (images; labels always nearest).
+        brain_mask: Compute the skull-on brain mask heuristic; False for skull-stripped
+            data (the brain is then the CT1's non-zero voxels).
+        n4: Run N4 bias-field correction on every image (inside the head).
+        n4_shrink_factor: Downsampling of N4's fitting grid.
+        normalize: ``zscore`` (per channel inside the brain, 0 outside) or ``none``.
+        register_within_study: Register each sequence to the study's CT1 (else the
+            scanner frame is trusted and only ``baseline_to_study`` is applied).
+        metric_mask_mm: When > 0 and a brain mask exists, restrict the through-time
+            metric to the baseline brain dilated by this many mm (0: whole image).
+        within_study: Registration settings sequence -> CT1.
+        through_time: Registration settings follow-up CT1 -> baseline CT1
+            (``through_time.affine`` adds the affine stage).
+        brain: Brain-mask heuristic parameters.
+    """
+
+    spacing_mm: float = 1.0
+    image_interpolation: str = "linear"
+    brain_mask: bool = True
+    n4: bool = False
+    n4_shrink_factor: int = 4
+    normalize: str = "zscore"
+    register_within_study: bool = True
+    metric_mask_mm: float = 0.0
+    within_study: RegistrationConfig = field(default_factory=_within_default)
+    through_time: RegistrationConfig = field(default_factory=_through_default)
+    brain: BrainMaskConfig = field(default_factory=BrainMaskConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"image_interpolation: {self.image_interpolation!r} is not one of "
+                f"{', '.join(INTERPOLATIONS)}"
+            )
+        if self.normalize not in NORMALISATIONS:
+            raise ConfigError(
+                f"normalize: {self.normalize!r} is not one of {', '.join(NORMALISATIONS)}"
+            )
+        if self.spacing_mm <= 0:
+            raise ConfigError(f"spacing_mm must be positive, found {self.spacing_mm}")
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What happened to one study.
+
+    Attributes:
+        patient_id: Release PatientID.
+        study_id: Release StudyID.
+        status: ``done`` (processed now), ``skipped`` (already finished) or ``failed``.
+        message: The error for a failed study, else empty.
+        seconds: Wall time spent on the study.
+        outputs: Files written (relative to the output root).
+    """
+
+    patient_id: str
+    study_id: str
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+    outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreprocessReport:
+    """Result of :func:`preprocess_dataset`.
+
+    Attributes:
+        out_root: The output dataset.
+        outcomes: One entry per study, patients in order.
+        seconds: Total wall time.
+        config_path: The resolved config written beside the outputs.
+    """
+
+    out_root: Path
+    outcomes: tuple[StudyOutcome, ...]
+    seconds: float
+    config_path: Path
+
+    def count(self, status: str) -> int:
+        """Number of studies with ``status``."""
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failed(self) -> tuple[StudyOutcome, ...]:
+        """The failed studies."""
+        return tuple(o for o in self.outcomes if o.status == "failed")
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {
+            "out_root": str(self.out_root),
+            "seconds": round(self.seconds, 3),
+            "done": self.count("done"),
+            "skipped": self.count("skipped"),
+            "failed": self.count("failed"),
+            "studies": [
+                {
+                    "PatientID": o.patient_id,
+                    "StudyID": o.study_id,
+                    "status": o.status,
+                    "message": o.message,
+                    "seconds": round(o.seconds, 3),
+                }
+                for o in self.outcomes
+            ],
+        }
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def study_fingerprint(study: Study) -> str:
+    """SHA-256 over the study's input files (names and bytes), first 16 hex digits."""
+    h = hashlib.sha256()
+    for s in sorted(study.series, key=lambda s: s.sequence):
+        h.update(s.sequence.encode())
+        h.update(file_sha256(s.path).encode())
+    return h.hexdigest()[:16]
+
+
+def provenance_path(out_root: Path, patient_id: str, study_id: str) -> Path:
+    """``<out>/preprocess/provenance/<PatientID>/<StudyID>.json``."""
+    return Path(out_root) / PREPROCESS_DIR / "provenance" / patient_id / f"{study_id}.json"
+
+
+def brain_mask_path(out_root: Path, patient_id: str, study_id: str) -> Path:
+    """``<out>/preprocess/brain_masks/<PatientID>/<StudyID>.nii.gz``."""
+    return Path(out_root) / PREPROCESS_DIR / "brain_masks" / patient_id / f"{study_id}.nii.gz"
+
+
+def is_study_done(out_root: Path, patient_id: str, study_id: str) -> bool:
+    """True when the study's transform JSON (its last output) exists."""
+    return transform_path(out_root, patient_id, study_id).is_file()
+
+
+def _read_ras(path: Path, *, label: bool = False) -> tuple[Volume, Volume, dict]:
+    """Read a file; return (native volume, RAS-reoriented volume, orientation record)."""
+    native = read_volume(path, dtype=None if label else np.float32)
+    if label and not np.issubdtype(native.array.dtype, np.integer):
+        arr = native.array
+        if not np.all(np.mod(arr, 1) == 0):
+            from metstrack.errors import LabelError
+
+            raise LabelError(
+                f"{path}: label holds non-integer values; threshold the probability map first"
+            )
+    ras, rec = reorient_to_ras(native)
+    return native, ras, rec.to_dict()
+
+
+def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float) -> np.ndarray:
+    r = radius_mm / spacing_mm
+    n = max(1, int(np.ceil(r)))
+    x, y, z = np.mgrid[-n : n + 1, -n : n + 1, -n : n + 1]
+    return ndimage.binary_dilation(mask, x * x + y * y + z * z <= r * r + 1e-9)
+
+
+@dataclass
+class _Baseline:
+    study_id: str
+    grid: Grid
+    ct1: Volume
+    brain: np.ndarray | None
+
+
+def _prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> _Baseline:
+    base = patient.studies[0]
+    path = base.path(REFERENCE_SEQUENCE)
+    if path is None:
+        raise DatasetError(
+            f"patient {patient.patient_id}: baseline study {base.study_id} has no "
+            f"{REFERENCE_SEQUENCE} (T1 post) file; every patient's first study needs one as "
+            "the registration reference"
+        )
+    _, ras, _ = _read_ras(path)
+    grid = isotropic_grid(ras, cfg.spacing_mm)
+    ct1 = resample_array(
+        ras.array,
+        ras.affine,
+        grid.shape,
+        grid.affine,
+        order=INTERPOLATIONS[cfg.image_interpolation],
+    )
+    vol = Volume(array=ct1, affine=grid.affine.copy(), path=path)
+    brain = brain_mask(vol, cfg.brain) if cfg.brain_mask else None
+    return _Baseline(study_id=base.study_id, grid=grid, ct1=vol, brain=brain)
+
+
+def preprocess_study(
+    patient: Patient,
+    study: Study,
+    baseline: _Baseline,
+    out_root: Path,
+    cfg: PreprocessConfig,
+) -> tuple[str, ...]:
+    """Preprocess one study onto its patient's baseline grid and write every output.
+
+    Returns:
+        Output paths relative to ``out_root`` (the transform JSON last).
+    """
+    pid, sid = patient.patient_id, study.study_id
+    order = INTERPOLATIONS[cfg.image_interpolation]
+    grid = baseline.grid
+    steps: list[dict] = []
+    ct1_path = study.path(REFERENCE_SEQUENCE)
+    if ct1_path is None:
+        raise DatasetError(
+            f"patient {pid} study {sid}: no {REFERENCE_SEQUENCE} (T1 post) file; the study "
+            "cannot be registered (add the T1 post or drop the study from the imaging table)"
+        )
+    ct1_native, ct1_ras, ct1_rec = _read_ras(ct1_path)
+    steps.append({"step": "reorient", "sequence": REFERENCE_SEQUENCE, **ct1_rec})
+
+    # Through time.
+    if sid == baseline.study_id:
+        b2s = np.eye(4)
+        steps.append({"step": "register_through_time", "baseline": True, "transform": b2s.tolist()})
+    else:
+        mask = None
+        if baseline.brain is not None and cfg.metric_mask_mm > 0:
+            mask = _dilate_mm(baseline.brain, cfg.metric_mask_mm, cfg.spacing_mm)
+        res = register(baseline.ct1, ct1_ras, cfg.through_time, fixed_mask=mask)
+        b2s = res.transform
+        steps.append(
+            {
+                "step": "register_through_time",
+                "fixed": f"{baseline.study_id}/{REFERENCE_SEQUENCE}",
+                "moving": f"{sid}/{REFERENCE_SEQUENCE}",
+                "params": to_dict(cfg.through_time),
+                "metric_mask_mm": cfg.metric_mask_mm if mask is not None else 0.0,
+                **res.to_dict(),
+            }
+        )
+    ct1 = resample_array(
+        ct1_ras.array, ct1_ras.affine, grid.shape, grid.affine, transform=b2s, order=order
+    )
+    steps.append(
+        {
+            "step": "resample",
+            "sequence": REFERENCE_SEQUENCE,
+            "interpolation": cfg.image_interpolation,
+            "grid": grid.to_dict(),
+        }
+    )
+    ct1_vol = Volume(array=ct1, affine=grid.affine.copy())
+
+    images: dict[str, np.ndarray] = {REFERENCE_SEQUENCE: ct1}
+    for seq in (*MODALITIES, PLANNING_SEQUENCE):
+        if seq == REFERENCE_SEQUENCE:
+            continue
+        p = study.path(seq)
+        if p is None:
+            if seq in MODALITIES:
+                steps.append({"step": "missing", "sequence": seq})
+            continue
+        _, ras, rec = _read_ras(p)
+        steps.append({"step": "reorient", "sequence": seq, **rec})
+        if cfg.register_within_study:
+            res = register(ct1_vol, ras, cfg.within_study, initial=b2s)
+            t = res.transform
+            steps.append(
+                {
+                    "step": "register_within_study",
+                    "fixed": f"{sid}/{REFERENCE_SEQUENCE}",
+                    "moving": f"{sid}/{seq}",
+                    "params": to_dict(cfg.within_study),
+                    "study_ct1_to_sequence": (t @ np.linalg.inv(b2s)).tolist(),
+                    **res.to_dict(),
+                }
+            )
+        else:
+            t = b2s
+        images[seq] = resample_array(
+            ras.array, ras.affine, grid.shape, grid.affine, transform=t, order=order
+        )
+        steps.append(
+            {"step": "resample", "sequence": seq, "interpolation": cfg.image_interpolation}
+        )
+
+    # Brain mask on the CT1 of this study (already on the baseline grid).
+    if cfg.brain_mask:
+        brain = brain_mask(ct1_vol, cfg.brain)
+        steps.append(
+            {
+                "step": "brain_mask",
+                "method": "intensity_band_heuristic",
+                "params": to_dict(cfg.brain),
+                "voxels": int(brain.sum()),
+            }
+        )
+    else:
+        brain = nonzero_mask(ct1_vol)
+        steps.append(
+            {
+                "step": "brain_mask",
+                "method": "nonzero (skull-stripped input)",
+                "voxels": int(brain.sum()),
+            }
+        )
+    if not brain.any():
+        raise DatasetError(f"{ct1_path}: empty brain mask; check the image or use --no-brain-mask")
+
+    if cfg.n4:
+        head = _dilate_mm(brain, 5.0, cfg.spacing_mm)
+        for seq in images:
+            images[seq] = n4_correct(
+                Volume(array=images[seq], affine=grid.affine),
+                head,
+                shrink_factor=cfg.n4_shrink_factor,
+            ).array
+        steps.append(
+            {
+                "step": "n4",
+                "shrink_factor": cfg.n4_shrink_factor,
+                "mask": "brain dilated 5 mm",
+                "sequences": list(images),
+            }
+        )
+
+    if cfg.normalize == "zscore":
+        names = list(images)
+        z = zscore_in_brain(np.stack([images[n] for n in names]), brain)
+        images = {n: z[i] for i, n in enumerate(names)}
+        steps.append(
+            {
+                "step": "normalize",
+                "method": "zscore_in_brain",
+                "outside_brain": 0.0,
+                "sequences": names,
+            }
+        )
+
+    outputs: list[str] = []
+    folder = schema.study_dir(out_root, pid, sid)
+    for seq, arr in images.items():
+        p = write_volume(arr.astype(np.float32), folder / f"{seq}.nii.gz", affine=grid.affine)
+        outputs.append(str(p.relative_to(out_root)))
+    lab_path = study.label_path
+    if lab_path is not None:
+        _, lab_ras, rec = _read_ras(lab_path, label=True)
+        lab = resample_array(
+            lab_ras.array, lab_ras.affine, grid.shape, grid.affine, transform=b2s, order=0
+        )
+        p = write_volume(lab, folder / f"{LABEL_SEQUENCE}.nii.gz", affine=grid.affine)
+        outputs.append(str(p.relative_to(out_root)))
+        steps.append(
+            {
+                "step": "label",
+                "reorient": rec,
+                "interpolation": "nearest",
+                "dtype": str(lab.dtype),
+                "transform": "baseline_to_study",
+            }
+        )
+    bp = write_volume(
+        brain.astype(np.uint8), brain_mask_path(out_root, pid, sid), affine=grid.affine
+    )
+    outputs.append(str(bp.relative_to(out_root)))
+    pp = provenance_path(out_root, pid, sid)
+    tp = transform_path(out_root, pid, sid)
+    outputs += [str(pp.relative_to(out_root)), str(tp.relative_to(out_root))]
+    prov = {
+        "PatientID": pid,
+        "StudyID": sid,
+        "baseline_StudyID": baseline.study_id,
+        "input_fingerprint": study_fingerprint(study),
+        "config_fingerprint": config_fingerprint(cfg),
+        "steps": steps,
+        "outputs": outputs,
+    }
+    write_json_atomic(pp, prov)
+    st = StudyTransform(
+        patient_id=pid,
+        study_id=sid,
+        baseline_study_id=baseline.study_id,
+        baseline_to_study=b2s,
+        native_grid=Grid.of(ct1_native),
+        baseline_grid=grid,
+    )
+    save_transform(out_root, st)  # last: marks the study finished
+    return tuple(outputs)
+
+
+def _recorded_outputs(out_root: Path, patient_id: str, study_id: str) -> tuple[str, ...]:
+    """Outputs of a finished study, as listed in its provenance (for catalog resume)."""
+    import json
+
+    try:
+        prov = json.loads(provenance_path(out_root, patient_id, study_id).read_text("utf-8"))
+        return tuple(str(p) for p in prov.get("outputs", ()))
+    except (OSError, ValueError):
+        return ()
+
+
+def preprocess_patient(
+    patient: Patient, out_root: str | Path, cfg: PreprocessConfig
+) -> list[StudyOutcome]:
+    """Preprocess every unfinished study of one patient (the unit of parallel work).
+
+    This is the function to map over patients with another engine (Dask, Ray):
+    it only reads the patient's input files and writes under ``out_root``.
+
+    Args:
+        patient: The patient (studies in time order; the first is the baseline).
+        out_root: Output dataset root.
+        cfg: Preprocessing settings.
+
+    Returns:
+        One :class:`StudyOutcome` per study. Errors of one study are caught and
+        reported as ``failed``; a failing baseline fails every study of the patient.
+    """
+    out_root = Path(out_root)
+    todo = [
+        s for s in patient.studies if not is_study_done(out_root, patient.patient_id, s.study_id)
+    ]
+    outcomes = [
+        StudyOutcome(
+            patient.patient_id,
+            s.study_id,
+            "skipped",
+            outputs=_recorded_outputs(out_root, patient.patient_id, s.study_id),
+        )
+        for s in patient.studies
+        if s not in todo
+    ]
+    if not todo:
+        return outcomes
+    t0 = time.perf_counter()
+    try:
+        baseline = _prepare_baseline(patient, cfg)
+    except MetstrackError as exc:
+        log.error("patient %s: %s", patient.patient_id, exc)
+        return outcomes + [
+            StudyOutcome(
+                patient.patient_id, s.study_id, "failed", str(exc), time.perf_counter() - t0
+            )
+            for s in todo
+        ]
+    for study in todo:
+        ts = time.perf_counter()
+        try:
+            outs = preprocess_study(patient, study, baseline, out_root, cfg)
+            outcomes.append(
+                StudyOutcome(
+                    patient.patient_id, study.study_id, "done", "", time.perf_counter() - ts, outs
+                )
+            )
+        except MetstrackError as exc:
+            log.error("study %s/%s: %s", patient.patient_id, study.study_id, exc)
+            outcomes.append(
+                StudyOutcome(
+                    patient.patient_id, study.study_id, "failed", str(exc), time.perf_counter() - ts
+                )
+            )
+    order = {s.study_id: i for i, s in enumerate(patient.studies)}
+    return sorted(outcomes, key=lambda o: order[o.study_id])
+
+
+def _output_kind(rel_path: str) -> str:
+    parts = Path(rel_path).parts
+    if parts[0] == TRANSFORMS_DIR:
+        return "transform"
+    if parts[0] == PREPROCESS_DIR:
+        return "brain_mask" if parts[1] == "brain_masks" else parts[1]
+    return "label" if Path(rel_path).name.startswith(LABEL_SEQUENCE) else "image"
+
+
+def _copy_tables(src_root: Path, out_root: Path) -> list[str]:
+    src = src_root / schema.TABLES_DIR
+    copied = []
+    for f in sorted(src.glob("*.csv")):
+        write_bytes_atomic(out_root / schema.TABLES_DIR / f.name, f.read_bytes())
+        copied.append(f.name)
+    return copied
+
+
+def _tables_fingerprint(src_root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted((src_root / schema.TABLES_DIR).glob("*.csv")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def preprocess_dataset(
+    src_root: str | Path,
+    out_root: str | Path,
+    cfg: PreprocessConfig | None = None,
+    workers: int = 1,
+    *,
+    catalog_path: str | Path | None = None,
+    on_study: Callable[[StudyOutcome], None] | None = None,
+) -> PreprocessReport:
+    """Preprocess a release-layout dataset into a new one (see the module docstring).
+
+    Args:
+        src_root: Input dataset (release layout, read with ``metstrack.io.release``).
+        out_root: Output folder (created; must differ from ``src_root``).
+        cfg: Settings (defaults when ``None``).
+        workers: Worker processes (patients run in parallel); 1 runs in-process.
+        catalog_path: Optional cohort catalog (SQLite) to register the run and
+            every finished study in (one transaction per study).
+        on_study: Called in the parent process after each study (progress bars).
+
+    Returns:
+        The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
+
+    Raises:
+        DatasetError: Unreadable input tables, or ``out_root`` equal to ``src_root``.
+    """
+    from metstrack.io.release import read_release
+
+    cfg = cfg or PreprocessConfig()
+    src_root, out_root = Path(src_root), Path(out_root)
+    if src_root.resolve() == out_root.resolve():
+        raise DatasetError(f"{out_root}: the output folder must differ from the input dataset")
+    t0 = time.perf_counter()
+    cohort = read_release(src_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tables = _copy_tables(src_root, out_root)
+    fingerprint = _tables_fingerprint(src_root)
+    cfg_path = save_config(
+        cfg,
+        out_root / PREPROCESS_DIR / "config.json",
+        source=str(src_root),
+        input_tables_fingerprint=fingerprint,
+        tables_copied=tables,
+        workers=int(workers),
+    )
+    catalog = run_id = None
+    if catalog_path is not None:
+        catalog = Catalog.open(catalog_path)
+        catalog.register_dataset(cohort)
+        run_id = catalog.begin_run("preprocess", cfg, source=str(src_root), output=str(out_root))
+
+    outcomes: list[StudyOutcome] = []
+
+    def collect(batch: list[StudyOutcome]) -> None:
+        for o in batch:
+            outcomes.append(o)
+            if catalog is not None and o.status in ("done", "skipped"):
+                catalog.record_study_done(
+                    run_id,
+                    o.patient_id,
+                    o.study_id,
+                    outputs=[OutputRecord(p, o.study_id, _output_kind(p)) for p in o.outputs],
+                    seconds=o.seconds,
+                )
+            if on_study is not None:
+                on_study(o)
+
+    try:
+        if workers <= 1:
+            for p in cohort.patients:
+                collect(preprocess_patient(p, out_root, cfg))
+        else:
+            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+                futs = [pool.submit(preprocess_patient, p, out_root, cfg) for p in cohort.patients]
+                for fut in as_completed(futs):
+                    collect(fut.result())
+    finally:
+        if catalog is not None:
+            status = "failed" if any(o.status == "failed" for o in outcomes) else "finished"
+            catalog.finish_run(run_id, status=status)
+            catalog.close()
+    order = {(s.patient_id, s.study_id): i for i, s in enumerate(cohort.studies)}
+    outcomes.sort(key=lambda o: order.get((o.patient_id, o.study_id), 0))
+    report = PreprocessReport(
+        out_root=out_root,
+        outcomes=tuple(outcomes),
+        seconds=time.perf_counter() - t0,
+        config_path=cfg_path,
+    )
+    write_json_atomic(out_root / PREPROCESS_DIR / "report.json", report.to_dict())
+    log.info(
+        "preprocessed %s: %d done, %d skipped, %d failed in %.1fs",
+        src_root,
+        report.count("done"),
+        report.count("skipped"),
+        report.count("failed"),
+        report.seconds,
+    )
+    return report
+
+
+def default_workers() -> int:
+    """A sensible default worker count (CPUs available to this process)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+__all__ = [
+    "PreprocessConfig",
+    "PreprocessReport",
+    "StudyOutcome",
+    "preprocess_dataset",
+    "preprocess_patient",
+    "preprocess_study",
+]

@@ -1,0 +1,385 @@
+"""Tracking a whole cohort: finding masks, running the tracker, writing outputs.
+
+Outputs of :func:`write_outputs` under ``out``::
+
+    tracked/patientId/<P>/studyId/<S>/tracked.nii.gz   int32 lesion IDs, baseline grid
+    trajectories.csv    one row per lesion and study (metstrack.tracking.trajectory)
+    burden.csv          one row per patient and study
+    rates.csv           one row per patient: monthly rates of change
+    response.csv        one row per follow-up: RANO-BM and volumetric response
+    local_control.csv   one row per radiosurgery target
+    timelines/<P>.png, timelines/<P>.svg
+    track_config.json   the resolved configuration and the inputs
+
+Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from metstrack.errors import DatasetError, MetstrackError
+from metstrack.io import schema
+from metstrack.io.atomic import write_csv_atomic
+from metstrack.io.nifti import find_nifti, read_label, write_volume
+from metstrack.tracking.config import TrackConfig
+from metstrack.tracking.response import assess_response, local_control
+from metstrack.tracking.tracker import TrackingResult, track_patient
+from metstrack.tracking.trajectory import patient_rates
+from metstrack.types import Cohort, Patient, Study
+
+if TYPE_CHECKING:
+    from metstrack.preprocess.mapping import StudyTransform
+
+log = logging.getLogger(__name__)
+
+MaskKind = Literal["predictions", "labels", "ground-truth"]
+#: Folder of the synthetic cohort's true instance maps: ``<root>/ground_truth/instances/<P>/<S>``.
+GT_INSTANCES_DIR = "instances"
+#: The synthetic cohort's true transforms table.
+GT_TRANSFORMS = "transforms.csv"
+TRACKED_DIR = "tracked"
+TRACKED_MAP = "tracked"
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """Where each study's lesion mask comes from.
+
+    Attributes:
+        kind: ``"predictions"`` (``<root>/predictions/patientId/<P>/studyId/<S>/mask.nii.gz``),
+            ``"labels"`` (the dataset's ``RTSTRUCT_segmentation`` files) or
+            ``"ground-truth"`` (``<data>/ground_truth/instances/<P>/<S>.nii.gz``,
+            synthetic cohorts).
+        root: The predictions root, or the dataset root for ground truth.
+    """
+
+    kind: MaskKind
+    root: Path | None = None
+
+    def path(self, study: Study) -> Path | None:
+        """The mask file of ``study``, or ``None`` when there is none."""
+        if self.kind == "labels":
+            return study.label_path
+        if self.root is None:
+            raise ValueError(f"mask source {self.kind!r} needs a root folder")
+        if self.kind == "predictions":
+            folder = schema.prediction_dir(self.root, study.patient_id, study.study_id)
+            return find_nifti(folder, schema.PREDICTION_MASK)
+        folder = self.root / schema.GROUND_TRUTH_DIR / GT_INSTANCES_DIR / study.patient_id
+        return find_nifti(folder, study.study_id)
+
+
+def tracked_map_path(out: str | Path, patient_id: str, study_id: str) -> Path:
+    """Where ``write_outputs`` puts one study's tracked map."""
+    return (
+        Path(out)
+        / TRACKED_DIR
+        / "patientId"
+        / patient_id
+        / "studyId"
+        / study_id
+        / f"{TRACKED_MAP}.nii.gz"
+    )
+
+
+def read_transforms_csv(path: str | Path) -> dict[tuple[str, str], np.ndarray]:
+    """Read per-study ``baseline_to_study`` transforms from a CSV.
+
+    Accepted layouts: columns ``PatientID, StudyID`` plus either sixteen
+    columns ``m00 .. m33`` (row-major 4x4), or one column ``baseline_to_study``
+    holding 16 numbers (JSON list or whitespace/comma separated).
+
+    Returns:
+        (PatientID, StudyID) -> float64 (4, 4) matrix.
+
+    Raises:
+        DatasetError: Missing file, missing columns or a malformed matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: transforms table not found")
+    df = pd.read_csv(path, dtype={"PatientID": str, "StudyID": str})
+    for col in ("PatientID", "StudyID"):
+        if col not in df.columns:
+            raise DatasetError(f"{path}: missing column {col!r} (found {', '.join(df.columns)})")
+    mcols = [f"m{i}{j}" for i in range(4) for j in range(4)]
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for n, row in df.iterrows():
+        if all(c in df.columns for c in mcols):
+            vals = [row[c] for c in mcols]
+        elif "baseline_to_study" in df.columns:
+            text = str(row["baseline_to_study"]).replace("[", " ").replace("]", " ")
+            vals = [v for v in text.replace(",", " ").split() if v]
+        else:
+            raise DatasetError(
+                f"{path}: expected columns m00..m33 or baseline_to_study holding the 4x4 "
+                "baseline_to_study matrix"
+            )
+        try:
+            mat = np.asarray([float(v) for v in vals], dtype=np.float64).reshape(4, 4)
+        except ValueError as exc:
+            raise DatasetError(f"{path}: row {n + 2}: not a 4x4 matrix ({exc})") from None
+        if not np.all(np.isfinite(mat)) or abs(np.linalg.det(mat[:3, :3])) < 1e-9:
+            raise DatasetError(f"{path}: row {n + 2}: singular or non-finite transform")
+        out[(str(row["PatientID"]), str(row["StudyID"]))] = mat
+    return out
+
+
+def read_transforms(path: str | Path) -> dict[tuple[str, str], np.ndarray | StudyTransform]:
+    """Read per-study transforms from a CSV or from a preprocessed dataset.
+
+    Args:
+        path: A CSV (see :func:`read_transforms_csv`), or a folder written by
+            ``metstrack preprocess`` holding ``transforms/<P>/<S>.json`` (or that
+            ``transforms`` folder itself); the JSON files also give each
+            patient's baseline grid.
+
+    Returns:
+        (PatientID, StudyID) -> 4x4 matrix (CSV) or
+        :class:`~metstrack.preprocess.mapping.StudyTransform` (JSON).
+
+    Raises:
+        DatasetError: Nothing readable at ``path``.
+    """
+    from metstrack.preprocess.mapping import TRANSFORMS_DIR, load_transform
+
+    path = Path(path)
+    if path.is_file():
+        return dict(read_transforms_csv(path))
+    folder = path / TRANSFORMS_DIR if (path / TRANSFORMS_DIR).is_dir() else path
+    files = sorted(folder.glob("*/*.json")) if folder.is_dir() else []
+    if not files:
+        raise DatasetError(
+            f"{path}: no transforms found; give a CSV (PatientID, StudyID, m00..m33) or a "
+            "folder written by `metstrack preprocess` (transforms/<PatientID>/<StudyID>.json)"
+        )
+    out: dict[tuple[str, str], np.ndarray | StudyTransform] = {}
+    for f in files:
+        st = load_transform(f)
+        out[(st.patient_id, st.study_id)] = st
+    return out
+
+
+def _matrix(t: np.ndarray | StudyTransform | None) -> np.ndarray | None:
+    if t is None:
+        return None
+    return np.asarray(getattr(t, "baseline_to_study", t), dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class CohortTracking:
+    """Tables of a tracked cohort.
+
+    Attributes:
+        results: Per patient, the :class:`TrackingResult` (``tracked_maps`` empty when
+            they were written on the fly with ``maps_out``).
+        trajectories, burden, rates, response, local_control: Concatenated tables.
+        skipped: ``(patient, study, reason)`` for studies left out (no mask).
+    """
+
+    results: tuple[TrackingResult, ...]
+    trajectories: pd.DataFrame
+    burden: pd.DataFrame
+    rates: pd.DataFrame
+    response: pd.DataFrame
+    local_control: pd.DataFrame
+    skipped: tuple[tuple[str, str, str], ...] = field(default_factory=tuple)
+
+
+def treatment_days(cohort: Cohort, patient_id: str) -> list[float]:
+    """Days from baseline of a patient's radiosurgery events (visit_class 2)."""
+    offset = 0.0
+    for cp in cohort.clinical_patients:
+        if cp.patient_id == patient_id:
+            offset = float(cp.first_srs_days_from_baseline_scan)
+    return sorted(
+        e.days_from_first_srs + offset
+        for e in cohort.clinical_events
+        if e.patient_id == patient_id and e.visit_class == 2
+    )
+
+
+def track_one(
+    patient: Patient,
+    source: MaskSource,
+    *,
+    config: TrackConfig,
+    transforms: Mapping[tuple[str, str], np.ndarray | StudyTransform] | None = None,
+) -> tuple[TrackingResult | None, list[tuple[str, str, str]]]:
+    """Read one patient's masks and track them (studies without a mask are skipped)."""
+    skipped: list[tuple[str, str, str]] = []
+    studies, masks, tfs = [], [], []
+    for st in patient.studies:
+        p = source.path(st)
+        if p is None:
+            skipped.append((patient.patient_id, st.study_id, f"no {source.kind} mask"))
+            continue
+        vol = read_label(p, binary=False)
+        studies.append(st)
+        masks.append(vol)
+        if transforms is not None:
+            tfs.append(transforms.get((patient.patient_id, st.study_id)))
+    if not studies:
+        return None, skipped
+    for pid, sid, why in skipped:
+        log.warning("patient %s study %s skipped: %s", pid, sid, why)
+    grid = next((t.baseline_grid for t in tfs if hasattr(t, "baseline_grid")), None)
+    if transforms is not None and tfs[0] is None and grid is None:
+        tfs[0] = np.eye(4)
+    if transforms is not None:
+        missing = [s.study_id for s, t in zip(studies, tfs, strict=True) if t is None]
+        if missing:
+            raise DatasetError(
+                f"transforms table has no baseline_to_study for patient {patient.patient_id} "
+                f"studies {', '.join(missing)}"
+            )
+    base_day = studies[0].days_from_baseline
+    result = track_patient(
+        masks,
+        [s.days_from_baseline - base_day for s in studies],
+        config=config,
+        patient_id=patient.patient_id,
+        study_ids=[s.study_id for s in studies],
+        baseline_to_study=[_matrix(t) for t in tfs] if transforms is not None else None,
+        baseline_grid=grid,
+    )
+    return result, skipped
+
+
+def track_cohort(
+    cohort: Cohort,
+    source: MaskSource,
+    *,
+    config: TrackConfig,
+    transforms: Mapping[tuple[str, str], np.ndarray | StudyTransform] | None = None,
+    patients: tuple[str, ...] = (),
+    on_patient: Callable[[str], None] | None = None,
+    maps_out: str | Path | None = None,
+) -> CohortTracking:
+    """Track every patient of a cohort and build the cohort tables.
+
+    Args:
+        cohort: The dataset (e.g. from ``metstrack.io.release.read_release``).
+        source: Where the masks are.
+        config: Tracking settings.
+        transforms: (PatientID, StudyID) -> baseline_to_study matrix or
+            StudyTransform (:func:`read_transforms`); ``None`` when the masks are
+            already co-registered.
+        patients: Only these PatientIDs (all when empty).
+        on_patient: Called with each PatientID when it is done (progress).
+        maps_out: When given, each patient's tracked maps are written under this
+            output folder as soon as the patient is tracked and then dropped
+            from the result, so memory does not grow with the cohort.
+
+    Returns:
+        A :class:`CohortTracking`.
+
+    Raises:
+        MetstrackError: A mask cannot be read or is not co-registered (the
+            message names the patient).
+    """
+    chosen = [cohort.patient(p) for p in patients] if patients else list(cohort.patients)
+    results, skipped = [], []
+    trajs, burdens, resps, lcs = [], [], [], []
+    for patient in chosen:
+        try:
+            res, sk = track_one(patient, source, config=config, transforms=transforms)
+        except MetstrackError as exc:
+            raise type(exc)(f"patient {patient.patient_id}: {exc}") from exc
+        skipped.extend(sk)
+        if res is not None and maps_out is not None:
+            _write_maps(res, maps_out)
+            res = replace(res, tracked_maps=())
+        if res is not None:
+            results.append(res)
+            trajs.append(res.trajectories)
+            burdens.append(res.burden)
+            resps.append(assess_response(res, config=config.response))
+            tgts = [t for t in cohort.radiosurgery_targets if t.patient_id == patient.patient_id]
+            if tgts:
+                tf = None
+                if transforms is not None:
+                    tf = {
+                        s: _matrix(transforms[(patient.patient_id, s)])
+                        for s in res.study_ids
+                        if (patient.patient_id, s) in transforms
+                    }
+                lcs.append(local_control(res, tgts, config=config.response, baseline_to_study=tf))
+        if on_patient is not None:
+            on_patient(patient.patient_id)
+    from metstrack.tracking.response import LOCAL_CONTROL_COLUMNS, RESPONSE_COLUMNS
+    from metstrack.tracking.trajectory import BURDEN_COLUMNS, TRAJECTORY_COLUMNS
+
+    def cat(frames: list[pd.DataFrame], cols: tuple[str, ...]) -> pd.DataFrame:
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(cols))
+
+    burden = cat(burdens, BURDEN_COLUMNS)
+    return CohortTracking(
+        results=tuple(results),
+        trajectories=cat(trajs, TRAJECTORY_COLUMNS),
+        burden=burden,
+        rates=patient_rates(burden, method=config.rate_method),
+        response=cat(resps, RESPONSE_COLUMNS),
+        local_control=cat(lcs, LOCAL_CONTROL_COLUMNS),
+        skipped=tuple(skipped),
+    )
+
+
+def _write_maps(res: TrackingResult, out: str | Path) -> list[Path]:
+    """Write a patient's tracked maps (nothing when they were already written and dropped)."""
+    return [
+        write_volume(vol, tracked_map_path(out, res.patient_id, sid), dtype=np.int32)
+        for sid, vol in zip(res.study_ids, res.tracked_maps, strict=False)
+    ]
+
+
+def write_outputs(
+    tracking: CohortTracking,
+    out: str | Path,
+    *,
+    cohort: Cohort | None = None,
+    figures: bool = True,
+) -> list[Path]:
+    """Write tracked maps, tables and timelines of a tracked cohort (atomically).
+
+    Args:
+        tracking: Output of :func:`track_cohort`.
+        out: Output folder (created).
+        cohort: Gives treatment events for the timelines.
+        figures: Write ``timelines/<P>.png`` and ``.svg``.
+
+    Returns:
+        Every written path.
+    """
+    from metstrack.tracking.timeline import plot_timeline
+
+    out = Path(out)
+    written: list[Path] = []
+    for res in tracking.results:
+        written.extend(_write_maps(res, out))
+    for name, frame in (
+        ("trajectories.csv", tracking.trajectories),
+        ("burden.csv", tracking.burden),
+        ("rates.csv", tracking.rates),
+        ("response.csv", tracking.response),
+        ("local_control.csv", tracking.local_control),
+    ):
+        written.append(write_csv_atomic(out / name, frame))
+    if figures:
+        for res in tracking.results:
+            days = treatment_days(cohort, res.patient_id) if cohort is not None else []
+            written.extend(
+                plot_timeline(
+                    res.trajectories, out / "timelines" / res.patient_id, treatment_days=days
+                )
+            )
+    return written

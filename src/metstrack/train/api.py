@@ -1,0 +1,310 @@
+"""``train(cfg, data_dir, out_dir)``: the library entry point of a training run.
+
+The demo, the benchmark, hyperparameter search and ablations call this. A run
+folder holds::
+
+    <out>/config.json          resolved config, metstrack version, data fingerprint
+    <out>/checkpoints/best.ckpt  best validation score (see metstrack.train.validation)
+    <out>/checkpoints/last.ckpt  state at the end (resume from it)
+    <out>/logs/metrics.csv     Lightning CSV log (TensorBoard beside it when installed)
+    <out>/validation.csv       one row per validation: epoch, step and every score
+    <out>/result.json          the TrainResult below
+
+Several GPUs or nodes: ``trainer.devices``, ``trainer.num_nodes`` and
+``trainer.strategy = "ddp"`` run Lightning's DDP; each process samples its own
+share of the patients (:class:`~metstrack.train.sampling.SequenceSampler`) and
+validation counts are summed over processes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as pl
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
+from lightning.pytorch.loggers import CSVLogger
+
+from metstrack import __version__
+from metstrack.config import save_config, to_dict
+from metstrack.errors import ConfigError
+from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+from metstrack.train.cache import data_fingerprint
+from metstrack.train.config import TrainConfig, check_train_config
+from metstrack.train.datamodule import SequenceDataModule
+from metstrack.train.module import ScoreHook, SequenceSegmentationModule
+from metstrack.types import Cohort
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_CKPT = "best.ckpt"
+LAST_CKPT = "last.ckpt"
+
+#: Lightning warnings that are expected in small runs and carry no information here.
+_BENIGN_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*The `srun` command is available.*",
+    r".*Found .* module\(s\) in eval mode.*",
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of a training run.
+
+    Attributes:
+        run_dir: The run folder.
+        best_ckpt: Checkpoint with the best validation score (the last one when
+            validation is disabled).
+        last_ckpt: Checkpoint at the end of training (resume from it).
+        best_score: Best checkpoint score (NaN without validation).
+        scores: Validation scores of the best checkpoint (``lesion_f1``,
+            ``small_sensitivity``, ``fp_per_scan``, ``dice``, ``n_scans``, ``score``).
+        history: Scores of every validation, in order (with ``epoch`` and ``step``).
+        global_step: Optimizer steps taken (including those before a resume).
+        epochs: Epochs completed.
+        stopped_by: ``"max_steps"``, ``"max_epochs"``, ``"time_budget"`` or ``"early_stopping"``.
+        data_fingerprint: Hash of the cohort's files and flags.
+        elapsed_s: Wall-clock seconds of this call.
+    """
+
+    run_dir: Path
+    best_ckpt: Path
+    last_ckpt: Path
+    best_score: float
+    scores: dict[str, float] = field(default_factory=dict)
+    history: tuple[dict[str, float], ...] = ()
+    global_step: int = 0
+    epochs: int = 0
+    stopped_by: str = "max_steps"
+    data_fingerprint: str = ""
+    elapsed_s: float = 0.0
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: str | Path | None = None,
+    cohort: Cohort | None = None,
+    score_hooks: Sequence[ScoreHook] = (),
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train a network on a cohort's patient sequences.
+
+    Args:
+        cfg: Every setting (see :mod:`metstrack.train.config`).
+        data_dir: Dataset in the release layout, studies co-registered through
+            time (synthetic cohorts without motion, or ``metstrack preprocess``
+            output).
+        out_dir: Run folder (created).
+        resume: A ``last.ckpt`` (or any checkpoint of this module) to continue
+            from: weights, optimizer, schedule, step and epoch counters.
+        cohort: An already-read cohort (skips reading ``data_dir``).
+        score_hooks: Called after every validation as ``fn(epoch, step, scores)``;
+            raising from it (e.g. ``optuna.TrialPruned``) stops the run and
+            propagates.
+        callbacks: Extra Lightning callbacks.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        ConfigError: Inconsistent settings.
+        DatasetError, ImageReadError, GeometryMismatchError...: Unusable data
+            (found before training starts, while filling the cache).
+    """
+    start = dt.datetime.now()
+    check_train_config(cfg)
+    data_dir = Path(data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is not None and not Path(resume).is_file():
+        raise ConfigError(f"--resume {resume}: checkpoint file not found")
+    if cohort is None:
+        from metstrack.io.release import read_release
+
+        cohort = read_release(data_dir)
+    t = cfg.trainer
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    fingerprint = data_fingerprint(cohort.patients)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
+    datamodule = SequenceDataModule(cfg, cohort, cache_dir)
+    module = SequenceSegmentationModule(to_dict(cfg.model), to_dict(cfg))
+    module.score_hooks.extend(score_hooks)
+
+    ckpt_dir = out / CHECKPOINT_DIR
+    validate = cfg.validation.enabled
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/score" if validate else None,
+        mode="max",
+        save_top_k=1,
+        save_last=False,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    cbs: list[Callback] = [best_cb, *callbacks]
+    if validate and t.early_stopping_patience > 0:
+        cbs.append(
+            EarlyStopping(
+                monitor="val/score",
+                mode="max",
+                patience=t.early_stopping_patience,
+                check_on_train_epoch_end=False,
+            )
+        )
+    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="", version="logs")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="", version="tensorboard"))
+    except ImportError:
+        pass
+    cbs.append(LearningRateMonitor(logging_interval="step"))
+
+    steps_per_epoch = max(
+        1,
+        math.ceil(
+            (cfg.data.samples_per_epoch or len(datamodule.train_patients))
+            / (t.devices * t.num_nodes * cfg.data.batch_size)
+        ),
+    )
+    val_kwargs: dict[str, Any] = {}
+    if not validate:
+        val_kwargs["limit_val_batches"] = 0
+    elif cfg.validation.val_check_interval_steps > 0:
+        val_kwargs["val_check_interval"] = cfg.validation.val_check_interval_steps
+        val_kwargs["check_val_every_n_epoch"] = None
+    else:
+        val_kwargs["check_val_every_n_epoch"] = cfg.validation.every_n_epochs
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=dt.timedelta(minutes=t.time_budget_min) if t.time_budget_min > 0 else None,
+        gradient_clip_val=cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else None,
+        gradient_clip_algorithm="norm",
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+        deterministic=t.deterministic,
+        callbacks=cbs,
+        logger=loggers,
+        log_every_n_steps=max(1, min(t.log_every_n_steps, steps_per_epoch)),
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(out),
+        **val_kwargs,
+    )
+    if trainer.is_global_zero:
+        save_config(
+            cfg,
+            out / "config.json",
+            data_fingerprint=fingerprint,
+            data_dir=str(data_dir.resolve()),
+            resumed_from=str(resume) if resume else None,
+            torch_version=torch.__version__,
+            lightning_version=pl.__version__,
+        )
+    with warnings.catch_warnings():
+        for pattern in _BENIGN_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        last = ckpt_dir / LAST_CKPT
+        trainer.save_checkpoint(last)
+        if validate and not best_cb.best_model_path:
+            # the budget ended before any validation: validate the final weights once
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            trainer.save_checkpoint(ckpt_dir / BEST_CKPT)
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
+    if not validate:
+        trainer.save_checkpoint(best)
+    best_score = (
+        float(best_cb.best_model_score)
+        if best_cb.best_model_score is not None
+        else float(module.last_scores.get("score", math.nan))
+    )
+    history = tuple(module.history)
+    best_scores = _scores_of_best(history, best_score) or dict(module.last_scores)
+    stopped = _stopped_by(trainer, cfg)
+    result = TrainResult(
+        run_dir=out,
+        best_ckpt=best,
+        last_ckpt=last,
+        best_score=best_score,
+        scores=best_scores,
+        history=history,
+        global_step=int(trainer.global_step),
+        epochs=int(trainer.current_epoch),
+        stopped_by=stopped,
+        data_fingerprint=fingerprint,
+        elapsed_s=(dt.datetime.now() - start).total_seconds(),
+    )
+    if trainer.is_global_zero:
+        if history:
+            write_csv_atomic(out / "validation.csv", pd.DataFrame(list(history)))
+        write_json_atomic(
+            out / "result.json", {**to_dict(result), "metstrack_version": __version__}
+        )
+    log.info(
+        "trained %d steps (%s); best %s = %.4f at %s",
+        result.global_step,
+        stopped,
+        cfg.validation.score,
+        best_score,
+        best,
+    )
+    return result
+
+
+def _scores_of_best(history: tuple[dict[str, float], ...], best: float) -> dict[str, float]:
+    for row in history:
+        if math.isclose(row.get("score", math.nan), best, rel_tol=1e-6, abs_tol=1e-9):
+            return dict(row)
+    return {}
+
+
+def _stopped_by(trainer: pl.Trainer, cfg: TrainConfig) -> str:
+    t = cfg.trainer
+    for cb in trainer.callbacks:
+        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+            return "early_stopping"
+    if t.max_steps > 0 and trainer.global_step >= t.max_steps:
+        return "max_steps"
+    if t.max_epochs > 0 and trainer.current_epoch >= t.max_epochs:
+        return "max_epochs"
+    if t.time_budget_min > 0:
+        return "time_budget"
+    return "max_epochs"
+
+
+def is_launched_subprocess() -> bool:
+    """True inside a DDP worker started by Lightning (its rank is not 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) != 0

@@ -1,0 +1,121 @@
+"""Validation scores from the lesion-wise metrics, pooled over studies and processes.
+
+Each labelled validation study is scored with
+:func:`metstrack.metrics.study.evaluate_study` (26-connected lesions,
+one-to-one overlap matching). The counts are summed over every study of every
+validation patient (and over DDP processes), then turned into pooled scores:
+
+* ``lesion_f1``: 2 TP / (2 TP + FP + FN) over all lesions,
+* ``small_sensitivity``: detected / reference lesions under 10 mm3,
+* ``fp_per_scan``: false-positive lesions per labelled study,
+* ``dice``: mean voxel Dice over labelled studies (studies where both masks
+  are empty are left out).
+
+The checkpoint score is the configured metric (``lesion_f1`` by default)
+plus ``1e-3 * dice`` as a tie-break; an undefined metric (no lesion anywhere)
+counts as 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from metstrack.metrics.study import evaluate_study
+
+#: Upper edge of the small-lesion stratum (mm3).
+SMALL_LESION_MM3 = 10.0
+#: Weight of Dice in the checkpoint score (breaks ties of the main metric).
+TIE_BREAK_WEIGHT = 1e-3
+
+
+@dataclass
+class ValidationTally:
+    """Summed counts of validation studies (add tallies with ``+=``).
+
+    Attributes:
+        n_scans: Labelled studies scored.
+        tp: Detected reference lesions.
+        fp: Predicted lesions matching no reference lesion.
+        fn: Missed reference lesions.
+        small_tp: Detected reference lesions under 10 mm3.
+        small_ref: Reference lesions under 10 mm3.
+        dice_sum: Sum of per-study voxel Dice (defined ones).
+        dice_n: Studies with a defined Dice.
+    """
+
+    n_scans: float = 0.0
+    tp: float = 0.0
+    fp: float = 0.0
+    fn: float = 0.0
+    small_tp: float = 0.0
+    small_ref: float = 0.0
+    dice_sum: float = 0.0
+    dice_n: float = 0.0
+
+    def __iadd__(self, other: ValidationTally) -> ValidationTally:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def as_array(self) -> np.ndarray:
+        """float64 vector of the counts in field order (for all-reduce)."""
+        return np.array([getattr(self, f.name) for f in fields(self)], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> ValidationTally:
+        """Inverse of :meth:`as_array`."""
+        return cls(*(float(v) for v in values))
+
+    def scores(self) -> dict[str, float]:
+        """Pooled scores: lesion_f1, small_sensitivity, fp_per_scan, dice, n_scans (NaN if undefined)."""
+        den = 2 * self.tp + self.fp + self.fn
+        return {
+            "lesion_f1": 2 * self.tp / den if den else math.nan,
+            "small_sensitivity": self.small_tp / self.small_ref if self.small_ref else math.nan,
+            "fp_per_scan": self.fp / self.n_scans if self.n_scans else math.nan,
+            "dice": self.dice_sum / self.dice_n if self.dice_n else math.nan,
+            "n_scans": self.n_scans,
+        }
+
+
+def checkpoint_score(scores: dict[str, float], metric: str) -> float:
+    """The value the best checkpoint maximises: ``metric + 1e-3 * dice`` (NaN counts as 0)."""
+
+    def z(v: float) -> float:
+        return 0.0 if v is None or math.isnan(v) else float(v)
+
+    return z(scores[metric]) + TIE_BREAK_WEIGHT * z(scores["dice"])
+
+
+def score_study(
+    pred: np.ndarray, ref: np.ndarray, *, spacing_mm: tuple[float, float, float]
+) -> ValidationTally:
+    """Tally one study.
+
+    Args:
+        pred: (X, Y, Z) binary prediction.
+        ref: (X, Y, Z) binary reference.
+        spacing_mm: Voxel spacing (X, Y, Z) in mm.
+    """
+    ev = evaluate_study(pred, ref, spacing_mm=spacing_mm)
+    det = ev.detection
+    small_tp = small_ref = 0
+    for s in ev.strata:
+        if s.upper_mm3 <= SMALL_LESION_MM3:
+            small_tp += s.tp
+            small_ref += s.n_ref
+    dice = ev.voxel.dice
+    defined = not math.isnan(dice)
+    return ValidationTally(
+        n_scans=1,
+        tp=det.tp,
+        fp=det.fp,
+        fn=det.fn,
+        small_tp=small_tp,
+        small_ref=small_ref,
+        dice_sum=dice if defined else 0.0,
+        dice_n=1 if defined else 0,
+    )
