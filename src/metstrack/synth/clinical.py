@@ -456,6 +456,7 @@ def generate_clinical_only(
             max_studies=cfg.max_studies,
             interval_months=cfg.follow_up_interval_months,
             max_lesions=cfg.max_lesions,
+            small_lesion_fraction=cfg.small_lesion_fraction,
             volume_scale=1.0,
         )
         timelines.append(tl)

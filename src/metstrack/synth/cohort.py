@@ -140,6 +140,7 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
         max_studies=cfg.max_studies,
         interval_months=cfg.follow_up_interval_months,
         max_lesions=cfg.max_lesions,
+        small_lesion_fraction=cfg.small_lesion_fraction,
         volume_scale=cfg.volume_scale,
         n_studies=n_studies,
     )

@@ -113,8 +113,9 @@ class SynthConfig:
             (``0.3`` or ``"0.3"``) of studies flagged at random.
         split_fractions: (train, val, test) fractions of patients.
         max_lesions: Cap on lesions per patient (baseline plus new).
-        small_lesion_fraction: Target share of lesion observations under 10 mm3
-            (the lesion-size model is tuned for it; tests check it is met).
+        small_lesion_fraction: Target share of lesion observations under 10 mm3 at
+            full size; it sets the median baseline lesion volume (0.3 gives about
+            0.36 in practice, and more on small grids where volumes are scaled).
         hazard_ratio: Planted hazard ratio per 1 cm3/month of the monthly rate of
             change of total metastasis volume (least-squares slope of total volume
             in cm3 against months = days / 30.4375 over the patient's studies).
