@@ -23,7 +23,12 @@ from metstrack.io.dicom_synth import (
     write_rtstruct,
     write_series,
 )
-from metstrack.io.ingest import IngestConfig, default_mapping_path, ingest_dicom
+from metstrack.io.ingest import (
+    IngestConfig,
+    default_mapping_path,
+    ingest_dicom,
+    source_series_uid,
+)
 from metstrack.io.nifti import read_label, read_volume
 from metstrack.io.release import read_release
 from metstrack.io.rtstruct import RoiSelection
@@ -198,6 +203,9 @@ def test_killed_run_leaves_no_partial_study(tmp_path, export, monkeypatch):
         ingest_dicom(export, out, catalog_path=db)
     studies = sorted(p.name for p in out.glob("imaging/patientId/*/studyId/*"))
     assert studies == ["S00001"]  # complete, and nothing half-written beside it
+    # its source series are already in the private mapping
+    ct1 = source_series_uid(default_mapping_path(out), "S00001", "CT1")
+    assert ct1.startswith("1.2.") and len(ct1) > 20
     with Catalog.open(db) as cat:
         assert cat.frame("runs").status.tolist() == ["running"]
         assert cat.frame("run_studies").study_id.tolist() == ["S00001"]
