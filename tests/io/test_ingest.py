@@ -93,6 +93,14 @@ def make_export(root, rng):
     for p in write_series(base3 / "tmp", img, description="T2 TSE", series_number=2, **b):
         p.rename(base3 / "mixed" / f"t2_{p.name}")  # two series in one folder
     (base3 / "tmp").rmdir()
+    write_series(
+        base3 / "flair",
+        img,
+        description="FLAIR",
+        series_number=3,
+        positions_mm=[0, 2, 4, 6.7, 8.7, 10.7, 12.7, 14.7],  # uneven spacing
+        **b,
+    )
     write_rtstruct(
         base3 / "RS_orphan.dcm",
         ct1,
@@ -156,6 +164,7 @@ def test_ingest_cohort(tmp_path, export, caplog):
     assert "absent from" in problems and "RS_orphan.dcm" in problems
     assert "mixed series in one folder" in problems and "ROE_RICHARD" in problems
     assert "skipped 1 file(s)" in problems
+    assert "uneven slice spacing" in problems and str(export / "ROE_RICHARD" / "flair") in problems
     unclassified = "\n".join(report.unclassified)
     assert "mystery scan" in unclassified and "localizer" in unclassified
     # no patient-identifying value in messages, logs or the shareable output
