@@ -62,6 +62,8 @@ _BENIGN_WARNINGS = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*The `srun` command is available.*",
     r".*Found .* module\(s\) in eval mode.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*`weights_only` was not set.*",
 )
 
 
