@@ -10,6 +10,7 @@ from metstrack import __version__
 from metstrack.cli import info as info_cmd
 from metstrack.cli import validate as validate_cmd
 from metstrack.cli import track as track_cmd
+from metstrack.cli import train as train_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ def _root(
 app.command("info")(info_cmd.info)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("train")(train_cmd.train)
 
 
 def main() -> None:
