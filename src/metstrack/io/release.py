@@ -43,7 +43,14 @@ import pandas as pd
 from metstrack.errors import DatasetError, did_you_mean
 from metstrack.io import schema
 from metstrack.io.nifti import NIFTI_SUFFIXES, is_nifti
-from metstrack.io.problems import ERROR, WARNING, DatasetScan, Problem, cohort_or_raise
+from metstrack.io.problems import (
+    ERROR,
+    WARNING,
+    DatasetScan,
+    Problem,
+    cohort_or_raise,
+    dataset_error,
+)
 from metstrack.types import (
     LABEL_SEQUENCE,
     MODALITIES,
@@ -104,6 +111,39 @@ def read_release(root: str | Path, *, strict: bool = False) -> Cohort:
     """
     scan = scan_release(root)
     return cohort_or_raise(scan, root, strict=strict, strict_checks=STRICT_CHECKS)
+
+
+def read_clinical_tables(
+    root: str | Path,
+) -> tuple[tuple[ClinicalPatient, ...], tuple[ClinicalEvent, ...], tuple[RadiosurgeryTarget, ...]]:
+    """Read only the clinical tables of a dataset (a clinical-only cohort has no imaging).
+
+    Patients are known from ``clinical_patients.csv`` itself; StudyIDs in the
+    event and target tables are kept as written (no imaging table to check
+    them against). Use :func:`read_release` when the imaging table exists.
+
+    Args:
+        root: Dataset folder holding ``tables/clinical_patients.csv``.
+
+    Returns:
+        ``(patients, events, targets)``.
+
+    Raises:
+        DatasetError: The patient table is missing, or any bad row (file, line, column).
+    """
+    root = Path(root)
+    path = schema.table_path(root, schema.PATIENTS_TABLE)
+    if not path.is_file():
+        raise DatasetError(f"{path}: clinical patient table not found")
+    found = _Found()
+    df = _load_csv(path, ("PatientID",), found)
+    known = set() if df is None else {str(v) for v in df["PatientID"]}
+    patients = _read_clinical_patients(root, known, found)
+    events = _read_events(root, known, None, found)
+    targets = _read_targets(root, known, None, found)
+    if found.table:
+        raise dataset_error(found.table, root)
+    return patients, events, targets
 
 
 def scan_release(root: str | Path) -> DatasetScan:
@@ -248,6 +288,11 @@ def _text(row: pd.Series, column: str) -> str:
     if not v:
         raise _BadCellError(column, "empty value; every row needs one")
     return v
+
+
+def _optional_number(row: pd.Series, column: str) -> float:
+    """A number, or NaN for an empty cell (documented optional columns only)."""
+    return math.nan if not _cell(row, column) else _number(row, column)
 
 
 def _number(row: pd.Series, column: str, *, lo: float | None = None, hi: float | None = None):
@@ -641,13 +686,15 @@ def _known_patient(row: pd.Series, known: set[str], found: _Found) -> str:
 
 
 def _known_study(
-    row: pd.Series, pid: str, study_patient: dict[str, str], found: _Found, *, required: bool
+    row: pd.Series, pid: str, study_patient: dict[str, str] | None, found: _Found, *, required: bool
 ) -> str | None:
     sid = _cell(row, "StudyID")
     if not sid:
         if required:
             raise _BadCellError("StudyID", "empty value; every row needs one")
         return None
+    if study_patient is None:  # clinical-only dataset: nothing to check against
+        return sid
     if sid not in study_patient and sid in found.failed_studies:
         raise _AlreadyReportedError
     if sid not in study_patient:
@@ -660,7 +707,7 @@ def _known_study(
 
 
 def _read_events(
-    root: Path, known: set[str], study_patient: dict[str, str], found: _Found
+    root: Path, known: set[str], study_patient: dict[str, str] | None, found: _Found
 ) -> tuple[ClinicalEvent, ...]:
     path = schema.table_path(root, schema.EVENTS_TABLE)
     if not path.is_file():
@@ -687,7 +734,7 @@ def _read_events(
 
 
 def _read_targets(
-    root: Path, known: set[str], study_patient: dict[str, str], found: _Found
+    root: Path, known: set[str], study_patient: dict[str, str] | None, found: _Found
 ) -> tuple[RadiosurgeryTarget, ...]:
     path = schema.table_path(root, schema.TARGETS_TABLE)
     if not path.is_file():
@@ -705,10 +752,10 @@ def _read_targets(
             days_from_first_srs=_number(row, "days_from_first_srs"),
             target_volume_mm3=_number(row, "target_volume_mm3", lo=0),
             dose_gy=_number(row, "dose_gy", lo=0),
-            centroid_mm=(
-                _number(row, "centroid_x_mm"),
-                _number(row, "centroid_y_mm"),
-                _number(row, "centroid_z_mm"),
+            centroid_mm=(  # empty when the planning contour's position is unknown
+                _optional_number(row, "centroid_x_mm"),
+                _optional_number(row, "centroid_y_mm"),
+                _optional_number(row, "centroid_z_mm"),
             ),
         )
 

@@ -1,0 +1,515 @@
+"""Clinical tables and burden trajectories, and the clinical-only cohort mode.
+
+The imaging cohort and :func:`generate_clinical_only` build their tables with
+the same :func:`build_tables` from the same :class:`~metstrack.synth.timeline.Timeline`
+records, so the survival model is identical in both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metstrack.config import save_config
+from metstrack.io import schema
+from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+from metstrack.synth.config import SynthConfig
+from metstrack.synth.timeline import HISTOLOGIES, Timeline, simulate_timeline
+from metstrack.types import DAYS_PER_MONTH, MODALITIES
+
+log = logging.getLogger(__name__)
+
+#: Ground-truth file names (under ``<root>/ground_truth``).
+GT_INSTANCES = "instances"
+GT_TRANSFORMS = "transforms.csv"
+GT_TRAJECTORIES = "lesion_trajectories.csv"
+GT_BURDEN = "burden.csv"
+GT_SURVIVAL = "survival_truth.json"
+GT_PATIENTS = "patient_truth.csv"
+GT_VESSELS = "vessels.csv"
+GT_CONFIG = "config.json"
+
+#: Seed-sequence spawn key reserved for the split permutation.
+_SPLIT_KEY = 2**31 - 1
+
+
+def patient_id(index: int) -> str:
+    """PatientID of the ``index``-th (0-based) synthetic patient."""
+    return f"P{index + 1:05d}"
+
+
+def study_id(pid: str, j: int) -> str:
+    """StudyID of the ``j``-th (0-based) study of patient ``pid`` (unique in the cohort)."""
+    return f"{pid}_S{j + 1:02d}"
+
+
+def patient_streams(
+    seed: int, index: int
+) -> tuple[np.random.SeedSequence, np.random.SeedSequence, np.random.SeedSequence]:
+    """Independent seed sequences (clinical, images, label flags) of patient ``index``.
+
+    They are the three children of ``SeedSequence(seed).spawn(n)[index]``, so a
+    patient's data depend only on the master seed and its index.
+    """
+    parent = np.random.SeedSequence(seed, spawn_key=(index,))
+    clinical, images, flags = parent.spawn(3)
+    return clinical, images, flags
+
+
+def assign_splits(n: int, seed: int, fractions: tuple[float, float, float]) -> list[str]:
+    """Split patients into train/val/test by a seeded permutation (exact counts).
+
+    Returns:
+        One of ``"train"``, ``"val"``, ``"test"`` per patient index.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_KEY,)))
+    n_val = int(round(fractions[1] * n))
+    n_test = int(round(fractions[2] * n))
+    n_val = min(n_val, n)
+    n_test = min(n_test, n - n_val)
+    order = rng.permutation(n)
+    out = ["train"] * n
+    for k in order[:n_val]:
+        out[k] = "val"
+    for k in order[n_val : n_val + n_test]:
+        out[k] = "test"
+    return out
+
+
+def dose_gy(volume_mm3: float) -> float:
+    """Single-fraction radiosurgery dose by target diameter (RTOG 90-05 style)."""
+    diameter_mm = 2 * float(np.cbrt(3 * volume_mm3 / (4 * math.pi)))
+    if diameter_mm <= 20:
+        return 24.0 if diameter_mm > 5 else 20.0
+    if diameter_mm <= 30:
+        return 18.0
+    return 15.0
+
+
+@dataclass(frozen=True, eq=False)
+class PatientRecord:
+    """What the tables need of one patient besides its timeline.
+
+    Attributes:
+        timeline: The clinical course.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        volume_mm3: float64 (n_lesions, n_written) lesion volumes as written
+            (rendered voxel volumes for imaging cohorts, planned for clinical-only).
+        labelled: bool (n_written,) the release flags the study's label.
+        has_images: Image files exist for the patient's studies.
+        centroids_mm: float64 (n_lesions, n_written, 3) lesion centres in each
+            study's world space, or ``None`` (clinical-only).
+        transforms: float64 (n_written, 4, 4) ``baseline_to_study``, or ``None``.
+    """
+
+    timeline: Timeline
+    split: str
+    volume_mm3: np.ndarray
+    labelled: np.ndarray
+    has_images: bool
+    centroids_mm: np.ndarray | None = None
+    transforms: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class CohortTables:
+    """Every table of a synthetic cohort (release tables and ground truth).
+
+    Attributes:
+        imaging, split, events, patients, targets: Release tables (schema columns).
+        trajectories, burden, patient_truth, transforms: Ground-truth tables.
+        survival_truth: The planted model (JSON-ready).
+    """
+
+    imaging: pd.DataFrame
+    split: pd.DataFrame
+    events: pd.DataFrame
+    patients: pd.DataFrame
+    targets: pd.DataFrame
+    trajectories: pd.DataFrame
+    burden: pd.DataFrame
+    patient_truth: pd.DataFrame
+    transforms: pd.DataFrame | None
+    survival_truth: dict
+
+
+def survival_truth(cfg: SynthConfig) -> dict:
+    """The planted Cox model as a JSON-ready dict (coefficients are natural-log hazard ratios)."""
+    effects = cfg.covariates
+    hist = effects.histology_hr
+    coefs = {
+        "rate_cm3_per_month": math.log(cfg.hazard_ratio),
+        "age_per_decade": math.log(effects.hr_age_per_decade),
+        "kps_per_10_points": math.log(effects.hr_kps_per_10),
+        "extracranial_disease": math.log(effects.hr_extracranial),
+    }
+    for h in HISTOLOGIES[1:]:
+        coefs[f"histology_{h}"] = math.log(hist[h])
+    return {
+        "model": "Cox proportional hazards, Weibull baseline hazard",
+        "time_origin": "first radiosurgery (clinical_patients.days_to_death_or_followup)",
+        "event": "clinical_patients.death",
+        "coefficients": coefs,
+        "hazard_ratios": {k: math.exp(v) for k, v in coefs.items()},
+        "covariates": {
+            "rate_cm3_per_month": (
+                "least-squares slope of the patient's total metastasis volume (cm3) against "
+                "time in months (days_from_baseline / 30.4375) over the patient's studies; "
+                "total volume is exactly linear in time, so every subset of two or more "
+                "studies gives the same slope (ground_truth/burden.csv; for imaging cohorts "
+                "the voxel-counted labels match it up to voxelisation)"
+            ),
+            "age_per_decade": "(age_years - 60) / 10",
+            "kps_per_10_points": "(kps - 80) / 10",
+            "extracranial_disease": "1 if extracranial_disease else 0",
+            "histology_*": "indicator of primary_histology; lung is the reference",
+        },
+        "units": {"time": "days", "rate": "cm3/month", "days_per_month": DAYS_PER_MONTH},
+        "baseline": {
+            "weibull_shape": effects.weibull_shape,
+            "median_survival_months_at_zero_log_hazard": effects.median_survival_months,
+        },
+        "censoring": {
+            "kind": "independent administrative censoring, uniform in months",
+            "range_months": list(effects.admin_censoring_months),
+        },
+        "study_selection": (
+            "min_studies scans happen at or before the first radiosurgery (time zero); later "
+            "scans are written only while the patient is alive and followed"
+        ),
+    }
+
+
+def build_tables(records: list[PatientRecord], cfg: SynthConfig) -> CohortTables:
+    """Build every table from per-patient records (shared by both cohort modes)."""
+    img_rows, split_rows, ev_rows, pat_rows, tgt_rows = [], [], [], [], []
+    traj_rows, burden_rows, truth_rows, tf_rows = [], [], [], []
+    for rec in records:
+        tl = rec.timeline
+        pid = tl.patient_id
+        n_w = tl.n_written
+        days = tl.written_days
+        treated = tl.treated_mask()
+        for j in range(n_w):
+            sid = study_id(pid, j)
+            planning = bool(tl.srs_at_study[j])
+            flags = {m: int(rec.has_images) for m in MODALITIES}
+            img_rows.append(
+                {
+                    "PatientID": pid,
+                    "StudyID": sid,
+                    **flags,
+                    "RTSTRUCT_segmentation": int(rec.has_images and rec.labelled[j]),
+                    "RTSTRUCT_MRI": int(rec.has_images and planning),
+                    "ExpertAdjusted": int(rec.has_images and rec.labelled[j] and planning),
+                    "DaysFromBaselineScan": int(days[j]),
+                    "RelativeTimepoint": j + 1,
+                }
+            )
+            split_rows.append(
+                {
+                    "StudyID": sid,
+                    "train": int(rec.split == "train"),
+                    "val": int(rec.split == "val"),
+                    "test": int(rec.split == "test"),
+                }
+            )
+            ev_rows.append(
+                {
+                    "PatientID": pid,
+                    "visit_class": 3,
+                    "days_from_first_srs": int(days[j] - tl.srs_day),
+                    "StudyID": sid,
+                    "description": "MRI brain with and without contrast",
+                }
+            )
+            vols = rec.volume_mm3[:, j]
+            if planning:
+                chosen = np.flatnonzero(tl.lesion_treated_at == j)
+                ev_rows.append(
+                    {
+                        "PatientID": pid,
+                        "visit_class": 2,
+                        "days_from_first_srs": int(days[j] - tl.srs_day),
+                        "StudyID": sid,
+                        "description": f"stereotactic radiosurgery, {chosen.size} target(s)",
+                    }
+                )
+                for lid in chosen:
+                    if vols[lid] <= 0:  # too small to render on this grid: not contoured
+                        continue
+                    c = (
+                        rec.centroids_mm[lid, j]
+                        if rec.centroids_mm is not None
+                        else np.full(3, np.nan)
+                    )
+                    tgt_rows.append(
+                        {
+                            "PatientID": pid,
+                            "target_id": 0,  # numbered below
+                            "StudyID": sid,
+                            "days_from_first_srs": int(days[j] - tl.srs_day),
+                            "target_volume_mm3": round(float(vols[lid]), 3),
+                            "dose_gy": dose_gy(float(vols[lid])),
+                            "centroid_x_mm": round(float(c[0]), 3),
+                            "centroid_y_mm": round(float(c[1]), 3),
+                            "centroid_z_mm": round(float(c[2]), 3),
+                            "_lesion_id": int(lid) + 1,
+                        }
+                    )
+            for lid in range(tl.n_lesions):
+                traj_rows.append(
+                    {
+                        "PatientID": pid,
+                        "lesion_id": lid + 1,
+                        "StudyID": sid,
+                        "days_from_baseline": int(days[j]),
+                        "volume_mm3": float(vols[lid]),
+                        "planned_volume_mm3": float(tl.lesion_volume_mm3[lid, j]),
+                        "treated": int(treated[lid, j]),
+                        "kind": tl.lesion_kind[lid],
+                    }
+                )
+            burden_rows.append(
+                {
+                    "PatientID": pid,
+                    "StudyID": sid,
+                    "days_from_baseline": int(days[j]),
+                    "total_volume_mm3": float(vols.sum()),
+                    "lesion_count": int(np.count_nonzero(vols > 0)),
+                }
+            )
+            if rec.transforms is not None:
+                m = rec.transforms[j]
+                row = {"PatientID": pid, "StudyID": sid}
+                for a in range(4):
+                    for b in range(4):
+                        row[f"m{a}{b}"] = float(m[a, b])
+                cos = np.clip((np.trace(m[:3, :3]) - 1) / 2, -1, 1)
+                row["angle_deg"] = float(np.degrees(np.arccos(cos)))
+                row["translation_mm"] = float(np.linalg.norm(m[:3, 3]))
+                tf_rows.append(row)
+        for d, name in tl.medications:
+            if d < tl.days_to_death_or_followup:
+                ev_rows.append(
+                    {
+                        "PatientID": pid,
+                        "visit_class": 1,
+                        "days_from_first_srs": int(d),
+                        "StudyID": None,
+                        "description": name,
+                    }
+                )
+        for d in tl.followup_days_from_srs:
+            ev_rows.append(
+                {
+                    "PatientID": pid,
+                    "visit_class": 4,
+                    "days_from_first_srs": int(d),
+                    "StudyID": None,
+                    "description": "clinic follow-up",
+                }
+            )
+        if tl.death:
+            ev_rows.append(
+                {
+                    "PatientID": pid,
+                    "visit_class": 5,
+                    "days_from_first_srs": int(tl.days_to_death_or_followup),
+                    "StudyID": None,
+                    "description": "death",
+                }
+            )
+        else:
+            ev_rows.append(
+                {
+                    "PatientID": pid,
+                    "visit_class": 4,
+                    "days_from_first_srs": int(tl.days_to_death_or_followup),
+                    "StudyID": None,
+                    "description": "last follow-up",
+                }
+            )
+        pat_rows.append(
+            {
+                "PatientID": pid,
+                "age_years": tl.age_years,
+                "sex": tl.sex,
+                "primary_histology": tl.histology,
+                "kps": tl.kps,
+                "extracranial_disease": int(tl.extracranial_disease),
+                "death": int(tl.death),
+                "days_to_death_or_followup": int(tl.days_to_death_or_followup),
+                "first_srs_days_from_baseline_scan": int(tl.srs_day),
+            }
+        )
+        truth_rows.append(
+            {
+                "PatientID": pid,
+                "rate_cm3_per_month": tl.rate_cm3_per_month,
+                "intercept_mm3": tl.intercept_mm3,
+                "linear_predictor": tl.linear_predictor,
+                "death_day_from_srs": tl.death_day_from_srs,
+                "censor_day_from_srs": tl.censor_day_from_srs,
+                "n_studies": n_w,
+                "n_lesions": tl.n_lesions,
+                "forced_schedule": int(tl.forced),
+            }
+        )
+
+    targets = pd.DataFrame(tgt_rows, columns=[*schema.TARGET_COLUMNS, "lesion_id"])
+    if tgt_rows:
+        targets = pd.DataFrame(tgt_rows).rename(columns={"_lesion_id": "lesion_id"})
+        targets["target_id"] = targets.groupby("PatientID").cumcount() + 1
+        targets = targets[[*schema.TARGET_COLUMNS, "lesion_id"]]
+    events = pd.DataFrame(ev_rows, columns=list(schema.EVENT_COLUMNS))
+    events = events.sort_values(
+        ["PatientID", "days_from_first_srs", "visit_class"], kind="stable"
+    ).reset_index(drop=True)
+    tf = None
+    if any(r.transforms is not None for r in records):
+        tf = pd.DataFrame(tf_rows)
+    return CohortTables(
+        imaging=pd.DataFrame(img_rows, columns=list(schema.IMAGING_COLUMNS)),
+        split=pd.DataFrame(split_rows, columns=list(schema.SPLIT_COLUMNS)),
+        events=events,
+        patients=pd.DataFrame(pat_rows, columns=list(schema.PATIENT_COLUMNS)),
+        targets=targets,
+        trajectories=pd.DataFrame(traj_rows),
+        burden=pd.DataFrame(burden_rows),
+        patient_truth=pd.DataFrame(truth_rows),
+        transforms=tf,
+        survival_truth=survival_truth(cfg),
+    )
+
+
+def write_tables(tables: CohortTables, root: str | Path, cfg: SynthConfig, **extra) -> None:
+    """Write the release tables under ``root/tables`` and the ground truth under
+    ``root/ground_truth`` (every file atomically)."""
+    root = Path(root)
+    write_csv_atomic(schema.table_path(root, schema.IMAGING_TABLE), tables.imaging)
+    write_csv_atomic(schema.table_path(root, schema.SPLIT_TABLE), tables.split)
+    write_csv_atomic(schema.table_path(root, schema.EVENTS_TABLE), tables.events)
+    write_csv_atomic(schema.table_path(root, schema.PATIENTS_TABLE), tables.patients)
+    write_csv_atomic(schema.table_path(root, schema.TARGETS_TABLE), tables.targets)
+    gt = root / schema.GROUND_TRUTH_DIR
+    write_csv_atomic(gt / GT_TRAJECTORIES, tables.trajectories, float_format="%.6f")
+    write_csv_atomic(gt / GT_BURDEN, tables.burden, float_format="%.6f")
+    write_csv_atomic(gt / GT_PATIENTS, tables.patient_truth, float_format="%.9g")
+    if tables.transforms is not None:
+        write_csv_atomic(gt / GT_TRANSFORMS, tables.transforms, float_format="%.9g")
+    write_json_atomic(gt / GT_SURVIVAL, tables.survival_truth)
+    save_config(cfg, gt / GT_CONFIG, **extra)
+
+
+@dataclass(frozen=True, eq=False)
+class ClinicalCohort:
+    """A clinical-only cohort: timelines and their tables (no images).
+
+    Attributes:
+        config: The resolved settings.
+        timelines: One per patient, in PatientID order.
+        tables: Release tables and ground truth (no transforms, NaN target centroids).
+    """
+
+    config: SynthConfig
+    timelines: tuple[Timeline, ...]
+    tables: CohortTables
+
+
+def generate_clinical_only(
+    n_patients: int = 1429, seed: int = 0, *, config: SynthConfig | None = None
+) -> ClinicalCohort:
+    """Clinical tables and burden trajectories for many patients, without images.
+
+    Patient ``i`` gets exactly the timeline (covariates, schedule, planned
+    volumes, survival) it would get in an imaging cohort with the same seed and
+    a full-size (>= 192 mm) field of view.
+
+    Args:
+        n_patients: Number of patients (1,429 is the published NYUMets size).
+        seed: Master seed.
+        config: Other settings (``n_patients`` and ``seed`` of it are replaced).
+
+    Returns:
+        The :class:`ClinicalCohort`; write it with :func:`write_clinical_only`.
+    """
+    from dataclasses import replace
+
+    cfg = replace(config or SynthConfig(), n_patients=n_patients, seed=seed)
+    splits = assign_splits(n_patients, seed, cfg.split_fractions)
+    frac = cfg.labelled_fraction()
+    timelines, records = [], []
+    for i in range(n_patients):
+        clin_ss, _, flag_ss = patient_streams(seed, i)
+        tl = simulate_timeline(
+            clin_ss,
+            patient_id(i),
+            hazard_ratio=cfg.hazard_ratio,
+            effects=cfg.covariates,
+            min_studies=cfg.min_studies,
+            max_studies=cfg.max_studies,
+            interval_months=cfg.follow_up_interval_months,
+            max_lesions=cfg.max_lesions,
+            volume_scale=1.0,
+        )
+        timelines.append(tl)
+        labelled = labelled_flags(tl, frac, flag_ss)
+        records.append(
+            PatientRecord(
+                timeline=tl,
+                split=splits[i],
+                volume_mm3=tl.written_volumes_mm3,
+                labelled=labelled,
+                has_images=False,
+            )
+        )
+    tables = build_tables(records, cfg)
+    log.info("clinical-only cohort: %d patients, %d studies", n_patients, len(tables.imaging))
+    return ClinicalCohort(config=cfg, timelines=tuple(timelines), tables=tables)
+
+
+def labelled_flags(tl: Timeline, frac: float | None, ss: np.random.SeedSequence) -> np.ndarray:
+    """Release label flags of the written studies under the labelled policy.
+
+    Args:
+        tl: The patient's timeline.
+        frac: ``None`` for radiosurgery-planning studies only, else the chance
+            that each study is flagged.
+        ss: The patient's own flag stream (so the policy never changes other draws).
+    """
+    n_w = tl.n_written
+    if frac is None:
+        return tl.srs_at_study[:n_w].copy()
+    return np.random.default_rng(ss).random(n_w) < frac
+
+
+def write_clinical_only(cohort: ClinicalCohort, out_dir: str | Path) -> Path:
+    """Write a clinical-only cohort: ``tables/`` and ``ground_truth/`` (no ``imaging/``).
+
+    The imaging table lists every study with all sequence flags 0 (no files).
+    """
+    out = Path(out_dir)
+    write_tables(cohort.tables, out, cohort.config, mode="clinical-only")
+    return out
+
+
+def summary(tables: CohortTables) -> dict[str, float]:
+    """Headline numbers of a cohort (for the CLI summary)."""
+    pats = tables.patients
+    traj = tables.trajectories
+    present = traj[traj["volume_mm3"] > 0]
+    return {
+        "patients": float(len(pats)),
+        "studies": float(len(tables.imaging)),
+        "labelled_studies": float(tables.imaging["RTSTRUCT_segmentation"].sum()),
+        "lesions": float(len(traj.drop_duplicates(["PatientID", "lesion_id"]))),
+        "small_lesion_fraction": float((present["volume_mm3"] < 10).mean()) if len(present) else 0,
+        "deaths": float(pats["death"].sum()),
+        "median_followup_days": float(pats["days_to_death_or_followup"].median()),
+    }

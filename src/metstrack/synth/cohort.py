@@ -1,0 +1,347 @@
+"""Imaging cohorts: in-memory patients (:func:`make_patient`) and the release layout on disk
+(:func:`generate_cohort`).
+
+Every patient's studies share one scanner grid (identical RAS affine, origin at
+the grid centre). A follow-up's content is rigidly moved: anatomy at baseline
+world point ``p`` appears at ``baseline_to_study @ p`` (the convention of
+:mod:`metstrack.preprocess.spatial`).
+
+Layout written by :func:`generate_cohort`::
+
+    <out>/imaging/patientId/<P>/studyId/<S>/{T1,CT1,T2,FLAIR,RTSTRUCT_segmentation}.nii.gz
+        (+ RTSTRUCT_MRI.nii.gz for radiosurgery-planning studies)
+    <out>/tables/{imaging,split,clinical_events,clinical_patients,radiosurgery_targets}.csv
+    <out>/ground_truth/instances/<P>/<S>.nii.gz     int16 lesion IDs, same ID across studies
+    <out>/ground_truth/{transforms,lesion_trajectories,burden,patient_truth,vessels}.csv
+    <out>/ground_truth/{survival_truth,config}.json
+
+The label file is written for every study (``RTSTRUCT_segmentation = instances > 0``);
+the imaging table's ``RTSTRUCT_segmentation`` flag marks only the studies the
+``labelled`` policy releases (default: radiosurgery planning studies).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metstrack.io import schema
+from metstrack.io.atomic import write_csv_atomic
+from metstrack.io.nifti import write_volume
+from metstrack.synth.anatomy import Anatomy, build_anatomy
+from metstrack.synth.clinical import (
+    GT_INSTANCES,
+    GT_VESSELS,
+    PatientRecord,
+    assign_splits,
+    build_tables,
+    labelled_flags,
+    patient_id,
+    patient_streams,
+    study_id,
+    write_tables,
+)
+from metstrack.synth.config import SynthConfig
+from metstrack.synth.render import Geometry, place_geometry, random_motion, render_study
+from metstrack.synth.timeline import Timeline, simulate_timeline
+from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class SynthStudy:
+    """One rendered study.
+
+    Attributes:
+        study_id: Release StudyID.
+        days_from_baseline: Days since the patient's first scan.
+        images: float32 (4, X, Y, Z) T1, CT1, T2, FLAIR (T1 white matter ~1000).
+        instances: int16 (X, Y, Z) lesion IDs shared across the patient's studies.
+        vessel_mask: bool (X, Y, Z) vessel-like bait voxels (never labelled).
+        baseline_to_study: float64 (4, 4) rigid world transform (identity at baseline).
+        planning: A radiosurgery-planning study.
+        labelled: The release flags its label.
+        lesion_volume_mm3: float64 (n_lesions,) rendered volume of each lesion.
+    """
+
+    study_id: str
+    days_from_baseline: int
+    images: np.ndarray
+    instances: np.ndarray
+    vessel_mask: np.ndarray
+    baseline_to_study: np.ndarray
+    planning: bool
+    labelled: bool
+    lesion_volume_mm3: np.ndarray
+
+    def image(self, modality: str) -> np.ndarray:
+        """The float32 (X, Y, Z) image of ``modality`` (one of T1, CT1, T2, FLAIR)."""
+        return self.images[MODALITIES.index(modality)]
+
+    @property
+    def label(self) -> np.ndarray:
+        """Binary uint8 (X, Y, Z) lesion mask (``instances > 0``)."""
+        return (self.instances > 0).astype(np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class SynthPatient:
+    """One synthetic patient in memory.
+
+    Attributes:
+        patient_id: Release PatientID.
+        affine: float64 (4, 4) voxel-to-world (RAS+, mm) shared by all studies.
+        studies: Studies in time order.
+        timeline: Clinical course, planned volumes and survival.
+        geometry: Lesion and vessel positions in baseline world coordinates.
+        tissues: uint8 (X, Y, Z) baseline tissue codes (see
+            :mod:`metstrack.synth.anatomy`: 0 background ... 6 white matter, 8 ventricle).
+    """
+
+    patient_id: str
+    affine: np.ndarray
+    studies: tuple[SynthStudy, ...]
+    timeline: Timeline
+    geometry: Geometry
+    tissues: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    patient_id: str
+    timeline: Timeline
+    anatomy: Anatomy
+    geometry: Geometry
+    transforms: np.ndarray  # (n_written, 4, 4)
+    labelled: np.ndarray  # (n_written,)
+    study_seeds: tuple[np.random.SeedSequence, ...]
+
+
+def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Plan:
+    clin_ss, img_ss, flag_ss = patient_streams(cfg.seed, index)
+    pid = patient_id(index)
+    tl = simulate_timeline(
+        clin_ss,
+        pid,
+        hazard_ratio=cfg.hazard_ratio,
+        effects=cfg.covariates,
+        min_studies=cfg.min_studies,
+        max_studies=cfg.max_studies,
+        interval_months=cfg.follow_up_interval_months,
+        max_lesions=cfg.max_lesions,
+        volume_scale=cfg.volume_scale,
+        n_studies=n_studies,
+    )
+    anat_ss, geo_ss, motion_ss, study_ss = img_ss.spawn(4)
+    anatomy = build_anatomy(np.random.default_rng(anat_ss), cfg.shape, cfg.spacing_mm)
+    max_vol = tl.written_volumes_mm3.max(axis=1) if tl.n_lesions else np.zeros(0)
+    geometry = place_geometry(
+        np.random.default_rng(geo_ss), anatomy, max_vol, vessels=cfg.vessel_bait
+    )
+    motion_rng = np.random.default_rng(motion_ss)
+    transforms = np.stack(
+        [np.eye(4)]
+        + [
+            random_motion(motion_rng, cfg.motion_max_deg, cfg.motion_max_mm)
+            for _ in range(tl.n_written - 1)
+        ]
+    )
+    return _Plan(
+        patient_id=pid,
+        timeline=tl,
+        anatomy=anatomy,
+        geometry=geometry,
+        transforms=transforms,
+        labelled=labelled_flags(tl, cfg.labelled_fraction(), flag_ss),
+        study_seeds=tuple(study_ss.spawn(tl.n_written)),
+    )
+
+
+def _render(plan: _Plan, j: int) -> SynthStudy:
+    tl = plan.timeline
+    r = render_study(
+        plan.anatomy,
+        plan.geometry,
+        tl.lesion_volume_mm3[:, j],
+        plan.transforms[j],
+        np.random.default_rng(plan.study_seeds[j]),
+    )
+    return SynthStudy(
+        study_id=study_id(plan.patient_id, j),
+        days_from_baseline=int(tl.study_days[j]),
+        images=r.images,
+        instances=r.instances,
+        vessel_mask=r.vessel_mask,
+        baseline_to_study=plan.transforms[j],
+        planning=bool(tl.srs_at_study[j]),
+        labelled=bool(plan.labelled[j]),
+        lesion_volume_mm3=r.lesion_volume_mm3,
+    )
+
+
+def _iter_studies(plan: _Plan) -> Iterator[SynthStudy]:
+    for j in range(plan.timeline.n_written):
+        yield _render(plan, j)
+
+
+def make_patient(
+    seed: int = 0,
+    shape: int = 48,
+    n_studies: int | None = 3,
+    *,
+    config: SynthConfig | None = None,
+    index: int = 0,
+) -> SynthPatient:
+    """Generate one patient in memory (no disk I/O).
+
+    Args:
+        seed: Master seed (as in a cohort; the patient is the ``index``-th of it).
+        shape: Grid edge K (K^3 voxels).
+        n_studies: Exactly this many studies (the survival time is then not
+            drawn from the Cox model), or ``None`` for the cohort's schedule.
+        config: Other settings (``seed`` and ``shape`` are replaced by the arguments).
+        index: Patient index within the cohort.
+
+    Returns:
+        A :class:`SynthPatient` whose arrays equal those :func:`generate_cohort`
+        writes for the same seed, shape, index and ``n_studies=None``.
+    """
+    cfg = replace(config or SynthConfig(), seed=seed, shape=shape)
+    plan = _plan(cfg, index, n_studies=n_studies)
+    return SynthPatient(
+        patient_id=plan.patient_id,
+        affine=plan.anatomy.affine.copy(),
+        studies=tuple(_iter_studies(plan)),
+        timeline=plan.timeline,
+        geometry=plan.geometry,
+        tissues=plan.anatomy.labels,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class _Written:
+    record_volume: np.ndarray
+    centroids: np.ndarray
+    transforms: np.ndarray
+    labelled: np.ndarray
+    timeline: Timeline
+    vessels: pd.DataFrame
+
+
+def _write_patient(cfg: SynthConfig, index: int, out: Path) -> _Written:
+    """Render and write one patient's studies; return what the tables need."""
+    plan = _plan(cfg, index)
+    tl = plan.timeline
+    aff = plan.anatomy.affine
+    n_w = tl.n_written
+    vols = np.zeros((tl.n_lesions, n_w))
+    cents = np.zeros((tl.n_lesions, n_w, 3))
+    for j, st in enumerate(_iter_studies(plan)):
+        folder = schema.study_dir(out, plan.patient_id, st.study_id)
+        images = np.clip(np.rint(st.images), 0, 32767).astype(np.int16)
+        for c, m in enumerate(MODALITIES):
+            write_volume(images[c], folder / f"{m}.nii.gz", affine=aff)
+        if st.planning:
+            write_volume(images[1], folder / f"{PLANNING_SEQUENCE}.nii.gz", affine=aff)
+        write_volume(st.label, folder / f"{LABEL_SEQUENCE}.nii.gz", affine=aff)
+        gt = out / schema.GROUND_TRUTH_DIR / GT_INSTANCES / plan.patient_id
+        write_volume(st.instances, gt / f"{st.study_id}.nii.gz", affine=aff)
+        vols[:, j] = st.lesion_volume_mm3
+        t = st.baseline_to_study
+        cents[:, j] = plan.geometry.centres_mm @ t[:3, :3].T + t[:3, 3]
+    g = plan.geometry
+    vessels = pd.DataFrame(
+        {
+            "PatientID": plan.patient_id,
+            "vessel_id": np.arange(1, len(g.vessel_radius_mm) + 1),
+            "kind": np.where(
+                np.linalg.norm(g.vessel_end_mm - g.vessel_start_mm, axis=1) > 0, "tube", "dot"
+            ),
+            "start_x_mm": g.vessel_start_mm[:, 0],
+            "start_y_mm": g.vessel_start_mm[:, 1],
+            "start_z_mm": g.vessel_start_mm[:, 2],
+            "end_x_mm": g.vessel_end_mm[:, 0],
+            "end_y_mm": g.vessel_end_mm[:, 1],
+            "end_z_mm": g.vessel_end_mm[:, 2],
+            "radius_mm": g.vessel_radius_mm,
+        }
+    )
+    return _Written(
+        record_volume=vols,
+        centroids=cents,
+        transforms=plan.transforms,
+        labelled=plan.labelled,
+        timeline=tl,
+        vessels=vessels,
+    )
+
+
+def generate_cohort(
+    cfg: SynthConfig,
+    out_dir: str | Path,
+    *,
+    on_patient: Callable[[str], None] | None = None,
+) -> Path:
+    """Generate an imaging cohort in the release layout with ground truth beside it.
+
+    Args:
+        cfg: Settings; ``cfg.workers > 1`` renders patients in parallel processes
+            (the output is identical for any number of workers).
+        out_dir: Output folder (created; existing files of the same names are replaced).
+        on_patient: Called with each PatientID when its files are written (progress).
+
+    Returns:
+        ``out_dir`` as a Path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = assign_splits(cfg.n_patients, cfg.seed, cfg.split_fractions)
+    results: list[_Written | None] = [None] * cfg.n_patients
+    if cfg.workers > 1 and cfg.n_patients > 1:
+        workers = min(cfg.workers, cfg.n_patients, os.cpu_count() or 1)
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_write_patient, cfg, i, out): i for i in range(cfg.n_patients)}
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_patient:
+                    on_patient(patient_id(i))
+    else:
+        for i in range(cfg.n_patients):
+            results[i] = _write_patient(cfg, i, out)
+            if on_patient:
+                on_patient(patient_id(i))
+    written = [r for r in results if r is not None]
+    records = [
+        PatientRecord(
+            timeline=w.timeline,
+            split=splits[i],
+            volume_mm3=w.record_volume,
+            labelled=w.labelled,
+            has_images=True,
+            centroids_mm=w.centroids,
+            transforms=w.transforms,
+        )
+        for i, w in enumerate(written)
+    ]
+    tables = build_tables(records, cfg)
+    write_tables(tables, out, cfg, mode="imaging")
+    write_csv_atomic(
+        out / schema.GROUND_TRUTH_DIR / GT_VESSELS,
+        pd.concat([w.vessels for w in written], ignore_index=True),
+        float_format="%.6f",
+    )
+    log.info(
+        "synthetic cohort: %d patients, %d studies in %s", len(written), len(tables.imaging), out
+    )
+    return out
