@@ -97,7 +97,7 @@ def test_checkpoint_reloads_with_identical_predictions(trained, tiny_cohort):
 def test_resume_continues_the_step_count(trained, tiny_cohort, tmp_path):
     _, first, _ = trained
     cfg = load_train_config(
-        None, [*TINY, "model.width=0.125", "trainer.max_steps=17", "validation.enabled=false"]
+        None, [*TINY, "model.width=0.125", "trainer.max_steps=17"]
     )
     result = train(cfg, tiny_cohort.root, tmp_path / "resumed", cohort=tiny_cohort, resume=first.last_ckpt)
     assert result.global_step == 17
