@@ -64,7 +64,9 @@ def test_run_folder_records_config_fingerprint_and_scores(trained):
     assert result.global_step == 16 and result.stopped_by == "max_steps"
     saved = json.loads((result.run_dir / "config.json").read_text())
     assert saved["metstrack_version"]
-    assert saved["data_fingerprint"] == result.data_fingerprint and len(result.data_fingerprint) == 16
+    assert (
+        saved["data_fingerprint"] == result.data_fingerprint and len(result.data_fingerprint) == 16
+    )
     assert saved["config"]["model"]["width"] == 0.125
     assert result.best_ckpt.is_file() and result.last_ckpt.is_file()
     val = pd.read_csv(result.run_dir / "validation.csv")
@@ -96,10 +98,10 @@ def test_checkpoint_reloads_with_identical_predictions(trained, tiny_cohort):
 
 def test_resume_continues_the_step_count(trained, tiny_cohort, tmp_path):
     _, first, _ = trained
-    cfg = load_train_config(
-        None, [*TINY, "model.width=0.125", "trainer.max_steps=17"]
+    cfg = load_train_config(None, [*TINY, "model.width=0.125", "trainer.max_steps=17"])
+    result = train(
+        cfg, tiny_cohort.root, tmp_path / "resumed", cohort=tiny_cohort, resume=first.last_ckpt
     )
-    result = train(cfg, tiny_cohort.root, tmp_path / "resumed", cohort=tiny_cohort, resume=first.last_ckpt)
     assert result.global_step == 17
     before, _ = load_checkpoint(first.last_ckpt)
     after, _ = load_checkpoint(result.last_ckpt)

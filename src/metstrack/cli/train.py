@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Annotated
@@ -67,6 +68,12 @@ def train(
     """
     from metstrack.train.api import train as run_training
     from metstrack.train.config import load_train_config
+
+    if logging.getLogger().level > logging.DEBUG:
+        # Lightning logs its own INFO banners through a separate handler; keep them
+        # for --verbose only so the run's output stays readable.
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
     flags = {
         "trainer.max_steps": max_steps,
