@@ -103,6 +103,8 @@ def test_resume_continues_the_step_count(trained, tiny_cohort, tmp_path):
         cfg, tiny_cohort.root, tmp_path / "resumed", cohort=tiny_cohort, resume=first.last_ckpt
     )
     assert result.global_step == 17
+    assert result.best_ckpt == tmp_path / "resumed" / "checkpoints" / "best.ckpt"
+    assert result.best_ckpt.is_file()
     before, _ = load_checkpoint(first.last_ckpt)
     after, _ = load_checkpoint(result.last_ckpt)
     changed = [

@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ _BENIGN_WARNINGS = (
     r".*Found .* module\(s\) in eval mode.*",
     r".*isinstance\(treespec, LeafSpec\).*",
     r".*`weights_only` was not set.*",
+    # resuming into a new run folder: only best_model_path carries over (copied below)
+    r".*The dirpath has changed from.*",
 )
 
 
@@ -249,6 +252,11 @@ def train(
             trainer.validate(module, datamodule=datamodule, verbose=False)
             trainer.save_checkpoint(ckpt_dir / BEST_CKPT)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
+    if best.is_file() and best.resolve().parent != ckpt_dir.resolve():
+        # resumed from another run whose best was not beaten: keep the folder self-contained
+        if trainer.is_global_zero:
+            shutil.copy2(best, ckpt_dir / BEST_CKPT)
+        best = ckpt_dir / BEST_CKPT
     if not validate:
         trainer.save_checkpoint(best)
     best_score = (
