@@ -124,18 +124,30 @@ def test_preprocess_dataset_end_to_end_and_resume(tiny_cohort, tmp_path):
         assert not cat.frame("outputs").duplicated(["run_id", "path"]).any()
 
 
-def test_reruns_are_bit_identical_and_parallel_workers_agree(tiny_cohort, tmp_path):
-    src, _, _ = tiny_cohort
-    cfg = _cfg("register_within_study=false")
-    a = preprocess_dataset(src, tmp_path / "a", cfg, workers=1)
-    b = preprocess_dataset(src, tmp_path / "b", cfg, workers=2)
-    assert a.count("done") == b.count("done") == 4
-    for f in (tmp_path / "a" / "transforms").rglob("*.json"):
-        ta = json.loads(f.read_text())["baseline_to_study"]
-        tb = json.loads((tmp_path / "b" / f.relative_to(tmp_path / "a")).read_text())[
-            "baseline_to_study"
-        ]
-        assert ta == tb
+@pytest.fixture(scope="module")
+def plain_run(shared_cohort, tmp_path_factory):
+    """The shared cohort preprocessed in-process without within-study registration."""
+    out = tmp_path_factory.mktemp("plain") / "out"
+    report = preprocess_dataset(shared_cohort[0], out, _cfg("register_within_study=false"))
+    assert report.count("done") == 4
+    return out
+
+
+def _transforms(out) -> dict[str, list]:
+    return {
+        f.stem: json.loads(f.read_text())["baseline_to_study"]
+        for f in (out / "transforms").rglob("*.json")
+    }
+
+
+def test_reruns_are_bit_identical_and_parallel_workers_agree(shared_cohort, plain_run, tmp_path):
+    src = shared_cohort[0]
+    b = preprocess_dataset(src, tmp_path / "b", _cfg("register_within_study=false"), workers=2)
+    assert b.count("done") == 4
+    assert _transforms(tmp_path / "b") == _transforms(plain_run)
+    for f in plain_run.rglob("CT1.nii.gz"):
+        other = tmp_path / "b" / f.relative_to(plain_run)
+        assert np.array_equal(read_volume(f).array, read_volume(other).array)
 
 
 def test_missing_baseline_ct1_fails_that_patient_only(tiny_cohort, tmp_path):
@@ -172,7 +184,9 @@ preprocess_dataset({data!r}, {out!r}, cfg, workers=1, catalog_path={db!r})
 """
 
 
-def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(tiny_cohort, tmp_path):
+def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(
+    shared_cohort, plain_run, tmp_path
+):
     import os
     import signal
     import subprocess
@@ -180,7 +194,7 @@ def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(tiny_cohort
     import time
     from pathlib import Path
 
-    src, truth, _ = tiny_cohort
+    src, truth, _ = shared_cohort
     out, db = tmp_path / "out", tmp_path / "c.db"
     code = _KILLED_RUN.format(
         src=str(Path(__file__).resolve().parents[2] / "src"),
@@ -220,3 +234,4 @@ def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(tiny_cohort
         assert set(per_study.index) == set(truth)
         assert per_study.nunique() == 1  # every study has all its files (T1, CT1, T2, label...)
         assert set(outs["kind"]) >= {"image", "label", "transform", "brain_mask", "provenance"}
+    assert _transforms(out) == _transforms(plain_run)  # the resumed result is the same

@@ -559,6 +559,24 @@ def preprocess_patient(
     return sorted(outcomes, key=lambda o: order[o.study_id])
 
 
+def _check_same_config(out_root: Path, cfg: PreprocessConfig) -> None:
+    """Refuse to resume into a folder preprocessed with another configuration."""
+    import json
+
+    saved = out_root / PREPROCESS_DIR / "config.json"
+    if not saved.is_file() or not any((out_root / TRANSFORMS_DIR).rglob("*.json")):
+        return
+    try:
+        old = json.loads(saved.read_text(encoding="utf-8")).get("config_fingerprint")
+    except ValueError:
+        old = None
+    if old != config_fingerprint(cfg):
+        raise DatasetError(
+            f"{out_root}: already holds studies preprocessed with another configuration "
+            f"(see {saved}); rerun with the same settings to resume, or choose a new --out"
+        )
+
+
 def _output_kind(rel_path: str) -> str:
     parts = Path(rel_path).parts
     if parts[0] == TRANSFORMS_DIR:
@@ -619,6 +637,7 @@ def preprocess_dataset(
         raise DatasetError(f"{out_root}: the output folder must differ from the input dataset")
     t0 = time.perf_counter()
     cohort = read_release(src_root)
+    _check_same_config(out_root, cfg)
     out_root.mkdir(parents=True, exist_ok=True)
     tables = _copy_tables(src_root, out_root)
     fingerprint = _tables_fingerprint(src_root)
@@ -629,6 +648,7 @@ def preprocess_dataset(
         input_tables_fingerprint=fingerprint,
         tables_copied=tables,
         workers=int(workers),
+        config_fingerprint=config_fingerprint(cfg),
     )
     catalog = run_id = None
     if catalog_path is not None:
