@@ -122,6 +122,9 @@ def test_preprocess_dataset_end_to_end_and_resume(tiny_cohort, tmp_path):
         rs = cat.frame("run_studies")
         assert len(rs) == 12  # 4 studies x 3 runs (skipped ones recorded as done again)
         assert not cat.frame("outputs").duplicated(["run_id", "path"]).any()
+        series = cat.frame("series")
+        assert set(series["dataset_root"]) == {str(src.resolve()), str(out.resolve())}
+        assert len(series) == 2 * 4 * 4  # T1, CT1, T2, label per study, in both datasets
 
 
 @pytest.fixture(scope="module")

@@ -681,6 +681,9 @@ def preprocess_dataset(
                 futs = [pool.submit(preprocess_patient, p, out_root, cfg) for p in cohort.patients]
                 for fut in as_completed(futs):
                     collect(fut.result())
+        if catalog is not None and not any(o.status == "failed" for o in outcomes):
+            # The output is a dataset of its own: same studies, its own files.
+            catalog.register_dataset(read_release(out_root))
     finally:
         if catalog is not None:
             status = "failed" if any(o.status == "failed" for o in outcomes) else "finished"
