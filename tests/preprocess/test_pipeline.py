@@ -238,3 +238,19 @@ def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(
         assert per_study.nunique() == 1  # every study has all its files (T1, CT1, T2, label...)
         assert set(outs["kind"]) >= {"image", "label", "transform", "brain_mask", "provenance"}
     assert _transforms(out) == _transforms(plain_run)  # the resumed result is the same
+
+
+def test_metric_mask_option_restricts_through_time_metric(one_patient_cohort, tmp_path):
+    src, truth, brains = one_patient_cohort
+    out = tmp_path / "out"
+    report = preprocess_dataset(
+        src, out, _cfg("register_within_study=false", "metric_mask_mm=5.0"), workers=1
+    )
+    assert report.count("done") == 2
+    prov = json.loads(provenance_path(out, "P00", "P00S2").read_text())
+    step = next(s for s in prov["steps"] if s["step"] == "register_through_time")
+    assert step["metric_mask_mm"] == 5.0
+    brain, aff = brains["P00"]
+    st = load_transform(out, "P00", "P00S2")
+    err = residual_mm(st.baseline_to_study, truth["P00S2"], voxel_to_world(np.argwhere(brain), aff))
+    assert np.median(err) < 1.0

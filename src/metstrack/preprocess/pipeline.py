@@ -258,15 +258,30 @@ def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float) -> np.ndar
     return ndimage.binary_dilation(mask, x * x + y * y + z * z <= r * r + 1e-9)
 
 
-@dataclass
-class _Baseline:
+@dataclass(frozen=True, eq=False)
+class BaselineReference:
+    """What every study of a patient is registered and resampled to.
+
+    Attributes:
+        study_id: The baseline StudyID (the patient's first study).
+        grid: The isotropic RAS output grid of the patient.
+        ct1: The baseline T1 post resampled onto ``grid`` (float32 (X, Y, Z)).
+        brain: bool (X, Y, Z) brain mask of ``ct1`` for the through-time metric mask,
+            or ``None`` when that mask is off.
+    """
+
     study_id: str
     grid: Grid
     ct1: Volume
     brain: np.ndarray | None
 
 
-def _prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> _Baseline:
+def prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> BaselineReference:
+    """Build the baseline reference of a patient from its first study's CT1.
+
+    Raises:
+        DatasetError: The baseline study has no CT1.
+    """
     base = patient.studies[0]
     path = base.path(REFERENCE_SEQUENCE)
     if path is None:
@@ -285,21 +300,32 @@ def _prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> _Baseline:
         order=INTERPOLATIONS[cfg.image_interpolation],
     )
     vol = Volume(array=ct1, affine=grid.affine.copy(), path=path)
-    brain = brain_mask(vol, cfg.brain) if cfg.brain_mask else None
-    return _Baseline(study_id=base.study_id, grid=grid, ct1=vol, brain=brain)
+    # Only the through-time metric mask needs it here; each study masks its own CT1.
+    brain = brain_mask(vol, cfg.brain) if cfg.brain_mask and cfg.metric_mask_mm > 0 else None
+    return BaselineReference(study_id=base.study_id, grid=grid, ct1=vol, brain=brain)
 
 
 def preprocess_study(
     patient: Patient,
     study: Study,
-    baseline: _Baseline,
+    baseline: BaselineReference,
     out_root: Path,
     cfg: PreprocessConfig,
 ) -> tuple[str, ...]:
     """Preprocess one study onto its patient's baseline grid and write every output.
 
+    Args:
+        patient: The study's patient.
+        study: The study (its CT1 is required).
+        baseline: From :func:`prepare_baseline`.
+        out_root: Output dataset root.
+        cfg: Settings.
+
     Returns:
-        Output paths relative to ``out_root`` (the transform JSON last).
+        Output paths relative to ``out_root`` (the transform JSON, written last, included).
+
+    Raises:
+        MetstrackError: Unreadable or invalid input (a typed subclass naming the file).
     """
     pid, sid = patient.patient_id, study.study_id
     order = INTERPOLATIONS[cfg.image_interpolation]
@@ -530,7 +556,7 @@ def preprocess_patient(
         return outcomes
     t0 = time.perf_counter()
     try:
-        baseline = _prepare_baseline(patient, cfg)
+        baseline = prepare_baseline(patient, cfg)
     except MetstrackError as exc:
         log.error("patient %s: %s", patient.patient_id, exc)
         return outcomes + [
@@ -724,4 +750,6 @@ __all__ = [
     "preprocess_dataset",
     "preprocess_patient",
     "preprocess_study",
+    "prepare_baseline",
+    "BaselineReference",
 ]
