@@ -254,3 +254,33 @@ def test_metric_mask_option_restricts_through_time_metric(one_patient_cohort, tm
     st = load_transform(out, "P00", "P00S2")
     err = residual_mm(st.baseline_to_study, truth["P00S2"], voxel_to_world(np.argwhere(brain), aff))
     assert np.median(err) < 1.0
+
+
+def test_brats_layout_input_becomes_a_release_dataset_with_binary_labels(head, tmp_path):
+    from metstrack.io.nifti import write_volume
+
+    case = tmp_path / "brats" / "BraTS-MET-00001-000"
+    t1c, brain = head(n=40, spacing_mm=2.5)
+    t2, _ = head(n=40, spacing_mm=2.5, contrast="t2")
+    seg = np.zeros(t1c.shape, np.uint8)
+    seg[18:22, 18:22, 18:22] = 3  # enhancing tumour
+    seg[19:21, 19:21, 19:21] = 1  # necrotic core
+    seg[14:17, 18:22, 18:22] = 2  # oedema: not metastasis by default
+    for suffix, vol in (("t1n", t1c), ("t1c", t1c), ("t2w", t2), ("t2f", t2)):
+        write_volume(vol, case / f"BraTS-MET-00001-000-{suffix}.nii.gz")
+    write_volume(seg, case / "BraTS-MET-00001-000-seg.nii.gz", affine=t1c.affine)
+    out = tmp_path / "pp"
+    report = preprocess_dataset(tmp_path / "brats", out, _cfg(), workers=1)
+    assert report.count("done") == 1
+    cohort = read_release(out)
+    study = cohort.patients[0].studies[0]
+    assert (cohort.patients[0].patient_id, study.study_id) == (
+        "BraTS-MET-00001",
+        "BraTS-MET-00001-000",
+    )
+    assert set(study.modalities_present) == {"T1", "CT1", "T2", "FLAIR"}
+    lab = read_volume(study.label_path, dtype=None)
+    assert lab.array.dtype == np.uint8 and set(np.unique(lab.array)) == {0, 1}
+    assert lab.array.sum() == np.isin(seg, (1, 3)).sum()  # same grid: the union of ET and NETC
+    saved = json.loads((out / "preprocess" / "config.json").read_text())
+    assert saved["source_layout"] == "brats-mets" and saved["label_classes"] == [1, 3]
