@@ -57,6 +57,7 @@ def preprocess(
                 layout=layout,
                 catalog_path=catalog,
                 on_study=lambda o: bar.advance(task),
+                on_start=lambda n: bar.update(task, total=n),
             )
         console.print(
             f"preprocessed {data} -> {out}: {report.count('done')} done, "

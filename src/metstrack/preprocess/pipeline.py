@@ -704,6 +704,7 @@ def preprocess_dataset(
     layout: str = "auto",
     catalog_path: str | Path | None = None,
     on_study: Callable[[StudyOutcome], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> PreprocessReport:
     """Preprocess a release-layout dataset into a new one (see the module docstring).
 
@@ -720,6 +721,7 @@ def preprocess_dataset(
         catalog_path: Optional cohort catalog (SQLite) to register the run and
             every finished study in (one transaction per study).
         on_study: Called in the parent process after each study (progress bars).
+        on_start: Called once with the number of studies before work starts.
 
     Returns:
         The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
@@ -762,6 +764,8 @@ def preprocess_dataset(
         run_id = catalog.begin_run("preprocess", cfg, source=str(src_root), output=str(out_root))
 
     outcomes: list[StudyOutcome] = []
+    if on_start is not None:
+        on_start(len(cohort.studies))
 
     def collect(batch: list[StudyOutcome]) -> None:
         for o in batch:
