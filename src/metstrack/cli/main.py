@@ -8,6 +8,7 @@ import typer
 
 from metstrack import __version__
 from metstrack.cli import catalog as catalog_cmd
+from metstrack.cli import demo as demo_cmd
 from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import export as export_cmd
 from metstrack.cli import info as info_cmd
@@ -48,6 +49,7 @@ def _root(
     setup_logging(verbose)
 
 
+app.command("demo")(demo_cmd.demo)
 app.command("info")(info_cmd.info)
 app.command("ingest")(ingest_cmd.ingest)
 app.command("dicom-scan")(ingest_cmd.dicom_scan)
