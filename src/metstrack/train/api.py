@@ -252,7 +252,9 @@ def train(
             trainer.validate(module, datamodule=datamodule, verbose=False)
             trainer.save_checkpoint(ckpt_dir / BEST_CKPT)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
-    if best.is_file() and best.resolve().parent != ckpt_dir.resolve():
+    if best.resolve().parent == ckpt_dir.resolve():
+        best = ckpt_dir / best.name  # same spelling as last_ckpt (relative stays relative)
+    elif best.is_file():
         # resumed from another run whose best was not beaten: keep the folder self-contained
         if trainer.is_global_zero:
             shutil.copy2(best, ckpt_dir / BEST_CKPT)
