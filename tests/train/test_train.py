@@ -147,3 +147,21 @@ def test_same_seed_same_weights(tiny_cohort, tmp_path):
     for p, q in zip(na.state_dict().values(), nb.state_dict().values(), strict=True):
         assert torch.equal(p, q)
     assert np.isnan(a.best_score)
+
+
+def test_score_hook_can_stop_a_run(tiny_cohort, tmp_path):
+    """Hyperparameter search prunes by raising from a hook (e.g. optuna.TrialPruned)."""
+
+    class PrunedError(Exception):
+        pass
+
+    def prune(epoch, step, scores):
+        assert {"lesion_f1", "small_sensitivity", "fp_per_scan", "dice", "score"} <= set(scores)
+        raise PrunedError(f"pruned at step {step}")
+
+    cfg = load_train_config(
+        None,
+        [*TINY, "trainer.max_steps=50", "data.samples_per_epoch=1", "validation.every_n_epochs=1"],
+    )
+    with pytest.raises(PrunedError, match="step 1"):
+        train(cfg, tiny_cohort.root, tmp_path / "pruned", cohort=tiny_cohort, score_hooks=[prune])
