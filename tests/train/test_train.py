@@ -165,3 +165,21 @@ def test_score_hook_can_stop_a_run(tiny_cohort, tmp_path):
     )
     with pytest.raises(PrunedError, match="step 1"):
         train(cfg, tiny_cohort.root, tmp_path / "pruned", cohort=tiny_cohort, score_hooks=[prune])
+
+
+def test_early_stopping_with_step_interval_validation(tiny_cohort, tmp_path):
+    # a learning rate of ~0 keeps the score constant: no improvement after the first validation
+    cfg = load_train_config(
+        None,
+        [
+            *TINY,
+            "optim.lr=1e-12",
+            "trainer.max_steps=50",
+            "trainer.early_stopping_patience=1",
+            "validation.val_check_interval_steps=1",
+        ],
+    )
+    result = train(cfg, tiny_cohort.root, tmp_path / "early", cohort=tiny_cohort)
+    assert result.stopped_by == "early_stopping"
+    assert result.global_step == 2 and len(result.history) == 2
+    assert [h["step"] for h in result.history] == [1.0, 2.0]

@@ -310,7 +310,7 @@ def _scores_of_best(history: tuple[dict[str, float], ...], best: float) -> dict[
 def _stopped_by(trainer: pl.Trainer, cfg: TrainConfig) -> str:
     t = cfg.trainer
     for cb in trainer.callbacks:
-        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+        if isinstance(cb, EarlyStopping) and cb.wait_count >= cb.patience:
             return "early_stopping"
     if t.max_steps > 0 and trainer.global_step >= t.max_steps:
         return "max_steps"
