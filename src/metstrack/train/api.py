@@ -64,7 +64,6 @@ _BENIGN_WARNINGS = (
     r".*The `srun` command is available.*",
     r".*Found .* module\(s\) in eval mode.*",
     r".*isinstance\(treespec, LeafSpec\).*",
-    r".*`weights_only` was not set.*",
     # resuming into a new run folder: only best_model_path carries over (copied below)
     r".*The dirpath has changed from.*",
 )
@@ -246,11 +245,11 @@ def train(
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         last = ckpt_dir / LAST_CKPT
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)
         if validate and not best_cb.best_model_path:
             # the budget ended before any validation: validate the final weights once
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            trainer.save_checkpoint(ckpt_dir / BEST_CKPT)
+            trainer.save_checkpoint(ckpt_dir / BEST_CKPT, weights_only=False)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
     if best.resolve().parent == ckpt_dir.resolve():
         best = ckpt_dir / best.name  # same spelling as last_ckpt (relative stays relative)
@@ -260,7 +259,7 @@ def train(
             shutil.copy2(best, ckpt_dir / BEST_CKPT)
         best = ckpt_dir / BEST_CKPT
     if not validate:
-        trainer.save_checkpoint(best)
+        trainer.save_checkpoint(best, weights_only=False)
     best_score = (
         float(best_cb.best_model_score)
         if best_cb.best_model_score is not None
