@@ -63,15 +63,18 @@ def test_bad_settings_are_usage_errors(cli, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_existing_output_needs_overwrite_and_foreign_files_are_kept(cli, tmp_path):
+def test_rerun_replaces_a_synthetic_cohort_but_protects_other_data(cli, tmp_path):
     args = ("synth", "--clinical-only", "--patients", "5", "--out", tmp_path / "c")
     assert cli(*args).exit_code == 0
+    r = cli(*args, "--seed", "9")  # a previous synthetic cohort is simply replaced
+    assert r.exit_code == 0, r.output
+    assert '"seed": 9' in (tmp_path / "c" / "ground_truth" / "config.json").read_text()
+    # A release-layout dataset synth did not write needs --overwrite.
+    (tmp_path / "c" / "ground_truth" / "config.json").unlink()
     r = cli(*args)
     assert r.exit_code == 1 and "--overwrite" in r.output
-    r = cli(*args, "--overwrite", "--seed", "9")
-    assert r.exit_code == 0, r.output
-    cfg = (tmp_path / "c" / "ground_truth" / "config.json").read_text()
-    assert '"seed": 9' in cfg
+    assert cli(*args, "--overwrite").exit_code == 0
+    # Anything else is never touched, even with --overwrite.
     (tmp_path / "c" / "notes.txt").write_text("mine")
     r = cli(*args, "--overwrite")
     assert r.exit_code == 1 and "refusing" in r.output

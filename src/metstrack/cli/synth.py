@@ -37,7 +37,12 @@ def synth(
         typer.Option("--clinical-only", help="Clinical tables and burden only, no images."),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a previous cohort in --out.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Also replace a dataset in --out that synth did not write "
+            "(a previous synthetic cohort is always replaced).",
+        ),
     ] = False,
     workers: Annotated[
         int | None, typer.Option("--workers", "-j", help="Parallel processes.", min=1)

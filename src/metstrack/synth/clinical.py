@@ -503,8 +503,8 @@ def write_clinical_only(
     """Write a clinical-only cohort: ``tables/`` and ``ground_truth/`` (no ``imaging/``).
 
     The imaging table lists every study with all sequence flags 0 (no files).
-    ``out_dir`` must not exist or be empty unless ``overwrite`` (as for
-    :func:`metstrack.synth.cohort.generate_cohort`); files appear all at once.
+    ``out_dir`` follows the rules of :func:`metstrack.synth.cohort.prepare_output`
+    (a previous synthetic cohort is replaced); files appear all at once.
     """
     from metstrack.synth.cohort import prepare_output, publish_output
 

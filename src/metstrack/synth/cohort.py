@@ -40,6 +40,7 @@ from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import write_volume
 from metstrack.synth.anatomy import Anatomy, build_anatomy
 from metstrack.synth.clinical import (
+    GT_CONFIG,
     GT_INSTANCES,
     GT_VESSELS,
     PatientRecord,
@@ -295,26 +296,33 @@ _COHORT_ENTRIES = {schema.IMAGING_DIR, schema.TABLES_DIR, schema.GROUND_TRUTH_DI
 def prepare_output(out_dir: str | Path, *, overwrite: bool) -> Path:
     """Check that ``out_dir`` may receive a cohort; return a fresh staging folder beside it.
 
-    The cohort is built in the staging folder and moved into place by
-    :func:`publish_output`, so an interrupted run never leaves a half-written cohort.
+    ``out_dir`` may be missing, empty, or a previous *synthetic* cohort (it has
+    ``ground_truth/config.json``), which is replaced, so re-running a command is
+    harmless. Any other cohort-like folder (a real release) is replaced only with
+    ``overwrite``; a folder holding anything else is never touched. The cohort is
+    built in the staging folder and moved into place by :func:`publish_output`, so
+    an interrupted run never leaves a half-written cohort.
 
     Raises:
-        DatasetError: ``out_dir`` is a non-empty folder and ``overwrite`` is false, or
-            it holds files other than a cohort's (never deleted).
+        DatasetError: ``out_dir`` is not a folder, holds files that are not part
+            of a cohort, or holds a non-synthetic cohort and ``overwrite`` is false.
     """
     out = Path(out_dir)
     if out.exists():
         if not out.is_dir():
             raise DatasetError(f"{out}: exists and is not a folder; choose another --out")
         entries = {p.name for p in out.iterdir()}
-        if entries and not overwrite:
+        foreign = sorted(entries - _COHORT_ENTRIES)
+        if foreign:
             raise DatasetError(
-                f"{out}: folder is not empty; choose a new --out or pass --overwrite"
+                f"{out}: holds files that are not part of a cohort ({', '.join(foreign[:3])}); "
+                "refusing to replace it, choose a new --out"
             )
-        if entries - _COHORT_ENTRIES:
+        synthetic = (out / schema.GROUND_TRUTH_DIR / GT_CONFIG).is_file()
+        if entries and not (synthetic or overwrite):
             raise DatasetError(
-                f"{out}: holds files that are not part of a cohort "
-                f"({', '.join(sorted(entries - _COHORT_ENTRIES)[:3])}); refusing to replace it"
+                f"{out}: holds a dataset that metstrack synth did not write; "
+                "choose a new --out or pass --overwrite to replace it"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -341,17 +349,17 @@ def generate_cohort(
     Args:
         cfg: Settings; ``cfg.workers > 1`` renders patients in parallel processes
             (the output is identical for any number of workers).
-        out_dir: Output folder; it must not exist or be empty, unless ``overwrite``
-            (then a previous cohort there is replaced). The cohort is built in a
+        out_dir: Output folder: missing, empty, or a previous synthetic cohort
+            (replaced); see :func:`prepare_output`. The cohort is built in a
             staging folder beside it and moved into place when complete.
-        overwrite: Replace a previous cohort in ``out_dir``.
+        overwrite: Also replace a non-synthetic cohort (a release layout) there.
         on_patient: Called with each PatientID when its files are written (progress).
 
     Returns:
         ``out_dir`` as a Path.
 
     Raises:
-        DatasetError: ``out_dir`` is not empty and ``overwrite`` is false.
+        DatasetError: ``out_dir`` may not be replaced (see :func:`prepare_output`).
     """
     staging = prepare_output(out_dir, overwrite=overwrite)
     try:
