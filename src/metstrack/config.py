@@ -75,7 +75,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return from_dict(tp, value, where=where)
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not allowed; {did_you_mean(str(value), args)}")
+            raise ConfigError(
+                f"{where}: {value!r} is not allowed; {did_you_mean(str(value), args)}"
+            )
         return value
     if origin in (tuple, list) or tp in (tuple, list):
         if isinstance(value, str) or not isinstance(value, Sequence):

@@ -146,3 +146,70 @@ def test_pair_overlaps_match_brute_force(rng):
         if ((pl == p) & (rl == r)).any()
     }
     assert got == want
+
+
+def official_brats(pred, ref, dil, min_vol, spacing):
+    """The BraTS-METS 2023 lesion-wise procedure written out the slow way (full-volume
+    masks per lesion), following the steps of the official evaluation script."""
+    import cc3d
+    from scipy import ndimage
+
+    from metstrack.metrics.voxel import compute_hd95
+
+    struct = ndimage.generate_binary_structure(3, 2)
+    gt_cc = cc3d.connected_components(ref, connectivity=26)
+    pred_cc = cc3d.connected_components(pred, connectivity=26)
+    dil_cc = cc3d.connected_components(
+        ndimage.binary_dilation(ref, structure=struct, iterations=dil), connectivity=26
+    )
+    combined = np.zeros_like(gt_cc)
+    for comp in range(1, dil_cc.max() + 1):
+        combined[(dil_cc == comp) & (gt_cc > 0)] = comp
+    tp_pred, rows = [], []
+    for comp in range(1, combined.max() + 1):
+        g = combined == comp
+        if not g.any():
+            continue
+        gd = ndimage.binary_dilation(g, structure=struct, iterations=dil)
+        hits = [c for c in np.unique(pred_cc[gd]) if c]
+        tp_pred += hits
+        p = np.isin(pred_cc, hits)
+        dice = 2 * (p & g).sum() / (p.sum() + g.sum())
+        hd = compute_hd95(p, g, spacing_mm=spacing) if hits else 374.0
+        rows.append((g.sum() * np.prod(spacing), bool(hits), dice, hd))
+    fp = len([c for c in np.unique(pred_cc) if c and c not in tp_pred])
+    kept = [r for r in rows if r[0] > min_vol]
+    n = len(kept) + fp
+    return {
+        "tp": sum(r[1] for r in kept),
+        "fn": sum(not r[1] for r in kept),
+        "fp": fp,
+        "dice": sum(r[2] for r in kept) / n if n else float("nan"),
+        "hd": (sum(r[3] for r in kept) + 374.0 * fp) / n if n else float("nan"),
+    }
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_brats_mode_agrees_with_the_official_procedure(seed):
+    from metstrack.metrics.study import evaluate_study
+
+    rng = np.random.default_rng(seed)
+    shape = (30, 26, 22)
+    g = np.indices(shape)
+    ref, pred = np.zeros(shape, bool), np.zeros(shape, bool)
+    for _ in range(8):  # balls of radius 0.5-3 voxels; some touch or nearly touch
+        c = rng.integers(3, np.array(shape) - 3)
+        r = rng.uniform(0.5, 3.0)
+        ref |= ((g - c[:, None, None, None]) ** 2).sum(0) <= r * r
+        if rng.random() < 0.8:  # detected, displaced by up to 2 voxels, resized
+            c2 = c + rng.integers(-2, 3, 3)
+            r2 = r * rng.uniform(0.6, 1.3)
+            pred |= ((g - c2[:, None, None, None]) ** 2).sum(0) <= r2 * r2
+    pred |= rng.random(shape) > 0.9997  # a few single-voxel false positives
+    sp = (1.0, 1.0, 1.5)
+    want = official_brats(pred, ref, 1, 2.0, sp)
+    ev = evaluate_study(pred, ref, spacing_mm=sp, mode="brats", min_ref_volume_mm3=2.0)
+    d = ev.detection
+    assert (d.tp, d.fn, d.fp) == (want["tp"], want["fn"], want["fp"])
+    assert d.lesionwise_dice == pytest.approx(want["dice"])
+    assert d.lesionwise_hd95_mm == pytest.approx(want["hd"])

@@ -17,3 +17,9 @@ def small_cohort(tmp_path_factory) -> Path:
     """Three patients at 48^3 with up to four studies, written to a temp folder."""
     out = tmp_path_factory.mktemp("synth") / "cohort"
     return generate_cohort(COHORT_CFG, out)
+
+
+@pytest.fixture(scope="session")
+def small_cohort_config() -> SynthConfig:
+    """The settings of :func:`small_cohort`."""
+    return COHORT_CFG

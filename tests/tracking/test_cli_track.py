@@ -209,3 +209,31 @@ def test_track_predictions_root(tk, tmp_path, cli):
     saved = json.loads((out / "track_config.json").read_text())
     assert saved["skipped"] == [["P1", "P1-s1", "no predictions mask"]]
     assert pd.read_csv(out / "burden.csv")["study_id"].tolist() == ["P1-s0", "P1-s2", "P2-s0"]
+
+
+def test_track_with_preprocess_transform_folder(tk, tmp_path, cli):
+    from metstrack.preprocess.grid import Grid
+    from metstrack.preprocess.mapping import StudyTransform, save_transform
+
+    data = _write_dataset(tk, tmp_path / "data", shift_follow_up_mm=4.0)
+    pre = tmp_path / "pre"
+    base = Grid(shape=(16, 16, 16), affine=tk.affine((2.0, 2.0, 2.0)))  # a coarser baseline grid
+    for pid, studies in STUDIES.items():
+        for i, (sid, _) in enumerate(studies):
+            t = np.eye(4)
+            if i > 0:
+                t[0, 3] = -4.0
+            aff = tk.affine()
+            aff[0, 3] -= 4.0 if i > 0 else 0.0
+            save_transform(
+                pre,
+                StudyTransform(pid, sid, studies[0][0], t, Grid(shape=tk.SHAPE, affine=aff), base),
+            )
+    out = tmp_path / "out"
+    r = cli("track", "--data", data, "--labels", "--transforms", pre, "--out", out, "--no-figures")
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(out / "burden.csv")["lesion_count"].tolist() == [2, 2, 3, 1]
+    tracked = read_label(out / "tracked/patientId/P1/studyId/P1-s1/tracked.nii.gz", binary=False)
+    assert tracked.shape == (16, 16, 16) and tracked.spacing_mm == (2.0, 2.0, 2.0)
+    r = cli("track", "--data", data, "--labels", "--transforms", tmp_path / "empty", "--out", out)
+    assert r.exit_code == 1 and "no transforms found" in r.output

@@ -209,3 +209,28 @@ def test_tracked_ids_consistent_over_many_lesions(tk, rng):
         assert len(ids) == 1 and 0 not in ids
     assert res.n_lesions == len(centres)
     assert res.burden["lesion_count"].tolist() == [5, 5, 5, 5]
+
+
+def test_baseline_grid_parameter_resamples_onto_it(tk):
+    from metstrack.preprocess.grid import Grid
+
+    a = tk.ball((12, 12, 12), 4)
+    grid = Grid(shape=(16, 16, 16), affine=tk.affine((2.0, 2.0, 2.0)))
+    res = track_patient([tk.mask(a), tk.mask(a)], [0, 30], baseline_grid=grid)
+    assert res.tracked_maps[0].shape == (16, 16, 16)
+    assert res.tracked_maps[1].array[6, 6, 6] == 1  # world (12, 12, 12) mm
+    vol = tk.rows(res, 1)["volume_mm3"].iloc[0]
+    assert vol == pytest.approx(a.sum(), rel=0.25)  # 8 mm3 voxels approximate the ball
+
+
+def test_one_good_link_beats_two_poor_ones(tk):
+    # single-voxel lesions along x: A moves 1 mm (no overlap), B resolves, N is new 8 mm from A
+    prev = tk.mask(np.s_[10:11, 10:11, 10:11], np.s_[4:5, 10:11, 10:11])
+    cur = tk.mask(np.s_[11:12, 10:11, 10:11], np.s_[18:19, 10:11, 10:11])
+    res = track_patient([prev, cur], [0, 30])
+    a, b = tk.id_at(res, 0, (10, 10, 10)), tk.id_at(res, 0, (4, 10, 10))
+    assert tk.id_at(res, 1, (11, 10, 10)) == a
+    n = tk.id_at(res, 1, (18, 10, 10))
+    assert n not in (a, b)
+    assert tk.rows(res, b)["status"].tolist() == ["new", "resolved"]
+    assert tk.rows(res, n)["status"].tolist() == ["new"]

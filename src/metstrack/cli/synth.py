@@ -44,7 +44,7 @@ def synth(
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a setting, e.g. --set survival.hr_rate=1.5."),
+        typer.Option("--set", help="Override a setting, e.g. --set hazard_ratio=1.5."),
     ] = None,
 ) -> None:
     """Generate a synthetic cohort in the NYUMets-Brain release layout, with ground truth.

@@ -35,8 +35,9 @@ def track(
         Path | None,
         typer.Option(
             "--transforms",
-            help="CSV of per-study baseline_to_study transforms (PatientID, StudyID, m00..m33); "
-            "masks are then mapped to each patient's baseline grid first.",
+            help="Per-study baseline_to_study transforms: a CSV (PatientID, StudyID, m00..m33) "
+            "or a folder written by `metstrack preprocess` (transforms/<P>/<S>.json); masks "
+            "are then mapped to each patient's baseline grid first.",
         ),
     ] = None,
     config: Annotated[
@@ -74,7 +75,7 @@ def track(
         from metstrack.tracking.cohort import (
             GT_TRANSFORMS,
             MaskSource,
-            read_transforms_csv,
+            read_transforms,
             track_cohort,
             write_outputs,
         )
@@ -90,7 +91,7 @@ def track(
             source = MaskSource("ground-truth", data)
             if transforms is None and (data / schema.GROUND_TRUTH_DIR / GT_TRANSFORMS).is_file():
                 transforms = data / schema.GROUND_TRUTH_DIR / GT_TRANSFORMS
-        tfs = read_transforms_csv(transforms) if transforms is not None else None
+        tfs = read_transforms(transforms) if transforms is not None else None
         ids = tuple(patient or ())
         n = len(ids) if ids else len(cohort.patients)
         with progress() as bar:
@@ -102,6 +103,7 @@ def track(
                 transforms=tfs,
                 patients=ids,
                 on_patient=lambda _pid: bar.advance(task),
+                maps_out=out,
             )
         write_outputs(result, out, cohort=cohort, figures=figures and cfg.figures)
         save_config(

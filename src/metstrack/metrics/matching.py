@@ -268,35 +268,33 @@ def _match_brats(
             unit_ignored=(),
             false_positive_pred=tuple(range(1, pred.n + 1)),
         )
-    # Work on the reference's bounding box grown by the dilation; nothing outside can match.
-    present = ref.voxel_counts[1:] > 0
-    lo = ref.bboxes[1:][present, :3].min(axis=0) - k - 1
-    hi = ref.bboxes[1:][present, 3:].max(axis=0) + k + 1
-    shape = np.array(ref.labels.shape)
-    lo, hi = np.maximum(lo, 0), np.minimum(hi, shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    rcrop = ref.labels[box]
-    fg = rcrop > 0
-    if k > 0:
-        dil = ndimage.binary_dilation(
-            fg, structure=ndimage.generate_binary_structure(3, 2), iterations=k
-        )
-    else:
-        dil = fg
+    # Dilate each reference component on its own bounding box (grown by the dilation) and
+    # paint the result into one mask: the union of the dilations is the dilated reference.
+    struct = ndimage.generate_binary_structure(3, 2)
+    dil = np.zeros(ref.labels.shape, dtype=bool)
+    for r in range(1, ref.n + 1):
+        if ref.voxel_counts[r] == 0:
+            continue
+        box = ref.box(r, margin=k)
+        crop = ref.labels[box] == r
+        if k > 0:
+            crop = ndimage.binary_dilation(crop, structure=struct, iterations=k)
+        dil[box] |= crop
     groups, n_groups = cc3d.connected_components(
         dil, connectivity=26, return_N=True, out_dtype=np.uint32
     )
     # Reference component -> group (each component lies inside one dilated component).
-    rv = rcrop[fg].astype(np.int64)
-    gv = groups[fg].astype(np.int64)
+    gflat = groups.reshape(-1)
+    ridx = np.flatnonzero(ref.labels.reshape(-1))
     comp_group = np.zeros(ref.n + 1, dtype=np.int64)
-    comp_group[rv] = gv
+    comp_group[ref.labels.reshape(-1)[ridx].astype(np.int64)] = gflat[ridx]
     # Predicted component -> groups its voxels touch (inside the dilated regions).
-    pcrop = pred.labels[box]
-    sel = (pcrop > 0) & (groups > 0)
-    pairs = np.unique(pcrop[sel].astype(np.int64) * (n_groups + 1) + groups[sel].astype(np.int64))
+    pidx = np.flatnonzero(pred.labels.reshape(-1))
+    pg = gflat[pidx].astype(np.int64)
+    sel = pg > 0
+    keys = pred.labels.reshape(-1)[pidx][sel].astype(np.int64) * (n_groups + 1) + pg[sel]
     group_preds: dict[int, list[int]] = {}
-    for key in pairs.tolist():
+    for key in np.unique(keys).tolist():
         group_preds.setdefault(key % (n_groups + 1), []).append(key // (n_groups + 1))
     members: dict[int, list[int]] = {}
     for r in range(1, ref.n + 1):

@@ -348,7 +348,7 @@ def evaluate_study(
         tolerance_mm=tolerance_mm,
     )
     if missing:
-        log.warning("%s: prediction missing; evaluated as empty (every lesion missed)", study_id)
+        log.info("%s: prediction missing; evaluated as empty (every lesion missed)", study_id)
     return StudyEvaluation(
         patient_id=str(patient_id),
         study_id=str(study_id),

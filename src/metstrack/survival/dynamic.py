@@ -27,6 +27,7 @@ from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 from metstrack.errors import SurvivalDataError
 from metstrack.survival.cox import check_survival_data, unit_of
 from metstrack.survival.table import AnalysisTable, patient_rates
+from metstrack.tracking.rate import monthly_count_rate_of_change, monthly_rate_of_change
 
 
 def _scan_clock_days(table: AnalysisTable, burden: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +62,9 @@ def landmark_table(
     b = _scan_clock_days(table, burden)
     cutoff = {
         pid: float(landmark_days + (0.0 if table.origin == "first_scan" else off))
-        for pid, off in zip(f["PatientID"], f["first_srs_days_from_baseline_scan"].fillna(0))
+        for pid, off in zip(
+            f["PatientID"], f["first_srs_days_from_baseline_scan"].fillna(0), strict=True
+        )
     }
     rates = patient_rates(b, method=method, until_day=cutoff).set_index("PatientID")
     f = f[at_risk].copy()
@@ -100,16 +103,17 @@ def time_varying_table(
     b = _scan_clock_days(table, burden)
     rate_cols = [c for c in table.covariates if c.startswith("rate_")]
     static = [c for c in table.covariates if c not in rate_cols]
-    by_pid = {pid: g for pid, g in b.groupby("PatientID", sort=False)}
+    by_pid = {pid: g.sort_values("clock_days") for pid, g in b.groupby("PatientID", sort=False)}
     rows = []
-    for _, r in table.frame.iterrows():
-        g = by_pid.get(r["PatientID"])
+    for rec in table.frame.to_dict(orient="records"):
+        g = by_pid.get(rec["PatientID"])
         if g is None or len(g) < 2:
             continue
-        g = g.sort_values("clock_days")
         clock = g["clock_days"].to_numpy(float)
         days = g["days_from_baseline"].to_numpy(float)
-        end = float(r["time_days"])
+        vol = g["total_volume_mm3"].to_numpy(float)
+        cnt = g["lesion_count"].to_numpy(float)
+        end = float(rec["time_days"])
         for k in range(1, len(g)):
             start = max(0.0, clock[k])
             stop = min(end, clock[k + 1]) if k + 1 < len(g) else end
@@ -117,19 +121,23 @@ def time_varying_table(
                 break
             if stop <= start:
                 continue
-            sub = g.iloc[: k + 1]
-            rates = patient_rates(sub, method=method).iloc[0]
             row = {
-                "PatientID": r["PatientID"],
+                "PatientID": rec["PatientID"],
                 "start": start,
                 "stop": stop,
-                "death": int(r["death"]) if stop >= end else 0,
+                "death": int(rec["death"]) if stop >= end else 0,
                 "scan_day": days[k],
             }
-            for c in rate_cols:
-                row[c] = rates[c]
+            if "rate_volume_cm3_per_month" in rate_cols:
+                row["rate_volume_cm3_per_month"] = monthly_rate_of_change(
+                    days[: k + 1], vol[: k + 1], method=method
+                ).value
+            if "rate_count_per_month" in rate_cols:
+                row["rate_count_per_month"] = monthly_count_rate_of_change(
+                    days[: k + 1], cnt[: k + 1]
+                ).value
             for c in static:
-                row[c] = r[c]
+                row[c] = rec[c]
             rows.append(row)
     return pd.DataFrame(
         rows, columns=["PatientID", "start", "stop", "death", "scan_day", *rate_cols, *static]

@@ -106,6 +106,8 @@ def treatment_features(events: Sequence[ClinicalEvent]) -> pd.DataFrame:
 
 def check_burden(burden: pd.DataFrame, source: str = "burden table") -> pd.DataFrame:
     """Validate a burden table's columns and values; return it sorted by patient and day."""
+    if "PatientID" not in burden.columns and "patient_id" in burden.columns:
+        burden = burden.rename(columns={"patient_id": "PatientID"})  # `metstrack track` naming
     missing = [c for c in BURDEN_COLUMNS if c not in burden.columns]
     if missing:
         raise SurvivalDataError(

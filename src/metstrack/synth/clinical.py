@@ -18,7 +18,7 @@ import pandas as pd
 from metstrack.config import save_config
 from metstrack.io import schema
 from metstrack.io.atomic import write_csv_atomic, write_json_atomic
-from metstrack.synth.config import SurvivalEffects, SynthConfig
+from metstrack.synth.config import SynthConfig
 from metstrack.synth.timeline import HISTOLOGIES, Timeline, simulate_timeline
 from metstrack.types import DAYS_PER_MONTH, MODALITIES
 
@@ -138,11 +138,12 @@ class CohortTables:
     survival_truth: dict
 
 
-def survival_truth(effects: SurvivalEffects) -> dict:
+def survival_truth(cfg: SynthConfig) -> dict:
     """The planted Cox model as a JSON-ready dict (coefficients are natural-log hazard ratios)."""
+    effects = cfg.covariates
     hist = effects.histology_hr
     coefs = {
-        "rate_cm3_per_month": math.log(effects.hr_rate),
+        "rate_cm3_per_month": math.log(cfg.hazard_ratio),
         "age_per_decade": math.log(effects.hr_age_per_decade),
         "kps_per_10_points": math.log(effects.hr_kps_per_10),
         "extracranial_disease": math.log(effects.hr_extracranial),
@@ -184,7 +185,7 @@ def survival_truth(effects: SurvivalEffects) -> dict:
     }
 
 
-def build_tables(records: list[PatientRecord], effects: SurvivalEffects) -> CohortTables:
+def build_tables(records: list[PatientRecord], cfg: SynthConfig) -> CohortTables:
     """Build every table from per-patient records (shared by both cohort modes)."""
     img_rows, split_rows, ev_rows, pat_rows, tgt_rows = [], [], [], [], []
     traj_rows, burden_rows, truth_rows, tf_rows = [], [], [], []
@@ -383,7 +384,7 @@ def build_tables(records: list[PatientRecord], effects: SurvivalEffects) -> Coho
         burden=pd.DataFrame(burden_rows),
         patient_truth=pd.DataFrame(truth_rows),
         transforms=tf,
-        survival_truth=survival_truth(effects),
+        survival_truth=survival_truth(cfg),
     )
 
 
@@ -449,7 +450,8 @@ def generate_clinical_only(
         tl = simulate_timeline(
             clin_ss,
             patient_id(i),
-            effects=cfg.survival,
+            hazard_ratio=cfg.hazard_ratio,
+            effects=cfg.covariates,
             min_studies=cfg.min_studies,
             max_studies=cfg.max_studies,
             interval_months=cfg.follow_up_interval_months,
@@ -467,7 +469,7 @@ def generate_clinical_only(
                 has_images=False,
             )
         )
-    tables = build_tables(records, cfg.survival)
+    tables = build_tables(records, cfg)
     log.info("clinical-only cohort: %d patients, %d studies", n_patients, len(tables.imaging))
     return ClinicalCohort(config=cfg, timelines=tuple(timelines), tables=tables)
 

@@ -131,7 +131,8 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
     tl = simulate_timeline(
         clin_ss,
         pid,
-        effects=cfg.survival,
+        hazard_ratio=cfg.hazard_ratio,
+        effects=cfg.covariates,
         min_studies=cfg.min_studies,
         max_studies=cfg.max_studies,
         interval_months=cfg.follow_up_interval_months,
@@ -142,7 +143,9 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
     anat_ss, geo_ss, motion_ss, study_ss = img_ss.spawn(4)
     anatomy = build_anatomy(np.random.default_rng(anat_ss), cfg.shape, cfg.spacing_mm)
     max_vol = tl.written_volumes_mm3.max(axis=1) if tl.n_lesions else np.zeros(0)
-    geometry = place_geometry(np.random.default_rng(geo_ss), anatomy, max_vol, vessels=cfg.vessels)
+    geometry = place_geometry(
+        np.random.default_rng(geo_ss), anatomy, max_vol, vessels=cfg.vessel_bait
+    )
     motion_rng = np.random.default_rng(motion_ss)
     transforms = np.stack(
         [np.eye(4)]
@@ -331,7 +334,7 @@ def generate_cohort(
         )
         for i, w in enumerate(written)
     ]
-    tables = build_tables(records, cfg.survival)
+    tables = build_tables(records, cfg)
     write_tables(tables, out, cfg, mode="imaging")
     write_csv_atomic(
         out / schema.GROUND_TRUTH_DIR / GT_VESSELS,

@@ -3,7 +3,7 @@
 Load with :func:`metstrack.config.load_config` (TOML + ``key=value``
 overrides, unknown keys rejected with a suggestion)::
 
-    cfg = load_config(SynthConfig, "synth.toml", ["n_patients=20", "survival.hr_rate=1.5"])
+    cfg = load_config(SynthConfig, "synth.toml", ["n_patients=20", "hazard_ratio=1.5"])
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ MAX_SHAPE = 256
 
 
 @dataclass(frozen=True)
-class SurvivalEffects:
-    """Planted Cox model: hazard ratios of the covariates.
+class CovariateEffects:
+    """Planted Cox model besides the burden-rate effect: covariates, baseline hazard, censoring.
 
-    The log-hazard of a patient is ``log(hr_rate) * rate_cm3_per_month
+    The log-hazard of a patient is ``log(hazard_ratio) * rate_cm3_per_month
     + log(hr_age_per_decade) * (age_years - 60) / 10 + log(hr_kps_per_10) * (kps - 80) / 10
     + log(hr_extracranial) * extracranial_disease + log(hr_histology[h])``
     with lung the reference histology. See ``docs/synth.md``.
 
     Attributes:
-        hr_rate: Hazard ratio per 1 cm3/month of the monthly rate of change of
-            total metastasis volume (least-squares slope, months = days / 30.4375).
         hr_age_per_decade: Hazard ratio per 10 years of age.
         hr_kps_per_10: Hazard ratio per 10 points of Karnofsky performance status.
         hr_extracranial: Hazard ratio of active extracranial disease (yes vs no).
@@ -42,7 +40,6 @@ class SurvivalEffects:
             censoring after the first radiosurgery (staggered entry).
     """
 
-    hr_rate: float = 1.27
     hr_age_per_decade: float = 1.10
     hr_kps_per_10: float = 0.80
     hr_extracranial: float = 1.50
@@ -57,7 +54,6 @@ class SurvivalEffects:
 
     def __post_init__(self) -> None:
         for name in (
-            "hr_rate",
             "hr_age_per_decade",
             "hr_kps_per_10",
             "hr_extracranial",
@@ -71,11 +67,11 @@ class SurvivalEffects:
         ):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
-                raise ConfigError(f"survival.{name} must be a positive number, found {v!r}")
+                raise ConfigError(f"covariates.{name} must be a positive number, found {v!r}")
         lo, hi = self.admin_censoring_months
         if not 0 < lo <= hi:
             raise ConfigError(
-                f"survival.admin_censoring_months must be (min, max) with 0 < min <= max, "
+                f"covariates.admin_censoring_months must be (min, max) with 0 < min <= max, "
                 f"found {self.admin_censoring_months!r}"
             )
 
@@ -119,10 +115,13 @@ class SynthConfig:
         max_lesions: Cap on lesions per patient (baseline plus new).
         small_lesion_fraction: Target share of lesion observations under 10 mm3
             (the lesion-size model is tuned for it; tests check it is met).
-        vessels: Render persistent enhancing vessel-like dots and tubes (false-positive
-            bait, never labelled).
+        hazard_ratio: Planted hazard ratio per 1 cm3/month of the monthly rate of
+            change of total metastasis volume (least-squares slope of total volume
+            in cm3 against months = days / 30.4375 over the patient's studies).
+        vessel_bait: Render persistent enhancing vessel-like dots and tubes
+            (false-positive bait, never labelled).
         workers: Parallel processes for imaging cohorts (1 = in-process).
-        survival: The planted Cox model.
+        covariates: The other planted hazard ratios, baseline hazard and censoring.
     """
 
     n_patients: int = 4
@@ -138,9 +137,10 @@ class SynthConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     max_lesions: int = 25
     small_lesion_fraction: float = 0.3
-    vessels: bool = True
+    hazard_ratio: float = 1.27
+    vessel_bait: bool = True
     workers: int = 1
-    survival: SurvivalEffects = field(default_factory=SurvivalEffects)
+    covariates: CovariateEffects = field(default_factory=CovariateEffects)
 
     def __post_init__(self) -> None:
         if self.n_patients < 1:
@@ -178,6 +178,10 @@ class SynthConfig:
             raise ConfigError(f"max_lesions must be >= 1, found {self.max_lesions}")
         if not 0 <= self.small_lesion_fraction <= 1:
             raise ConfigError("small_lesion_fraction must be in [0, 1]")
+        if not (self.hazard_ratio > 0 and math.isfinite(self.hazard_ratio)):
+            raise ConfigError(
+                f"hazard_ratio must be a positive number, found {self.hazard_ratio!r}"
+            )
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, found {self.workers}")
 

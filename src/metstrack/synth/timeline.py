@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metstrack.synth.config import SurvivalEffects
+from metstrack.synth.config import CovariateEffects
 from metstrack.types import DAYS_PER_MONTH
 
 HISTOLOGIES: tuple[str, ...] = ("lung", "breast", "melanoma", "renal", "gastrointestinal", "other")
@@ -141,7 +141,8 @@ class Timeline:
 
 
 def linear_predictor(
-    effects: SurvivalEffects,
+    hazard_ratio: float,
+    effects: CovariateEffects,
     *,
     rate_cm3_per_month: np.ndarray | float,
     age_years: np.ndarray | float,
@@ -152,7 +153,8 @@ def linear_predictor(
     """Cox log-hazard of the planted model (vectorised over patients).
 
     Args:
-        effects: The planted hazard ratios.
+        hazard_ratio: Planted hazard ratio per cm3/month of the burden rate.
+        effects: The other planted hazard ratios.
         rate_cm3_per_month: Monthly rate of change of total volume (cm3/month).
         age_years: Age at first radiosurgery (years).
         kps: Karnofsky performance status (points).
@@ -166,7 +168,7 @@ def linear_predictor(
     hist = np.atleast_1d(np.asarray(histology))
     hist_term = np.array([math.log(hist_hr[str(h)]) for h in hist])
     return (
-        math.log(effects.hr_rate) * np.asarray(rate_cm3_per_month, dtype=np.float64)
+        math.log(hazard_ratio) * np.asarray(rate_cm3_per_month, dtype=np.float64)
         + math.log(effects.hr_age_per_decade) * (np.asarray(age_years, dtype=np.float64) - 60) / 10
         + math.log(effects.hr_kps_per_10) * (np.asarray(kps, dtype=np.float64) - 80) / 10
         + math.log(effects.hr_extracranial) * np.asarray(extracranial_disease, dtype=np.float64)
@@ -291,7 +293,8 @@ def simulate_timeline(
     ss: np.random.SeedSequence,
     patient_id: str,
     *,
-    effects: SurvivalEffects,
+    hazard_ratio: float,
+    effects: CovariateEffects,
     min_studies: int = 2,
     max_studies: int = 8,
     interval_months: float = 3.0,
@@ -304,7 +307,8 @@ def simulate_timeline(
     Args:
         ss: The patient's own seed sequence.
         patient_id: Release PatientID.
-        effects: The planted Cox model.
+        hazard_ratio: Planted hazard ratio per cm3/month of the burden rate.
+        effects: The other planted hazard ratios, baseline hazard and censoring.
         min_studies: Studies at or before the first radiosurgery (>= 2).
         max_studies: Scheduled studies (an upper bound on studies written).
         interval_months: Mean gap between follow-up scans.
@@ -343,6 +347,7 @@ def simulate_timeline(
 
     eta = float(
         linear_predictor(
+            hazard_ratio,
             effects,
             rate_cm3_per_month=rate,
             age_years=age,

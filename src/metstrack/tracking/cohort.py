@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from metstrack.tracking.response import assess_response, local_control
 from metstrack.tracking.tracker import TrackingResult, track_patient
 from metstrack.tracking.trajectory import patient_rates
 from metstrack.types import Cohort, Patient, Study
+
+if TYPE_CHECKING:
+    from metstrack.preprocess.mapping import StudyTransform
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +133,54 @@ def read_transforms_csv(path: str | Path) -> dict[tuple[str, str], np.ndarray]:
     return out
 
 
+def read_transforms(path: str | Path) -> dict[tuple[str, str], np.ndarray | StudyTransform]:
+    """Read per-study transforms from a CSV or from a preprocessed dataset.
+
+    Args:
+        path: A CSV (see :func:`read_transforms_csv`), or a folder written by
+            ``metstrack preprocess`` holding ``transforms/<P>/<S>.json`` (or that
+            ``transforms`` folder itself); the JSON files also give each
+            patient's baseline grid.
+
+    Returns:
+        (PatientID, StudyID) -> 4x4 matrix (CSV) or
+        :class:`~metstrack.preprocess.mapping.StudyTransform` (JSON).
+
+    Raises:
+        DatasetError: Nothing readable at ``path``.
+    """
+    from metstrack.preprocess.mapping import TRANSFORMS_DIR, load_transform
+
+    path = Path(path)
+    if path.is_file():
+        return dict(read_transforms_csv(path))
+    folder = path / TRANSFORMS_DIR if (path / TRANSFORMS_DIR).is_dir() else path
+    files = sorted(folder.glob("*/*.json")) if folder.is_dir() else []
+    if not files:
+        raise DatasetError(
+            f"{path}: no transforms found; give a CSV (PatientID, StudyID, m00..m33) or a "
+            "folder written by `metstrack preprocess` (transforms/<PatientID>/<StudyID>.json)"
+        )
+    out: dict[tuple[str, str], np.ndarray | StudyTransform] = {}
+    for f in files:
+        st = load_transform(f)
+        out[(st.patient_id, st.study_id)] = st
+    return out
+
+
+def _matrix(t: np.ndarray | StudyTransform | None) -> np.ndarray | None:
+    if t is None:
+        return None
+    return np.asarray(getattr(t, "baseline_to_study", t), dtype=np.float64)
+
+
 @dataclass(frozen=True, eq=False)
 class CohortTracking:
     """Tables of a tracked cohort.
 
     Attributes:
-        results: Per patient, the :class:`TrackingResult`.
+        results: Per patient, the :class:`TrackingResult` (``tracked_maps`` empty when
+            they were written on the fly with ``maps_out``).
         trajectories, burden, rates, response, local_control: Concatenated tables.
         skipped: ``(patient, study, reason)`` for studies left out (no mask).
     """
@@ -167,7 +212,7 @@ def track_one(
     source: MaskSource,
     *,
     config: TrackConfig,
-    transforms: Mapping[tuple[str, str], np.ndarray] | None = None,
+    transforms: Mapping[tuple[str, str], np.ndarray | StudyTransform] | None = None,
 ) -> tuple[TrackingResult | None, list[tuple[str, str, str]]]:
     """Read one patient's masks and track them (studies without a mask are skipped)."""
     skipped: list[tuple[str, str, str]] = []
@@ -186,7 +231,8 @@ def track_one(
         return None, skipped
     for pid, sid, why in skipped:
         log.warning("patient %s study %s skipped: %s", pid, sid, why)
-    if transforms is not None and tfs[0] is None:
+    grid = next((t.baseline_grid for t in tfs if hasattr(t, "baseline_grid")), None)
+    if transforms is not None and tfs[0] is None and grid is None:
         tfs[0] = np.eye(4)
     if transforms is not None:
         missing = [s.study_id for s, t in zip(studies, tfs, strict=True) if t is None]
@@ -202,7 +248,8 @@ def track_one(
         config=config,
         patient_id=patient.patient_id,
         study_ids=[s.study_id for s in studies],
-        baseline_to_study=tfs if transforms is not None else None,
+        baseline_to_study=[_matrix(t) for t in tfs] if transforms is not None else None,
+        baseline_grid=grid,
     )
     return result, skipped
 
@@ -212,9 +259,10 @@ def track_cohort(
     source: MaskSource,
     *,
     config: TrackConfig,
-    transforms: Mapping[tuple[str, str], np.ndarray] | None = None,
+    transforms: Mapping[tuple[str, str], np.ndarray | StudyTransform] | None = None,
     patients: tuple[str, ...] = (),
     on_patient: Callable[[str], None] | None = None,
+    maps_out: str | Path | None = None,
 ) -> CohortTracking:
     """Track every patient of a cohort and build the cohort tables.
 
@@ -222,10 +270,14 @@ def track_cohort(
         cohort: The dataset (e.g. from ``metstrack.io.release.read_release``).
         source: Where the masks are.
         config: Tracking settings.
-        transforms: (PatientID, StudyID) -> baseline_to_study; ``None`` when
-            the masks are already co-registered.
+        transforms: (PatientID, StudyID) -> baseline_to_study matrix or
+            StudyTransform (:func:`read_transforms`); ``None`` when the masks are
+            already co-registered.
         patients: Only these PatientIDs (all when empty).
         on_patient: Called with each PatientID when it is done (progress).
+        maps_out: When given, each patient's tracked maps are written under this
+            output folder as soon as the patient is tracked and then dropped
+            from the result, so memory does not grow with the cohort.
 
     Returns:
         A :class:`CohortTracking`.
@@ -243,6 +295,9 @@ def track_cohort(
         except MetstrackError as exc:
             raise type(exc)(f"patient {patient.patient_id}: {exc}") from exc
         skipped.extend(sk)
+        if res is not None and maps_out is not None:
+            _write_maps(res, maps_out)
+            res = replace(res, tracked_maps=())
         if res is not None:
             results.append(res)
             trajs.append(res.trajectories)
@@ -253,7 +308,7 @@ def track_cohort(
                 tf = None
                 if transforms is not None:
                     tf = {
-                        s: transforms[(patient.patient_id, s)]
+                        s: _matrix(transforms[(patient.patient_id, s)])
                         for s in res.study_ids
                         if (patient.patient_id, s) in transforms
                     }
@@ -279,6 +334,14 @@ def track_cohort(
     )
 
 
+def _write_maps(res: TrackingResult, out: str | Path) -> list[Path]:
+    """Write a patient's tracked maps (nothing when they were already written and dropped)."""
+    return [
+        write_volume(vol, tracked_map_path(out, res.patient_id, sid), dtype=np.int32)
+        for sid, vol in zip(res.study_ids, res.tracked_maps, strict=False)
+    ]
+
+
 def write_outputs(
     tracking: CohortTracking,
     out: str | Path,
@@ -302,10 +365,7 @@ def write_outputs(
     out = Path(out)
     written: list[Path] = []
     for res in tracking.results:
-        for sid, vol in zip(res.study_ids, res.tracked_maps, strict=True):
-            written.append(
-                write_volume(vol, tracked_map_path(out, res.patient_id, sid), dtype=np.int32)
-            )
+        written.extend(_write_maps(res, out))
     for name, frame in (
         ("trajectories.csv", tracking.trajectories),
         ("burden.csv", tracking.burden),

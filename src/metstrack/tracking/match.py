@@ -2,16 +2,19 @@
 
 Cost of linking previous lesion ``i`` to current lesion ``j``::
 
-    cost(i, j) = (1 - overlap(i, j)) + distance_weight * d(i, j) / max_distance_mm
+    cost(i, j) = (1 - overlap(i, j)) + distance_weight * min(d(i, j) / max_distance_mm, 1)
 
 with ``overlap = |A_i & B_j| / min(|A_i|, |B_j|)`` (the overlap coefficient,
 which stays 1 for a lesion that grows or shrinks around its old extent) and
 ``d`` the distance of the centroids in mm (through the affine, so anisotropic
 spacing is respected). A pair is *admissible* when it overlaps
 (``overlap >= min_overlap_fraction``) or when ``d <= max_distance_mm``. The
-one-to-one links minimise the summed cost over admissible pairs (Hungarian
-algorithm, :func:`scipy.optimize.linear_sum_assignment`; inadmissible pairs get
-a prohibitive cost and are dropped from the result).
+one-to-one links minimise the summed cost over admissible pairs, where leaving
+a lesion unlinked costs ``(1 + distance_weight) / 2`` (Hungarian algorithm,
+:func:`scipy.optimize.linear_sum_assignment`, on the cost matrix augmented with
+one "unlinked" option per lesion). Every admissible pair is worth linking on
+its own (its cost is at most ``1 + distance_weight`` at the distance limit), but
+one good link beats two poor ones.
 """
 
 from __future__ import annotations
@@ -98,24 +101,45 @@ def link_cost(
     """
     overlaps = scores.overlap >= min_overlap_fraction
     admissible = overlaps | (scores.distance_mm <= max_distance_mm)
-    cost = (1.0 - scores.overlap) + distance_weight * scores.distance_mm / max(
-        max_distance_mm, 1e-9
-    )
+    # capped so that an overlapping pair far apart in centroid (a lesion growing
+    # lopsidedly) never costs more than leaving both lesions unlinked
+    dist_term = np.minimum(scores.distance_mm / max(max_distance_mm, 1e-9), 1.0)
+    cost = (1.0 - scores.overlap) + distance_weight * dist_term
     return cost, admissible
 
 
-def optimal_links(cost: np.ndarray, admissible: np.ndarray) -> list[tuple[int, int]]:
-    """One-to-one links minimising the summed cost over admissible pairs.
+def optimal_links(
+    cost: np.ndarray, admissible: np.ndarray, *, unlinked_cost: float = 1.0
+) -> list[tuple[int, int]]:
+    """One-to-one links minimising the summed cost, leaving a lesion unlinked allowed.
+
+    The assignment is solved on the matrix augmented with one "unlinked" option
+    per lesion (the usual dummy rows and columns), each costing
+    ``unlinked_cost``. A link therefore competes with leaving both of its
+    lesions unlinked (``2 * unlinked_cost``), so one good link is preferred to
+    two poor ones: without that, a minimum-cost *maximum* matching would chain a
+    persisting lesion to a nearby new one just to link one more pair.
 
     Args:
         cost: float64 (P, C) cost matrix.
         admissible: bool (P, C); inadmissible pairs are never returned.
+        unlinked_cost: Cost of leaving one lesion unlinked.
 
     Returns:
         ``(i, j)`` index pairs sorted by ``i``.
     """
     if cost.size == 0 or not admissible.any():
         return []
-    c = np.where(admissible, cost, _FORBIDDEN)
-    rows, cols = linear_sum_assignment(c)
-    return sorted((int(i), int(j)) for i, j in zip(rows, cols, strict=True) if admissible[i, j])
+    p, c = cost.shape
+    big = _FORBIDDEN
+    aug = np.full((p + c, c + p), big)
+    aug[:p, :c] = np.where(admissible, cost, big)
+    aug[:p, c:] = np.where(np.eye(p, dtype=bool), unlinked_cost, big)
+    aug[p:, :c] = np.where(np.eye(c, dtype=bool), unlinked_cost, big)
+    aug[p:, c:] = 0.0
+    rows, cols = linear_sum_assignment(aug)
+    return sorted(
+        (int(i), int(j))
+        for i, j in zip(rows, cols, strict=True)
+        if i < p and j < c and admissible[i, j]
+    )

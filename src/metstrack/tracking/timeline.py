@@ -4,7 +4,8 @@ One line per lesion ID (volume in mm3 against months from baseline, absent
 studies drawn at 0), lesions first seen after baseline drawn thicker in red
 with a star at their first appearance, splits and merges annotated, and
 treatment events (radiosurgery, ``visit_class`` 2 of the clinical event table)
-as dashed vertical lines. Rendered with matplotlib's Agg backend (no display).
+as dashed vertical lines. The volume axis turns logarithmic (symlog, linear
+below 1 mm3) when volumes span more than a factor of 100. Rendered with matplotlib's Agg backend (no display).
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def plot_timeline(
                 lw=1.0,
                 label="radiosurgery" if i == 0 else None,
             )
+        vols = trajectories["volume_mm3"].to_numpy(dtype=float) if len(trajectories) else []
+        pos = [v for v in vols if v > 0]
+        if pos and max(pos) / min(pos) > 100:  # sub-10 mm3 next to cm3 lesions: log-like axis
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("months from baseline")
         ax.set_ylabel("lesion volume (mm$^3$)")
         ax.set_title(title or f"{pid}: lesion volumes (red = new after baseline)")

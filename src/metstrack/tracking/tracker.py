@@ -36,6 +36,7 @@ import pandas as pd
 
 from metstrack.errors import GeometryMismatchError
 from metstrack.metrics.lesions import label_components, lesion_table
+from metstrack.preprocess.grid import Grid
 from metstrack.tracking.config import TrackConfig
 from metstrack.tracking.match import link_cost, optimal_links, pair_scores
 from metstrack.types import Lesion, Volume
@@ -121,20 +122,23 @@ def to_common_grid(
     *,
     baseline_to_study: Sequence[np.ndarray | None] | None = None,
     atol_mm: float = 1e-3,
+    baseline_grid: Volume | Grid | None = None,
 ) -> list[Volume]:
-    """Bring a patient's masks onto the baseline (first) mask's grid.
+    """Bring a patient's masks onto one baseline grid.
 
     Args:
         masks: One (X, Y, Z) mask per study, time order; non-zero = lesion.
         baseline_to_study: Per study, the 4x4 world transform taking a baseline
             point to the same anatomy in that study (the
-            :mod:`metstrack.preprocess.spatial` convention), or ``None`` for a
-            study already on the baseline grid. When omitted, every mask must
-            already share the baseline's grid.
+            :mod:`metstrack.preprocess.spatial` convention), or ``None`` for the
+            identity. When omitted, every mask must already share one grid.
         atol_mm: Tolerance on the affines (mm).
+        baseline_grid: The grid to map onto (e.g. the preprocessed baseline grid
+            of :class:`metstrack.preprocess.mapping.StudyTransform`); default: the
+            first mask's grid.
 
     Returns:
-        uint8 binary masks on the first mask's grid.
+        uint8 binary masks on the baseline grid.
 
     Raises:
         GeometryMismatchError: Without transforms, a mask's grid differs from the
@@ -154,23 +158,24 @@ def to_common_grid(
                     "the registered masks, or pass the baseline_to_study transforms "
                     "(`metstrack track --transforms`)"
                 )
-        return [_binary(m) for m in masks]
+        if baseline_grid is None:
+            return [_binary(m) for m in masks]
+        baseline_to_study = [None] * len(masks)
     if len(baseline_to_study) != len(masks):
         raise GeometryMismatchError(
             f"{len(masks)} masks but {len(baseline_to_study)} baseline_to_study transforms"
         )
-    from metstrack.preprocess.spatial import resample_volume
+    from metstrack.preprocess.mapping import map_to_baseline
 
-    ref_b = _binary(ref)
+    target = Grid.of(ref if baseline_grid is None else baseline_grid)
     out = []
     for m, t in zip(masks, baseline_to_study, strict=True):
         mb = _binary(m)
-        if t is None or (np.allclose(t, np.eye(4), atol=1e-9) and mb.same_grid(ref_b)):
-            if not mb.same_grid(ref_b, atol_mm=atol_mm):
-                mb = resample_volume(mb, ref_b, transform=None, order=0)
+        tf = np.eye(4) if t is None else np.asarray(t, dtype=np.float64)
+        if np.allclose(tf, np.eye(4), atol=1e-9) and Grid.of(mb).same_as(target, atol_mm=atol_mm):
             out.append(mb)
         else:
-            out.append(resample_volume(mb, ref_b, transform=np.asarray(t, np.float64), order=0))
+            out.append(map_to_baseline(mb, target, tf, order=0))
     return out
 
 
@@ -196,6 +201,7 @@ def track_patient(
     patient_id: str = "patient",
     study_ids: Sequence[str] | None = None,
     baseline_to_study: Sequence[np.ndarray | None] | None = None,
+    baseline_grid: Volume | Grid | None = None,
 ) -> TrackingResult:
     """Give every lesion of a patient a persistent ID across studies.
 
@@ -210,6 +216,8 @@ def track_patient(
         baseline_to_study: Optional per-study 4x4 transforms (see
             :func:`to_common_grid`); masks are then mapped to the baseline grid
             with nearest-neighbour resampling first.
+        baseline_grid: Grid to track on (default: the first mask's grid), e.g.
+            the preprocessed baseline grid of the patient.
 
     Returns:
         A :class:`TrackingResult` with tracked maps (baseline grid), events, the
@@ -231,7 +239,12 @@ def track_patient(
     sids = tuple(study_ids) if study_ids is not None else tuple(f"S{i}" for i in range(n))
     if len(sids) != n:
         raise ValueError(f"{n} masks but {len(sids)} study_ids")
-    common = to_common_grid(masks, baseline_to_study=baseline_to_study, atol_mm=cfg.grid_atol_mm)
+    common = to_common_grid(
+        masks,
+        baseline_to_study=baseline_to_study,
+        atol_mm=cfg.grid_atol_mm,
+        baseline_grid=baseline_grid,
+    )
     m = cfg.matching
 
     labels: list[np.ndarray] = []
@@ -256,7 +269,7 @@ def track_patient(
                 distance_weight=m.distance_weight,
                 min_overlap_fraction=m.min_overlap_fraction,
             )
-            links = optimal_links(cost, ok)
+            links = optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight))
             linked_prev = {i for i, _ in links}
             for i, j in links:
                 assign[les[j].label] = prev_ids[prev[i].label]
@@ -381,7 +394,7 @@ def _lookback(
             min_overlap_fraction=m.min_overlap_fraction,
         )
         cost[r], ok[r] = c[0], a[0]
-    for r, k in optimal_links(cost, ok):
+    for r, k in optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight)):
         lid = cand_ids[r]
         assign[cur[k].label] = lid
         reappeared.add((t, lid))

@@ -1,0 +1,136 @@
+"""``metstrack evaluate``: voxel, lesion-wise, small-lesion and longitudinal metrics of a cohort."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from metstrack.cli.common import console, guarded, progress
+from metstrack.errors import did_you_mean
+from metstrack.metrics.matching import CRITERIA, MATCH_MODES
+
+#: Rows of the printed table: (metric name in the summary, label).
+HEADLINE_ROWS: tuple[tuple[str, str], ...] = (
+    ("lesion_f1", "Lesion F1"),
+    ("lesion_sensitivity", "Lesion sensitivity"),
+    ("sensitivity_[0,10)", "Sensitivity < 10 mm3"),
+    ("lesion_precision", "Lesion precision"),
+    ("fp_per_scan", "False positives / scan"),
+    ("dice", "Dice (voxel)"),
+    ("hd95_mm", "HD95 (mm)"),
+    ("lesionwise_dice", "Lesion-wise Dice (penalised)"),
+    ("lesionwise_hd95_mm", "Lesion-wise HD95 (mm, penalised)"),
+    ("new_lesion_sensitivity", "New-lesion sensitivity"),
+    ("count_change_abs_error", "|Count change error|"),
+    ("volume_change_abs_error_mm3", "|Volume change error| (mm3)"),
+)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _choice(value: str | None, options: tuple[str, ...], flag: str) -> str | None:
+    if value is not None and value not in options:
+        raise typer.BadParameter(f"{value!r}; {did_you_mean(value, options)}", param_hint=flag)
+    return value
+
+
+def evaluate(
+    pred: Annotated[
+        Path,
+        typer.Option(
+            "--pred", help="Predictions root (<pred>/predictions/patientId/<P>/studyId/<S>/mask)."
+        ),
+    ],
+    ref: Annotated[
+        Path, typer.Option("--ref", help="Reference dataset root in the release layout.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for the tables.")],
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="Lesion matching: overlap (default) or brats.")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Binarise probability-map predictions at this value."),
+    ] = None,
+    match_threshold: Annotated[
+        float | None,
+        typer.Option("--match-threshold", help="overlap mode: score must exceed this (0)."),
+    ] = None,
+    criterion: Annotated[
+        str | None, typer.Option("--criterion", help="overlap mode score: iou (default) or ior.")
+    ] = None,
+    min_volume_mm3: Annotated[
+        float | None,
+        typer.Option("--min-volume-mm3", help="brats mode: ignore reference lesions <= this."),
+    ] = None,
+    bootstrap: Annotated[
+        int | None, typer.Option("--bootstrap", help="Patient bootstrap resamples (1000).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Bootstrap seed (0).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file of evaluation settings.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Setting override key=value (repeatable), e.g. beta=1."),
+    ] = None,
+) -> None:
+    """Evaluate predictions against a labelled dataset: per-study, per-lesion and summary tables.
+
+    Writes studies.csv, lesions.csv, longitudinal.csv, summary.csv, summary.json and
+    config.json to --out, and prints the headline metrics with 95% bootstrap intervals.
+    """
+    _choice(mode, MATCH_MODES, "--mode")
+    _choice(criterion, CRITERIA, "--criterion")
+    with guarded():
+        from metstrack.config import load_config
+        from metstrack.metrics.runner import EvaluationConfig, evaluate_cohort, write_outputs
+
+        sets = list(overrides or [])
+        given = {
+            "mode": None if mode is None else f'"{mode}"',
+            "criterion": None if criterion is None else f'"{criterion}"',
+            "match_threshold": match_threshold,
+            "min_ref_volume_mm3": min_volume_mm3,
+            "prob_threshold": threshold,
+            "n_bootstrap": bootstrap,
+            "seed": seed,
+        }
+        sets += [f"{k}={v}" for k, v in given.items() if v is not None]
+        cfg = load_config(EvaluationConfig, config, sets)
+        with progress() as bar:
+            task = bar.add_task("evaluate", total=None)
+            result = evaluate_cohort(
+                pred,
+                ref,
+                cfg,
+                workers=workers,
+                on_start=lambda n: bar.update(task, total=n),
+                on_done=lambda ev: bar.advance(task),
+            )
+        paths = write_outputs(result, out, pred=str(pred), ref=str(ref))
+    s = result.summary
+    table = Table(
+        title=(
+            f"{s.n_studies} studies, {s.n_patients} patients, mode {cfg.mode}"
+            f" ({s.n_missing_predictions} missing predictions)"
+        )
+    )
+    table.add_column("Metric")
+    table.add_column("Value", justify="right")
+    table.add_column(f"{round(100 * cfg.confidence)}% CI", justify="right")
+    table.add_column("n defined", justify="right")
+    for name, label in HEADLINE_ROWS:
+        m = s.metric(name)
+        table.add_row(
+            label, _fmt(m.value), f"{_fmt(m.ci_low)} .. {_fmt(m.ci_high)}", str(m.n_defined)
+        )
+    console.print(table)
+    console.print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")

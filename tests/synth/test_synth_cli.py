@@ -1,0 +1,63 @@
+"""``metstrack synth``: the documented example, options, and errors."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pandas as pd
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "synth.md"
+
+
+def _doc_commands() -> list[list[str]]:
+    text = DOC.read_text(encoding="utf-8")
+    cmds = re.findall(r"^\$ metstrack (synth .+)$", text, flags=re.MULTILINE)
+    return [shlex.split(c) for c in cmds]
+
+
+def test_documented_example_runs(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cmds = _doc_commands()
+    assert len(cmds) >= 2
+    example = cmds[0]
+    r = cli(*example)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / example[example.index("--out") + 1]
+    imaging = pd.read_csv(out / "tables" / "imaging.csv")
+    assert imaging["PatientID"].nunique() == int(example[example.index("--patients") + 1])
+    assert imaging.groupby("PatientID").size().max() <= 4
+    assert (out / "ground_truth" / "survival_truth.json").exists()
+    assert "patients" in r.output and "studies" in r.output
+
+
+def test_documented_clinical_only_example_runs(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    example = [c for c in _doc_commands() if "--clinical-only" in c][0]
+    r = cli(*example)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / example[example.index("--out") + 1]
+    assert len(pd.read_csv(out / "tables" / "clinical_patients.csv")) == 1429
+    assert not (out / "imaging").exists()
+
+
+def test_no_motion_and_config_file(cli, tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('n_patients = 1\nshape = 32\nmax_studies = 3\nlabelled = "all"\n')
+    r = cli("synth", "--config", cfg, "--no-motion", "--seed", "2", "--out", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    tf = pd.read_csv(tmp_path / "c" / "ground_truth" / "transforms.csv")
+    assert (tf["angle_deg"] == 0).all() and (tf["translation_mm"] == 0).all()
+    imaging = pd.read_csv(tmp_path / "c" / "tables" / "imaging.csv")
+    assert (imaging["RTSTRUCT_segmentation"] == 1).all()
+
+
+def test_bad_settings_are_usage_errors(cli, tmp_path):
+    r = cli("synth", "--shape", "8", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "shape" in r.output
+    r = cli("synth", "--set", "hazard_rati=2", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "hazard_ratio" in r.output
+    r = cli("synth", "--config", tmp_path / "missing.toml", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "missing.toml" in r.output
+    assert not (tmp_path / "x").exists()
