@@ -205,8 +205,10 @@ def run_demo(
             "--seed",
             str(cfg.seed),
         ]
-        if cfg.train_minutes > 0:
-            cmd += ["--time-budget-min", str(cfg.train_minutes)]
+        # no shipped checkpoint and no budget given: keep the demo within minutes
+        minutes = cfg.train_minutes or (5.0 if cfg.train_steps <= 0 else 0.0)
+        if minutes > 0:
+            cmd += ["--time-budget-min", str(minutes)]
         if cfg.train_steps > 0:
             cmd += ["--max-steps", str(cfg.train_steps)]
         steps.append(("train", cmd))
