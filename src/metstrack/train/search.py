@@ -379,8 +379,10 @@ def default_storage(out_dir: str | Path) -> str:
 def _make_storage(url: str, cfg: SearchConfig) -> optuna.storages.BaseStorage:
     from optuna import storages
 
-    retry_cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or getattr(
-        storages, "RetryFailedTrialCallback"
+    retry_cls = (
+        storages.RetryHeartbeatStaleTrialCallback
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback")
+        else storages.RetryFailedTrialCallback
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
