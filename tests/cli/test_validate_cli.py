@@ -193,3 +193,17 @@ def test_docs_python_examples_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "P01 P01S1 0.0 8" in out  # the reading example: patient, study, days, mask voxels
     assert out.strip().splitlines()[-1] == "0 0 {}"  # the validate example on a clean dataset
+
+
+def test_label_classes_option(cli, tmp_path):
+    case = tmp_path / "Mets_001"
+    for i, stem in enumerate(("t1_pre", "t1_gd", "flair", "bravo")):
+        write_volume(image(i), case / f"{stem}.nii.gz", affine=affine())
+    write_volume(mask() * 255, case / "seg.nii.gz", affine=affine())
+    assert cli("validate", tmp_path).exit_code == 1  # 0/255 is not a binary mask
+    assert cli("validate", tmp_path, "--label-classes", "255").exit_code == 0
+    r = cli("validate", tmp_path, "--label-classes", "one")
+    assert r.exit_code == 2
+    release = write_release(tmp_path / "release")
+    r = cli("validate", release, "--label-classes", "1")
+    assert r.exit_code == 2 and "does not apply" in r.output.replace("│", " ")

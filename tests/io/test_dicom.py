@@ -16,6 +16,7 @@ from metstrack.io.dicom_synth import (
     SECRET_BIRTH,
     SECRET_ID,
     SECRET_NAME,
+    write_enhanced_series,
     write_series,
 )
 
@@ -164,6 +165,32 @@ def test_headers_hold_geometry_without_pixels(tmp_path):
     assert load_series(info).shape == (8, 6, 3)
 
 
+def test_enhanced_multiframe_matches_single_frame(tmp_path, rng):
+    row, col = _oblique()
+    arr = rng.integers(0, 1000, size=(12, 10, 6)).astype(np.uint16)
+    geo = dict(
+        row_dir=row, col_dir=col, origin_lps=(5.0, -7.0, 3.0), pixel_spacing=(1.1, 0.8), step_mm=1.5
+    )
+    write_enhanced_series(
+        tmp_path / "e" / "enh.dcm",
+        arr,
+        frame_order=[3, 0, 5, 1, 4, 2],
+        slope=0.5,
+        intercept=7,
+        **geo,
+    )
+    vol = read_dicom_series(tmp_path / "e")
+    np.testing.assert_allclose(vol.affine, expected_affine(**geo), atol=1e-5)
+    np.testing.assert_allclose(vol.array, arr * 0.5 + 7)
+
+
+def test_enhanced_multiframe_missing_frame_names_it(tmp_path):
+    arr = np.zeros((8, 8, 5), np.uint16)
+    write_enhanced_series(tmp_path / "e" / "enh.dcm", arr, frame_order=[0, 1, 3, 4])
+    with pytest.raises(DicomSeriesError, match=r"missing slice.*enh.dcm\[frame 2\]"):
+        read_dicom_series(tmp_path / "e")
+
+
 @pytest.mark.realdata
 def test_real_ct_matches_reference_nifti(realdata):
     folder = realdata / "rtstruct-visible-human-ct"
@@ -184,3 +211,38 @@ def expected_affine(*, row_dir, col_dir, origin_lps, pixel_spacing, step_mm) -> 
     lps[:3, 2] = np.cross(r, c) * step_mm
     lps[:3, 3] = origin_lps
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def test_gantry_tilt_gives_sheared_affine_and_warning(tmp_path, caplog):
+    arr = np.zeros((8, 8, 4), np.uint16)
+    paths = write_series(tmp_path / "s", arr, step_mm=2.0, shuffle_seed=None)
+    for k, p in enumerate(paths):  # shift each slice along the column direction (tilt)
+        ds = pydicom.dcmread(p)
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + 0.5 * k, ipp[2]]
+        ds.save_as(p)
+    with caplog.at_level(logging.WARNING):
+        vol = read_dicom_series(tmp_path / "s")
+    assert "gantry tilt" in caplog.text
+    # voxel (0, 0, 3) sits where the 4th file says (LPS y + 1.5 -> RAS y - 1.5)
+    last = pydicom.dcmread(paths[3]).ImagePositionPatient
+    np.testing.assert_allclose(
+        (vol.affine @ [0, 0, 3, 1])[:3], [-float(last[0]), -float(last[1]), float(last[2])]
+    )
+
+
+def test_bare_dataset_without_preamble_is_read(tmp_path, rng):
+    arr = rng.integers(0, 100, size=(6, 5, 3)).astype(np.uint16)
+    paths = write_series(tmp_path / "s", arr, shuffle_seed=None)
+    ds = pydicom.dcmread(paths[1])
+    bare = pydicom.Dataset(ds)  # no file meta, no 'DICM' preamble (older exports)
+    paths[1].unlink()
+    pydicom.dcmwrite(
+        tmp_path / "s" / "raw1",
+        bare,
+        implicit_vr=True,
+        little_endian=True,
+        enforce_file_format=False,
+    )
+    vol = read_dicom_series(tmp_path / "s")
+    np.testing.assert_allclose(vol.array, arr)

@@ -6,9 +6,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from metstrack.errors import GeometryMismatchError, LabelError
+from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
 from metstrack.io.dicom import read_dicom_series, scan_dicom
-from metstrack.io.dicom_synth import write_series
+from metstrack.io.dicom_synth import write_enhanced_series, write_series
 from metstrack.io.export import lesion_instances, read_seg, write_rtstruct, write_seg
 from metstrack.io.rtstruct import rasterize_rtstruct, read_rtstruct
 from metstrack.types import Volume
@@ -113,3 +113,21 @@ def test_wrong_grid_and_empty_mask(tmp_path, src):
         write_seg(vol.with_array(np.zeros(vol.shape, np.uint8)), folder, tmp_path / "s.dcm")
     with pytest.raises(LabelError, match="non-integer"):
         lesion_instances(np.full((2, 2, 2), 0.5))
+
+
+def test_rtstruct_from_enhanced_multiframe_source(tmp_path):
+    write_enhanced_series(tmp_path / "e" / "enh.dcm", np.zeros((14, 12, 6), np.uint16))
+    vol = read_dicom_series(tmp_path / "e")
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[3:9, 2:7, 1:5] = 1
+    out = write_rtstruct(vol.with_array(mask), tmp_path / "e", tmp_path / "rs.dcm")
+    ds = pydicom.dcmread(out)
+    frames = {
+        int(c.ContourImageSequence[0].ReferencedFrameNumber)
+        for c in ds.ROIContourSequence[0].ContourSequence
+    }
+    assert frames == {2, 3, 4, 5}
+    back = rasterize_rtstruct(read_rtstruct(out), vol)
+    np.testing.assert_array_equal(back.binary.array, mask)
+    with pytest.raises(DicomSeriesError, match="multi-frame"):
+        write_seg(vol.with_array(mask), tmp_path / "e", tmp_path / "seg.dcm")

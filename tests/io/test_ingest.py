@@ -12,6 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from metstrack.catalog import Catalog
 from metstrack.errors import DicomSeriesError
 from metstrack.io import ingest as ingest_mod
 from metstrack.io import schema
@@ -24,6 +25,7 @@ from metstrack.io.dicom_synth import (
 )
 from metstrack.io.ingest import IngestConfig, default_mapping_path, ingest_dicom
 from metstrack.io.nifti import read_label, read_volume
+from metstrack.io.release import read_release
 from metstrack.io.rtstruct import RoiSelection
 
 OTHER_ID, OTHER_NAME = "MRN-9911-OTHER", "Roe^Richard"
@@ -135,6 +137,10 @@ def test_ingest_cohort(tmp_path, export, caplog):
     assert abs(vol_mm3 - expected) < 2 * np.pi * 4 * STEP * 4 * 0.5
     rois = pd.read_csv(schema.table_path(out, ingest_mod.ROI_TABLE))
     assert list(rois.roi_name) == ["GTV_1"]
+    # the release reader accepts the result
+    cohort = read_release(out, strict=True)
+    assert [s.labelled for s in cohort.studies] == [True, False, False]
+    assert [s.days_from_baseline for s in cohort.studies] == [0.0, 74.0, 0.0]
     inst = read_volume(out / "ingest" / "S00001" / "rtstruct_instances.nii.gz", dtype=None)
     assert set(np.unique(inst.array)) == {0, 1}
     # bad input is reported, naming folders, and the rest ingested
@@ -187,14 +193,25 @@ def test_killed_run_leaves_no_partial_study(tmp_path, export, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ingest_mod, "write_volume", flaky)
+    db = tmp_path / "catalog.sqlite"
     with pytest.raises(KeyboardInterrupt):
-        ingest_dicom(export, out)
+        ingest_dicom(export, out, catalog_path=db)
     studies = sorted(p.name for p in out.glob("imaging/patientId/*/studyId/*"))
     assert studies == ["S00001"]  # complete, and nothing half-written beside it
+    with Catalog.open(db) as cat:
+        assert cat.frame("runs").status.tolist() == ["running"]
+        assert cat.frame("run_studies").study_id.tolist() == ["S00001"]
     monkeypatch.setattr(ingest_mod, "write_volume", real)
-    report = ingest_dicom(export, out)
+    report = ingest_dicom(export, out, catalog_path=db)
     assert report.count("skipped") == 1 and report.count("written") == 2
     assert len(pd.read_csv(report.imaging_table)) == 3
+    with Catalog.open(db) as cat:  # the killed run resumed: no duplicate, nothing lost
+        runs = cat.frame("runs")
+        assert runs.status.tolist() == ["finished"] and runs.kind.tolist() == ["ingest"]
+        assert sorted(cat.frame("run_studies").study_id) == ["S00001", "S00002", "S00003"]
+        assert sorted(cat.frame("studies").study_id) == ["S00001", "S00002", "S00003"]
+        assert cat.frame("labels").study_id.tolist() == ["S00001"]
+        assert cat.integrity_problems() == []
 
 
 def test_roi_selection_config(tmp_path, export):
@@ -210,3 +227,23 @@ def test_no_dicom_is_error(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(DicomSeriesError, match="no DICOM image series"):
         ingest_dicom(tmp_path / "empty", tmp_path / "out")
+
+
+def test_study_without_patient_id_or_date(tmp_path, rng, caplog):
+    img = rng.integers(0, 400, size=SHAPE).astype(np.uint16)
+    write_series(tmp_path / "e" / "x", img, description="AX FLAIR", patient_id="", study_date="")
+    with caplog.at_level(logging.WARNING):
+        report = ingest_dicom(tmp_path / "e", tmp_path / "out")
+    text = "\n".join(report.problems)
+    assert "no PatientID" in text and "no StudyDate" in text
+    table = pd.read_csv(report.imaging_table)
+    assert table.FLAIR.tolist() == [1] and np.isnan(table.DaysFromBaselineScan[0])
+    assert SECRET_NAME not in caplog.text + text
+
+
+def test_no_matching_roi_keeps_planning_scan(tmp_path, export):
+    cfg = IngestConfig(rois=RoiSelection(types=("CTV",), name_pattern="", exclude_pattern=""))
+    report = ingest_dicom(export, tmp_path / "release", config=cfg)
+    assert any("no ROI matches" in p and "GTV_1" in p for p in report.problems)
+    first = pd.read_csv(report.imaging_table).iloc[0]
+    assert (first.RTSTRUCT_MRI, first.RTSTRUCT_segmentation) == (1, 0)

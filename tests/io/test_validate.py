@@ -142,6 +142,7 @@ def test_every_problem_is_collected_not_just_the_first(tmp_path):
         lambda df: df.assign(PatientID=np.where(df.index == 0, "P404", df.PatientID)),
     )
     _truncate(_study(tmp_path) / "T1.nii.gz")
+    _truncate(_study(tmp_path, "P02", "P02S3") / "FLAIR.nii.gz")  # its table row is bad
     m = mask()
     m[0, 0, 0] = 5
     write_volume(
@@ -153,10 +154,11 @@ def test_every_problem_is_collected_not_just_the_first(tmp_path):
     assert ("error", "table", "clinical_events.csv") in got
     assert ("error", "readable", "T1.nii.gz") in got
     assert ("error", "label-binary", "RTSTRUCT_segmentation.nii.gz") in got
+    assert ("error", "readable", "FLAIR.nii.gz") in got
     msgs = " ".join(p.message for p in r.problems)
     assert "line 4, column 'RelativeTimepoint'" in msgs
     assert "unknown patient 'P404'" in msgs
-    assert r.n_errors == 4
+    assert r.n_errors == 5 and r.n_files == 22
 
 
 def test_split_and_clinical_and_timepoint_problems(tmp_path):

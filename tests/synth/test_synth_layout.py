@@ -122,3 +122,17 @@ def test_transforms_table_and_survival_truth(small_cohort):
     assert truth["units"]["days_per_month"] == DAYS_PER_MONTH
     cfg = json.loads((small_cohort / "ground_truth" / "config.json").read_text())
     assert cfg["config"]["shape"] == 48 and cfg["config"]["seed"] == 11
+
+
+def test_rate_from_written_labels_matches_the_planted_rate(small_cohort):
+    from metstrack.synth.timeline import least_squares_rate_cm3_per_month
+
+    burden = pd.read_csv(small_cohort / "ground_truth" / GT_BURDEN)
+    truth = pd.read_csv(small_cohort / "ground_truth" / "patient_truth.csv").set_index("PatientID")
+    for pid, g in burden.groupby("PatientID"):
+        rate = least_squares_rate_cm3_per_month(g["days_from_baseline"], g["total_volume_mm3"])
+        planted = truth.loc[pid, "rate_cm3_per_month"]
+        # Voxel counts match the planned volumes up to rounding of each lesion.
+        assert abs(rate - planted) <= 0.01 + 0.05 * abs(planted), pid
+    months = burden["days_from_baseline"] / DAYS_PER_MONTH
+    assert months.max() > 1

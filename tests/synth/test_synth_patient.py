@@ -95,16 +95,15 @@ def test_motion_within_bounds_and_baseline_identity():
 
 
 def _find_stable_lesion():
-    """(patient, lesion id, study index): a lesion of >= 40 voxels whose volume changes
-    by under 15% between baseline and a follow-up."""
-    for seed in range(12):
-        p = make_patient(seed=seed, shape=64, n_studies=3)
+    """(patient, lesion id, study index): a lesion of >= 30 voxels whose volume changes
+    by under 15% between the baseline and the planning scan a few days later."""
+    for seed in range(20):
+        p = make_patient(seed=seed, shape=48, n_studies=2)
         v = np.stack([s.lesion_volume_mm3 for s in p.studies], axis=1)
-        for j in (1, 2):
-            ok = (v[:, 0] >= 40) & (np.abs(v[:, j] - v[:, 0]) <= 0.15 * v[:, 0])
-            if ok.any():
-                return p, int(np.flatnonzero(ok)[0]) + 1, j
-    raise AssertionError("no stable lesion found in 12 seeds")
+        ok = (v[:, 0] >= 30) & (np.abs(v[:, 1] - v[:, 0]) <= 0.15 * v[:, 0])
+        if ok.any() and np.linalg.norm(p.studies[1].baseline_to_study[:3, 3]) > 1.0:
+            return p, int(np.flatnonzero(ok)[0]) + 1, 1
+    raise AssertionError("no stable lesion found in 20 seeds")
 
 
 def test_lesion_identity_follows_the_transform():

@@ -85,3 +85,12 @@ def test_patient_rates_table_marks_one_study_patients():
     assert not bool(rates.loc["B", "defined"])
     assert math.isnan(rates.loc["B", "rate_volume_cm3_per_month"])
     assert "one study" in rates.loc["B", "reason"]
+
+
+def test_same_definition_as_the_synthetic_survival_model(rng):
+    synth = pytest.importorskip("metstrack.synth.timeline")
+    for n in (2, 3, 5, 8):
+        days = np.sort(rng.uniform(0, 700, size=n))
+        vols = rng.uniform(0, 5000, size=n)
+        ours = monthly_rate_of_change(days, vols).value
+        assert ours == pytest.approx(synth.least_squares_rate_cm3_per_month(days, vols))

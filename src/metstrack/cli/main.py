@@ -7,12 +7,23 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import export as export_cmd
+from metstrack.cli import info as info_cmd
+from metstrack.cli import ingest as ingest_cmd
+from metstrack.cli import catalog as catalog_cmd
+from metstrack.cli import info as info_cmd
+from metstrack.cli import preprocess as preprocess_cmd
+from metstrack.cli import validate as validate_cmd
+from metstrack.cli import track as track_cmd
+from metstrack.cli import train as train_cmd
 from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
+from metstrack.cli import report as report_cmd
 from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
 from metstrack.cli import track as track_cmd
 from metstrack.cli import validate as validate_cmd
+from metstrack.cli import predict as predict_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -42,11 +53,19 @@ def _root(
 
 
 app.command("info")(info_cmd.info)
+app.command("ingest")(ingest_cmd.ingest)
+app.command("dicom-scan")(ingest_cmd.dicom_scan)
+app.command("export-rtstruct")(export_cmd.export_rtstruct)
+app.command("preprocess")(preprocess_cmd.preprocess)
+app.command("catalog")(catalog_cmd.catalog)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("survival")(survival_cmd.survival)
+app.command("report")(report_cmd.report)
 app.command("synth")(synth_cmd.synth)
+app.command("predict")(predict_cmd.predict)
 
 
 def main() -> None:

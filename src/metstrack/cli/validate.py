@@ -33,6 +33,14 @@ def validate(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Threads reading images in parallel.")
     ] = 1,
+    label_classes: Annotated[
+        str | None,
+        typer.Option(
+            "--label-classes",
+            help="Label values forming the lesion mask, e.g. 1,3 (brats-mets, brainmetshare, "
+            "bids only).",
+        ),
+    ] = None,
 ) -> None:
     """Check every file and table of a dataset; exit 1 if any error is found.
 
@@ -50,15 +58,28 @@ def validate(
             resolve_layout(layout)
         except ConfigError as exc:
             raise typer.BadParameter(str(exc), param_hint="--layout") from None
+    options = {}
+    if label_classes is not None:
+        try:
+            options["label_classes"] = tuple(int(v) for v in label_classes.split(","))
+        except ValueError:
+            raise typer.BadParameter(
+                f"expected comma-separated integers such as 1,3, got {label_classes!r}",
+                param_hint="--label-classes",
+            ) from None
     with guarded():
-        with progress() as bar:
-            task = bar.add_task("checking studies", total=None)
-            report = validate_dataset(
-                directory,
-                layout=layout,
-                workers=workers,
-                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        try:
+            with progress() as bar:
+                task = bar.add_task("checking studies", total=None)
+                report = validate_dataset(
+                    directory,
+                    layout=layout,
+                    workers=workers,
+                    options=options,
+                    on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--label-classes") from None
         if report.problems:
             table = Table(title=f"Problems in {directory}", show_lines=False)
             table.add_column("severity")

@@ -67,7 +67,11 @@ class DicomInstance:
         pixel_spacing_mm: PixelSpacing as (row spacing, column spacing) in mm; ``None`` when absent.
         rows: Rows (pixels along Y).
         columns: Columns (pixels along X).
-        frames: NumberOfFrames (1 for single-frame images).
+        frames: NumberOfFrames of the file (1 for single-frame images).
+        frame_index: 0-based frame of a multi-frame (enhanced) file, ``None`` for
+            single-frame files.
+        rescale: (slope, intercept) of an enhanced file's frame; ``None`` means
+            read RescaleSlope/RescaleIntercept from the file's top level.
     """
 
     path: Path
@@ -80,6 +84,17 @@ class DicomInstance:
     rows: int
     columns: int
     frames: int = 1
+    frame_index: int | None = None
+    rescale: tuple[float, float] | None = None
+
+    @property
+    def name(self) -> str:
+        """File name, with the frame number for a frame of a multi-frame file."""
+        return (
+            self.path.name
+            if self.frame_index is None
+            else f"{self.path.name}[frame {self.frame_index + 1}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -205,6 +220,38 @@ def _candidate_files(root: Path) -> Iterable[Path]:
             yield p
 
 
+def _read_header(path: Path) -> pydicom.Dataset | None:
+    """Header of a DICOM file (Part 10, or a raw dataset without preamble), else ``None``."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        pass  # older exports write bare datasets without the 'DICM' preamble
+    except Exception:  # noqa: BLE001 - pydicom raises many types on foreign files
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
+            return ds
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """Give a bare dataset (no file meta) the uncompressed transfer syntax it was read with."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    if meta is None:
+        ds.file_meta = meta = pydicom.dataset.FileMetaDataset()
+    implicit, little = ds.original_encoding
+    meta.TransferSyntaxUID = (
+        pydicom.uid.ImplicitVRLittleEndian
+        if implicit
+        else (pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian)
+    )
+
+
 def scan_dicom(root: str | Path) -> DicomScan:
     """Find every DICOM series under ``root``, reading headers only.
 
@@ -229,11 +276,9 @@ def scan_dicom(root: str | Path) -> DicomScan:
     by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     skipped: dict[Path, list[str]] = defaultdict(list)
     for path in files:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError) as exc:
-            kind = "not DICOM" if isinstance(exc, InvalidDicomError) else "unreadable"
-            skipped[path.parent].append(f"{path.name} ({kind})")
+        ds = _read_header(path)
+        if ds is None:
+            skipped[path.parent].append(f"{path.name} (not DICOM)")
             continue
         if "DirectoryRecordSequence" in ds:
             skipped[path.parent].append(f"{path.name} (DICOMDIR)")
@@ -279,7 +324,7 @@ def _series_info(uid: str, items: list[tuple[Path, pydicom.Dataset]]) -> DicomSe
     modality = _str(ds0, "Modality").upper()
     instances = ()
     if modality not in (RTSTRUCT_MODALITY, SEG_MODALITY):
-        instances = tuple(_instance(p, ds) for p, ds in items)
+        instances = tuple(i for p, ds in items for i in _instances(p, ds))
     date = _str(ds0, "StudyDate") or _str(ds0, "SeriesDate") or _str(ds0, "AcquisitionDate")
     agent = ""
     for _, ds in items:
@@ -305,20 +350,68 @@ def _series_info(uid: str, items: list[tuple[Path, pydicom.Dataset]]) -> DicomSe
     )
 
 
-def _instance(path: Path, ds: pydicom.Dataset) -> DicomInstance:
+def _instances(path: Path, ds: pydicom.Dataset) -> list[DicomInstance]:
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _enhanced_frames(path, ds)
     ps = _floats(ds, "PixelSpacing", 2)
-    return DicomInstance(
-        path=path,
-        sop_instance_uid=_str(ds, "SOPInstanceUID"),
-        sop_class_uid=_str(ds, "SOPClassUID"),
-        instance_number=_int(ds, "InstanceNumber"),
-        position_lps=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
-        orientation=_floats(ds, "ImageOrientationPatient", 6),
-        pixel_spacing_mm=ps,  # type: ignore[arg-type]
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        frames=_int(ds, "NumberOfFrames", 1),
-    )
+    return [
+        DicomInstance(
+            path=path,
+            sop_instance_uid=_str(ds, "SOPInstanceUID"),
+            sop_class_uid=_str(ds, "SOPClassUID"),
+            instance_number=_int(ds, "InstanceNumber"),
+            position_lps=_floats(ds, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+            orientation=_floats(ds, "ImageOrientationPatient", 6),
+            pixel_spacing_mm=ps,  # type: ignore[arg-type]
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            frames=_int(ds, "NumberOfFrames", 1),
+        )
+    ]
+
+
+def _group(per_frame: pydicom.Dataset, shared: pydicom.Dataset | None, key: str):
+    """First item of functional group ``key``, per-frame before shared."""
+    for src in (per_frame, shared):
+        if src is not None and key in src and len(src[key].value):
+            return src[key].value[0]
+    return None
+
+
+def _enhanced_frames(path: Path, ds: pydicom.Dataset) -> list[DicomInstance]:
+    """One pseudo-instance per frame of an enhanced (multi-frame) image."""
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    out = []
+    n = _int(ds, "NumberOfFrames", 1)
+    for i, pf in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        pos = _group(pf, shared, "PlanePositionSequence")
+        ori = _group(pf, shared, "PlaneOrientationSequence")
+        meas = _group(pf, shared, "PixelMeasuresSequence")
+        trans = _group(pf, shared, "PixelValueTransformationSequence")
+        rescale = None
+        if trans is not None:
+            rescale = (
+                float(trans.get("RescaleSlope", 1.0) or 1.0),
+                float(trans.get("RescaleIntercept", 0.0) or 0.0),
+            )
+        out.append(
+            DicomInstance(
+                path=path,
+                sop_instance_uid=_str(ds, "SOPInstanceUID"),
+                sop_class_uid=_str(ds, "SOPClassUID"),
+                instance_number=_int(ds, "InstanceNumber"),
+                position_lps=None if pos is None else _floats(pos, "ImagePositionPatient", 3),  # type: ignore[arg-type]
+                orientation=None if ori is None else _floats(ori, "ImageOrientationPatient", 6),
+                pixel_spacing_mm=None if meas is None else _floats(meas, "PixelSpacing", 2),  # type: ignore[arg-type]
+                rows=_int(ds, "Rows"),
+                columns=_int(ds, "Columns"),
+                frames=n,
+                frame_index=i,
+                rescale=rescale or (1.0, 0.0),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -361,14 +454,14 @@ def series_geometry(
     if not instances:
         raise DicomSeriesError(f"{where}: no image instances")
     for inst in instances:
-        if inst.frames > 1:
+        if inst.frames > 1 and inst.frame_index is None:
             raise DicomSeriesError(
-                f"{where}: multi-frame (enhanced) images are not supported; "
-                "convert to single-frame images first (e.g. dcm2niix or emf2sf)"
+                f"{where}: {inst.path.name} is a multi-frame image without per-frame "
+                "geometry; convert it to single-frame images first (e.g. dcm2niix)"
             )
         if inst.position_lps is None or inst.orientation is None or inst.pixel_spacing_mm is None:
             raise DicomSeriesError(
-                f"{where}: {inst.path.name} lacks ImagePositionPatient, ImageOrientationPatient "
+                f"{where}: {inst.name} lacks ImagePositionPatient, ImageOrientationPatient "
                 "or PixelSpacing; cannot place the slice in space"
             )
     first = instances[0]
@@ -376,16 +469,16 @@ def series_geometry(
     for inst in instances[1:]:
         if not np.allclose(inst.orientation, iop, atol=ORIENTATION_ATOL, rtol=0):
             raise DicomSeriesError(
-                f"{where}: slices have different orientations ({first.path.name} vs "
-                f"{inst.path.name}); mixed series (e.g. a localizer) in one series UID - "
+                f"{where}: slices have different orientations ({first.name} vs "
+                f"{inst.name}); mixed series (e.g. a localizer) in one series UID - "
                 "separate them before ingest"
             )
         if (inst.rows, inst.columns) != (first.rows, first.columns) or not np.allclose(
             inst.pixel_spacing_mm, first.pixel_spacing_mm, atol=1e-4
         ):
             raise DicomSeriesError(
-                f"{where}: slices differ in size or pixel spacing ({first.path.name}: "
-                f"{first.rows}x{first.columns}, {inst.path.name}: {inst.rows}x{inst.columns}); "
+                f"{where}: slices differ in size or pixel spacing ({first.name}: "
+                f"{first.rows}x{first.columns}, {inst.name}: {inst.rows}x{inst.columns}); "
                 "mixed series in one series UID"
             )
     row_dir = iop[:3] / np.linalg.norm(iop[:3])
@@ -404,7 +497,7 @@ def series_geometry(
         if np.any(steps < 1e-3):
             k = int(np.argmin(steps))
             raise DicomSeriesError(
-                f"{where}: {sorted_inst[k].path.name} and {sorted_inst[k + 1].path.name} lie at "
+                f"{where}: {sorted_inst[k].name} and {sorted_inst[k + 1].name} lie at "
                 f"the same position ({dist[k]:.2f} mm along the normal); duplicate slices or "
                 "several acquisitions (echoes, phases) in one series - split them before ingest"
             )
@@ -415,7 +508,7 @@ def series_geometry(
             missing = round(steps[k] / step) - 1
             raise DicomSeriesError(
                 f"{where}: missing slice(s): a gap of {steps[k]:.2f} mm between "
-                f"{sorted_inst[k].path.name} and {sorted_inst[k + 1].path.name} where the step "
+                f"{sorted_inst[k].name} and {sorted_inst[k + 1].name} where the step "
                 f"is {step:.2f} mm (about {missing} slice(s) absent); re-export the complete series"
             )
         dev = np.abs(steps - step)
@@ -424,10 +517,17 @@ def series_geometry(
             raise DicomSeriesError(
                 f"{where}: uneven slice spacing: steps range "
                 f"{steps.min():.3f}..{steps.max():.3f} mm "
-                f"(first deviation after {sorted_inst[k].path.name}); resample the series to a "
+                f"(first deviation after {sorted_inst[k].name}); resample the series to a "
                 "uniform spacing before ingest"
             )
         step_vec = (pos[-1] - pos[0]) / (n - 1)
+        tilt = np.degrees(np.arccos(min(1.0, abs(step_vec @ normal) / np.linalg.norm(step_vec))))
+        if tilt > 0.1:  # gantry tilt: the affine keeps the true (sheared) slice positions
+            log.warning(
+                "%s: slices are offset in-plane (gantry tilt of %.1f deg); the affine is sheared",
+                where,
+                tilt,
+            )
     else:
         step = 1.0
         step_vec = normal * step
@@ -465,23 +565,39 @@ def load_series(
         raise DicomSeriesError(f"{info.where}: a {info.modality} series holds no image volume")
     geo = series_geometry(info.instances, where=info.where, spacing_rtol=spacing_rtol)
     nx, ny, nz = geo.shape
-    out = np.empty((nx, ny, nz), dtype=dtype)
+    out = np.empty((nx, ny, nz), dtype=dtype, order="F")  # slices contiguous; NIfTI is F-order
+    cache: dict[Path, tuple[pydicom.Dataset, np.ndarray]] = {}  # one decode per multi-frame file
     for k, inst in enumerate(geo.instances):
-        try:
-            ds = pydicom.dcmread(inst.path)
-            pix = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixel data
-            raise DicomSeriesError(
-                f"{info.where}: cannot decode pixel data of {inst.path.name} "
-                f"({type(exc).__name__}); the file is corrupt or uses an unsupported compression"
-            ) from exc
+        if inst.path not in cache:
+            try:
+                ds = pydicom.dcmread(inst.path, force=True)
+                _ensure_transfer_syntax(ds)
+                pixels = ds.pixel_array
+            except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixels
+                raise DicomSeriesError(
+                    f"{info.where}: cannot decode pixel data of {inst.name} "
+                    f"({type(exc).__name__}); the file is corrupt or uses an unsupported "
+                    "compression"
+                ) from exc
+            if inst.frame_index is None:
+                cache.clear()
+            cache[inst.path] = (ds, pixels)
+        ds, pixels = cache[inst.path]
+        pix = (
+            pixels
+            if inst.frame_index is None
+            else pixels.reshape(-1, *pixels.shape[-2:])[inst.frame_index]
+        )
         if pix.shape != (ny, nx):
             raise DicomSeriesError(
-                f"{info.where}: {inst.path.name} pixel data has shape {pix.shape}, "
+                f"{info.where}: {inst.name} pixel data has shape {pix.shape}, "
                 f"expected {(ny, nx)} (rows, columns)"
             )
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        if inst.rescale is not None:
+            slope, intercept = inst.rescale
+        else:
+            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         out[:, :, k] = (pix.astype(np.float64) * slope + intercept).T
     return Volume(array=out, affine=geo.affine, path=info.folders[0])
 

@@ -21,6 +21,7 @@ from pydicom.sequence import Sequence as DSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
 #: Patient-identifying values the tests look for in messages and logs.
@@ -126,6 +127,76 @@ def write_series(
     return paths
 
 
+def write_enhanced_series(
+    path: Path,
+    array_xyz: np.ndarray,
+    *,
+    row_dir: Sequence[float] = (1, 0, 0),
+    col_dir: Sequence[float] = (0, 1, 0),
+    origin_lps: Sequence[float] = (-20.0, -30.0, 10.0),
+    pixel_spacing: tuple[float, float] = (1.0, 1.0),
+    step_mm: float = 2.0,
+    frame_order: Sequence[int] | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    description: str = "T1 MPRAGE",
+) -> Path:
+    """Write an (X, Y, Z) array as one enhanced (multi-frame) MR file.
+
+    Geometry as :func:`write_series`; orientation and spacing in the shared
+    functional groups, positions and rescale per frame. ``frame_order`` lists
+    the slice stored in each frame (default in order).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    r = np.asarray(row_dir, float) / np.linalg.norm(row_dir)
+    c = np.asarray(col_dir, float) / np.linalg.norm(col_dir)
+    n = np.cross(r, c)
+    nx, ny, nz = array_xyz.shape
+    order = list(range(nz)) if frame_order is None else list(frame_order)
+    ds = _base(path, ENHANCED_MR_STORAGE, "MR")
+    ds.PatientName = SECRET_NAME
+    ds.PatientID = SECRET_ID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.SeriesDescription = description
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = len(order)
+    ds.Rows, ds.Columns = ny, nx
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    shared = pydicom.Dataset()
+    meas = pydicom.Dataset()
+    meas.PixelSpacing = [float(pixel_spacing[0]), float(pixel_spacing[1])]
+    meas.SliceThickness = float(step_mm)
+    ori = pydicom.Dataset()
+    ori.ImageOrientationPatient = [float(v) for v in (*r, *c)]
+    shared.PixelMeasuresSequence = DSequence([meas])
+    shared.PlaneOrientationSequence = DSequence([ori])
+    ds.SharedFunctionalGroupsSequence = DSequence([shared])
+    frames = []
+    for k in order:
+        pf = pydicom.Dataset()
+        pos = pydicom.Dataset()
+        pos.ImagePositionPatient = [float(v) for v in np.asarray(origin_lps) + n * k * step_mm]
+        pf.PlanePositionSequence = DSequence([pos])
+        tr = pydicom.Dataset()
+        tr.RescaleSlope = slope
+        tr.RescaleIntercept = intercept
+        tr.RescaleType = "US"
+        pf.PixelValueTransformationSequence = DSequence([tr])
+        frames.append(pf)
+    ds.PerFrameFunctionalGroupsSequence = DSequence(frames)
+    data = np.stack([array_xyz[:, :, k].T for k in order]).astype(np.uint16)
+    ds.PixelData = np.ascontiguousarray(data).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def write_rtstruct(
     path: Path,
     series_paths: Sequence[Path],
@@ -193,3 +264,63 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = DSequence(obs)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_demo_export(root: Path, *, seed: int = 0) -> Path:
+    """Write a tiny hospital-style export: one patient, two studies, an RTSTRUCT.
+
+    Layout: ``root/patient1/study{1,2}/<series>/IM*.dcm`` with series T1, T1 post
+    (contrast agent set), T2, FLAIR and, in study 1, a planning T1 post with an
+    RTSTRUCT holding two GTV circle stacks and a brainstem. 16x16x8 voxels,
+    1 x 1 x 2 mm. The patient values are the fake markers of this module.
+
+    Args:
+        root: Folder to create.
+        seed: Seed of the random image texture.
+
+    Returns:
+        ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    img = rng.integers(50, 400, size=(16, 16, 8)).astype(np.uint16)
+    origin = np.array([-8.0, -8.0, 0.0])
+    for s, date in ((1, "20210104"), (2, "20210405")):
+        common = dict(study_uid=generate_uid(), study_date=date, origin_lps=origin)
+        base = root / "patient1" / f"study{s}"
+        write_series(base / "t1", img, description="AX T1 MPRAGE", series_number=1, **common)
+        write_series(
+            base / "t1post",
+            img,
+            description="AX T1 MPRAGE",
+            contrast_agent="Gadobutrol",
+            series_number=2,
+            **common,
+        )
+        write_series(base / "t2", img, description="AX T2 FSE", series_number=3, **common)
+        write_series(base / "flair", img, description="AX T2 FLAIR", series_number=4, **common)
+        if s == 1:
+            plan = write_series(
+                base / "planning", img, description="Stealth T1 post", series_number=5, **common
+            )
+            t = np.linspace(0, 2 * np.pi, 90, endpoint=False)
+
+            def ring(k: int, cx: float, cy: float, r: float, t: np.ndarray = t) -> np.ndarray:
+                return np.column_stack(
+                    [
+                        origin[0] + cx + r * np.cos(t),
+                        origin[1] + cy + r * np.sin(t),
+                        np.full_like(t, origin[2] + 2.0 * k),
+                    ]
+                )
+
+            write_rtstruct(
+                base / "rtstruct" / "RS.dcm",
+                plan,
+                [
+                    ("GTV_1", "GTV", [ring(k, 4.5, 5.0, 2.5) for k in (2, 3, 4)]),
+                    ("GTV_2", "GTV", [ring(k, 11.0, 10.0, 1.6) for k in (5, 6)]),
+                    ("Brainstem", "ORGAN", [ring(k, 8.0, 12.0, 2.0) for k in (1, 2)]),
+                ],
+            )
+    return root

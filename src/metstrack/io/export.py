@@ -199,7 +199,7 @@ def write_rtstruct(
     names = list(roi_names) if roi_names is not None else [f"lesion_{i}" for i in ids]
     if len(names) != len(ids):
         raise LabelError(f"{len(names)} ROI names given for {len(ids)} lesions")
-    headers = [pydicom.dcmread(i.path, stop_before_pixels=True) for i in geo.instances]
+    headers = _headers(geo)
     ref = headers[0]
     out = Path(out)
     meta = FileMetaDataset()
@@ -224,8 +224,11 @@ def write_rtstruct(
     ds.StructureSetLabel = label[:16]
     ds.StructureSetDate = now.strftime("%Y%m%d")
     ds.StructureSetTime = now.strftime("%H%M%S")
-    images = []
+    images, seen = [], set()
     for h in headers:
+        if h.SOPInstanceUID in seen:  # a multi-frame file is listed once
+            continue
+        seen.add(h.SOPInstanceUID)
         it = pydicom.Dataset()
         it.ReferencedSOPClassUID = h.SOPClassUID
         it.ReferencedSOPInstanceUID = h.SOPInstanceUID
@@ -259,6 +262,8 @@ def write_rtstruct(
             img = pydicom.Dataset()
             img.ReferencedSOPClassUID = headers[k].SOPClassUID
             img.ReferencedSOPInstanceUID = headers[k].SOPInstanceUID
+            if geo.instances[k].frame_index is not None:
+                img.ReferencedFrameNumber = geo.instances[k].frame_index + 1
             c.ContourImageSequence = DSequence([img])
             c.ContourGeometricType = "CLOSED_PLANAR"
             c.NumberOfContourPoints = len(pts)
@@ -279,6 +284,15 @@ def write_rtstruct(
         ds.save_as(tmp, enforce_file_format=True)
     log.info("wrote RTSTRUCT with %d ROI(s) for series %s", len(ids), uid_suffix(info.series_uid))
     return out
+
+
+def _headers(geo: SeriesGeometry) -> list[pydicom.Dataset]:
+    """Header of each slice's file in slice order (a multi-frame file read once)."""
+    cache: dict[Path, pydicom.Dataset] = {}
+    for i in geo.instances:
+        if i.path not in cache:
+            cache[i.path] = pydicom.dcmread(i.path, stop_before_pixels=True)
+    return [cache[i.path] for i in geo.instances]
 
 
 def _palette(n: int) -> list[list[int]]:
@@ -315,6 +329,11 @@ def write_seg(
 
     info, geo = _source_geometry(series)
     _check_grid(mask, info, geo)
+    if any(i.frame_index is not None for i in geo.instances):
+        raise DicomSeriesError(
+            f"{info.where}: SEG export from a multi-frame (enhanced) source series is not "
+            "supported; export an RTSTRUCT instead"
+        )
     inst = lesion_instances(mask.array)
     ids = [int(v) for v in np.unique(inst) if v > 0]
     if not ids:

@@ -14,6 +14,9 @@ reference (:mod:`metstrack.io.rtstruct`) and writes::
     <out>/ingest/config.json              the resolved IngestConfig
     <mapping>                             PRIVATE: original IDs, UIDs, dates -> pseudonyms
 
+With ``catalog_path`` the run, each finished study and finally the ingested
+dataset are recorded in the cohort catalog (:mod:`metstrack.catalog`).
+
 Pseudonyms are sequential (``P0001``, ``S00001``) in order of the original
 PatientID, StudyDate and StudyInstanceUID; the mapping file (default
 ``<out>-pseudonyms.json`` beside, not inside, ``<out>``) is the only place
@@ -40,6 +43,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -192,7 +196,12 @@ def _assign_pseudonyms(
             notes.append(
                 f"{series[0].where}: no PatientID; the study is treated as its own patient"
             )
-        keys[uid] = (pid, _study_date(series), uid)
+        date = _study_date(series)
+        if not date:
+            notes.append(
+                f"{series[0].where}: no StudyDate/SeriesDate; DaysFromBaselineScan left empty"
+            )
+        keys[uid] = (pid, date, uid)
     patients = mapping["patients"]
     studies = mapping["studies"]
     for uid, (pid, date, _) in sorted(keys.items(), key=lambda kv: kv[1]):
@@ -214,6 +223,7 @@ def ingest_dicom(
     *,
     config: IngestConfig | None = None,
     mapping_path: str | Path | None = None,
+    catalog_path: str | Path | None = None,
     on_study: Callable[[StudyOutcome], None] | None = None,
 ) -> IngestReport:
     """Convert a DICOM export under ``src`` into the release layout under ``out``.
@@ -224,6 +234,10 @@ def ingest_dicom(
         config: Classification rules, ROI selection and tolerances.
         mapping_path: The private pseudonym mapping file (default
             :func:`default_mapping_path`).
+        catalog_path: Optional cohort catalog (SQLite, :mod:`metstrack.catalog`): the
+            run and each finished study are recorded as they complete (one
+            transaction each), the ingested dataset is registered at the end; a
+            killed run is resumed under the same run id.
         on_study: Called after each study (progress display).
 
     Returns:
@@ -247,31 +261,56 @@ def ingest_dicom(
     problems += _assign_pseudonyms(by_study, mapping, cfg)
     _save_mapping(mapping_path, mapping)  # pseudonyms fixed before any study is written
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / INGEST_DIR / "config.json", source=str(src))
+    save_config(cfg, out / INGEST_DIR / "config.json")
     _clean_partials(out)
     outcomes, unclassified = [], []
     order = sorted(by_study, key=lambda u: mapping["studies"][u]["study_id"])
-    for uid in order:
-        entry = mapping["studies"][uid]
-        outcome, uncl, probs = _ingest_study(uid, by_study[uid], scan, out, entry, cfg)
-        outcomes.append(outcome)
-        unclassified += uncl
-        problems += probs
-        for m in uncl + probs:
-            log.warning(m)
-        if on_study is not None:
-            on_study(outcome)
-    _save_mapping(mapping_path, mapping)
-    write_tables(out, mapping)
-    report = IngestReport(
+    catalog = run_id = None
+    if catalog_path is not None:
+        from metstrack.catalog import Catalog
+
+        catalog = Catalog.open(catalog_path)
+        run_id = catalog.begin_run("ingest", cfg, source=str(src), output=str(out))
+    try:
+        for uid in order:
+            entry = mapping["studies"][uid]
+            t0 = time.perf_counter()
+            outcome, uncl, probs = _ingest_study(uid, by_study[uid], scan, out, entry, cfg)
+            outcomes.append(outcome)
+            unclassified += uncl
+            problems += probs
+            for m in uncl + probs:
+                log.warning(m)
+            if catalog is not None and outcome.status != "failed":
+                folder = schema.study_dir(out, outcome.patient_id, outcome.study_id)
+                catalog.record_study_done(
+                    run_id,
+                    outcome.patient_id,
+                    outcome.study_id,
+                    outputs=[str(folder / f"{seq}.nii.gz") for seq in outcome.sequences],
+                    seconds=time.perf_counter() - t0,
+                )
+            if on_study is not None:
+                on_study(outcome)
+        _save_mapping(mapping_path, mapping)
+        write_tables(out, mapping)
+        if catalog is not None:
+            problems += _register_dataset(catalog, out)
+    except BaseException:
+        if catalog is not None:
+            catalog.close()  # the run stays 'running'; a rerun resumes it
+        raise
+    if catalog is not None:
+        status = "failed" if any(o.status == "failed" for o in outcomes) else "finished"
+        catalog.finish_run(run_id, status=status)
+        catalog.close()
+    return IngestReport(
         out=out,
         mapping_path=mapping_path,
         studies=tuple(outcomes),
         unclassified=tuple(unclassified),
         problems=tuple(problems),
     )
-    _register_with_catalog(report)
-    return report
 
 
 def _home_study(s: DicomSeriesInfo, scan: DicomScan) -> str:
@@ -380,17 +419,27 @@ def _ingest_study(
         vol = load(ref)
         if vol is None:
             continue
+        # the referenced series is the planning scan even when no ROI can be used
+        volumes[PLANNING_SEQUENCE] = vol
+        if "CT1" not in volumes:
+            volumes["CT1"] = vol
         try:
             ss = read_rtstruct(f)
             check_reference(ss, ref.series_uid, {i.sop_instance_uid for i in ref.instances})
+            if (
+                ss.frame_of_reference_uid
+                and ref.frame_of_reference_uid
+                and (ss.frame_of_reference_uid != ref.frame_of_reference_uid)
+            ):
+                problems.append(
+                    f"{f}: RTSTRUCT frame of reference differs from its series {ref.where}; "
+                    "contours are placed by their coordinates as given"
+                )
             masks = rasterize_rtstruct(ss, vol, selection=cfg.rois)
         except (DicomSeriesError, LabelError) as exc:
             problems.append(str(exc))
             continue
         problems += list(masks.problems)
-        volumes[PLANNING_SEQUENCE] = vol
-        if "CT1" not in volumes:
-            volumes["CT1"] = vol
         label, instances = masks.binary, masks.instances
         rois_rows = [
             {
@@ -414,7 +463,9 @@ def _ingest_study(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for seq, vol in volumes.items():
-            write_volume(vol.with_array(vol.array.astype(np.float32)), tmp / f"{seq}.nii.gz")
+            write_volume(
+                vol.with_array(vol.array.astype(np.float32, copy=False)), tmp / f"{seq}.nii.gz"
+            )
         if label is not None:
             write_volume(label, tmp / f"{LABEL_SEQUENCE}.nii.gz", dtype=np.uint8)
         side = out / INGEST_DIR / sid
@@ -477,19 +528,15 @@ def write_tables(out: Path, mapping: dict) -> None:
     )
 
 
-def _register_with_catalog(report: IngestReport) -> None:
-    """Hook for the cohort catalog (``metstrack.catalog``) once it exists.
+def _register_dataset(catalog, out: Path) -> list[str]:
+    """Register the ingested dataset's patients, studies, series and labels in the catalog."""
+    from metstrack.errors import MetstrackError
+    from metstrack.io.release import read_release
 
-    The catalog registers the ingested patients, studies, series and labels in
-    one transaction. Until it lands this logs at DEBUG and does nothing.
-    """
     try:
-        from metstrack import catalog  # type: ignore[attr-defined]
-    except ImportError:
-        log.debug("metstrack.catalog not available; ingest run not registered")
-        return
-    register = getattr(catalog, "register_ingest", None)
-    if register is None:
-        log.debug("metstrack.catalog has no register_ingest(); ingest run not registered")
-        return
-    register(report)
+        catalog.register_dataset(read_release(out))
+    except MetstrackError as exc:
+        msg = f"{out}: dataset not registered in the catalog: {exc}"
+        log.warning(msg)
+        return [msg]
+    return []

@@ -168,8 +168,13 @@ def read_rtstruct(path: str | Path) -> StructureSet:
     """
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError) as exc:
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError:
+            ds = pydicom.dcmread(path, force=True)  # a bare dataset without preamble
+            if "SOPClassUID" not in ds:
+                raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on foreign files
         raise DicomSeriesError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from exc
     if str(ds.get("Modality", "")).upper() != "RTSTRUCT":
         raise DicomSeriesError(

@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,6 +142,7 @@ def validate_dataset(
     workers: int = 1,
     atol_mm: float = AFFINE_ATOL_MM,
     on_progress: Callable[[int, int], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ValidationReport:
     """Check a whole dataset and return every problem found.
 
@@ -153,13 +155,16 @@ def validate_dataset(
         atol_mm: Tolerance on affine entries when comparing grids, in mm.
         on_progress: Called with (studies done, studies in all) after each
             study's files are checked (progress bars).
+        options: Layout reader options (e.g. ``{"label_classes": (255,)}``), see
+            :func:`metstrack.io.layouts.read_dataset`.
 
     Returns:
         A :class:`ValidationReport`; ``report.ok`` is False when any error was found.
 
     Raises:
         DatasetError: ``root`` is not a folder, or its layout cannot be detected.
-        ConfigError: ``layout`` is not a known layout name.
+        ConfigError: ``layout`` is not a known layout name, or an option does not
+            apply to it.
     """
     from metstrack.io.layouts import detect_layout, resolve_layout, scan_dataset
 
@@ -170,27 +175,20 @@ def validate_dataset(
         raise ValueError(f"workers must be >= 1, got {workers}")
     name = detect_layout(root) if layout == "auto" else resolve_layout(layout)
     try:
-        scan = scan_dataset(root, name)
+        scan = scan_dataset(root, name, **dict(options or {}))
     except DatasetError as exc:
         # The dataset's index itself is unusable (e.g. no imaging table): report it
         # and still check every image file under the root.
         scan = DatasetScan(None, (Problem(ERROR, root, "layout", str(exc)),), ())
     problems = list(scan.all_problems)
     cohort = scan.cohort
-    if cohort is None:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p))
-        results = _map(lambda p: _check_files_readable([p]), files, workers)
-        n_files = len(files)
-        for r in results:
-            problems.extend(r)
-        return ValidationReport(root, name, tuple(problems), 0, 0, n_files)
-
-    studies = list(cohort.studies)
+    studies = list(cohort.studies) if cohort is not None else []
     done = 0
     lock = threading.Lock()
 
     def check(study: Study) -> list[Problem]:
         nonlocal done
+        assert cohort is not None
         out = check_study(study, cohort, atol_mm=atol_mm)
         if on_progress is not None:
             with lock:
@@ -200,12 +198,18 @@ def validate_dataset(
 
     for r in _map(check, studies, workers):
         problems.extend(r)
-    n_files = sum(len(s.series) for s in studies)
+    # Image files no study claims (rows that failed to parse, unlisted folders, an
+    # unusable index) are still opened, so a corrupt file never goes unreported.
+    covered = {s.path for st in studies for s in st.series}
+    orphans = [p for p in _image_files(root, name) if p not in covered]
+    for r in _map(lambda p: _check_files_readable([p]), orphans, workers):
+        problems.extend(r)
+    n_files = len(covered) + len(orphans)
     report = ValidationReport(
         root=root,
         layout=name,
         problems=tuple(problems),
-        n_patients=len(cohort.patients),
+        n_patients=len(cohort.patients) if cohort is not None else 0,
         n_studies=len(studies),
         n_files=n_files,
     )
@@ -350,6 +354,19 @@ def _check_files_readable(paths: list[Path]) -> list[Problem]:
         except InvalidImageError as exc:
             out.append(Problem(ERROR, p, "image-valid", _strip(exc, p)))
     return out
+
+
+def _image_files(root: Path, layout: str) -> list[Path]:
+    """Image files a layout's index should account for (release: under ``imaging/``)."""
+    from metstrack.io import schema
+
+    if layout == "release":
+        base = root / schema.IMAGING_DIR
+        if not base.is_dir():
+            return []
+    else:
+        return []
+    return sorted(p for p in base.rglob("*") if p.is_file() and _is_image(p))
 
 
 def _is_image(p: Path) -> bool:

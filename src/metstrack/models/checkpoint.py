@@ -228,7 +228,9 @@ def _network_state(path: Path, payload: Any) -> OrderedDict[str, torch.Tensor]:
             out[k.replace("_orig_mod.", "")] = sd[k]
     bad = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: state_dict entries are not tensors: {bad[:_SHOWN]}")
+        raise CheckpointError(
+            f"{path}: state_dict entries are not tensors: {', '.join(bad[:_SHOWN])}"
+        )
     return out
 
 
@@ -271,7 +273,7 @@ def infer_config(
     if missing:
         raise CheckpointError(
             f"{path}: carries no model configuration and is not in the published STT layout "
-            f"(missing {missing[:_SHOWN]}); pass the ModelConfig it was trained with"
+            f"(missing {', '.join(missing[:_SHOWN])}); pass the ModelConfig it was trained with"
         )
     first = state[names["conv_0"]]
     in_ch = int(first.shape[1])
@@ -317,7 +319,7 @@ def check_state_fits(
     ):
         if items:
             more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-            parts.append(f"{len(items)} {label} [{', '.join(items[:_SHOWN])}{more}]")
+            parts.append(f"{len(items)} {label}: {', '.join(items[:_SHOWN])}{more}")
     raise CheckpointError(
         f"{path}: weights do not fit network {cfg.name!r} with "
         f"{cfg.network_in_channels} input channels and widths {list(cfg.scaled_features)}: "

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
 from metstrack.io import schema
@@ -48,7 +49,12 @@ from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
 from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
 from metstrack.preprocess.intensity import n4_correct, zscore_in_brain
-from metstrack.preprocess.mapping import StudyTransform, save_transform, transform_path
+from metstrack.preprocess.mapping import (
+    TRANSFORMS_DIR,
+    StudyTransform,
+    save_transform,
+    transform_path,
+)
 from metstrack.preprocess.register import RegistrationConfig, register
 from metstrack.preprocess.spatial import resample_array
 from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE, Patient, Study, Volume
@@ -63,7 +69,12 @@ NORMALISATIONS = ("zscore", "none")
 
 
 def _within_default() -> RegistrationConfig:
-    return RegistrationConfig(shrink_factors=(4, 2), smoothing_sigmas_mm=(2.0, 1.0), iterations=60)
+    return RegistrationConfig(
+        shrink_factors=(4, 2),
+        smoothing_sigmas_mm=(2.0, 1.0),
+        iterations=60,
+        sampling_percentage=0.1,
+    )
 
 
 def _through_default() -> RegistrationConfig:
@@ -71,7 +82,7 @@ def _through_default() -> RegistrationConfig:
         shrink_factors=(4, 2, 1),
         smoothing_sigmas_mm=(2.0, 1.0, 0.0),
         iterations=100,
-        sampling_percentage=0.1,
+        sampling_percentage=0.05,
         init="geometry",
     )
 
@@ -448,6 +459,9 @@ def preprocess_study(
         brain.astype(np.uint8), brain_mask_path(out_root, pid, sid), affine=grid.affine
     )
     outputs.append(str(bp.relative_to(out_root)))
+    pp = provenance_path(out_root, pid, sid)
+    tp = transform_path(out_root, pid, sid)
+    outputs += [str(pp.relative_to(out_root)), str(tp.relative_to(out_root))]
     prov = {
         "PatientID": pid,
         "StudyID": sid,
@@ -455,9 +469,9 @@ def preprocess_study(
         "input_fingerprint": study_fingerprint(study),
         "config_fingerprint": config_fingerprint(cfg),
         "steps": steps,
+        "outputs": outputs,
     }
-    pp = write_json_atomic(provenance_path(out_root, pid, sid), prov)
-    outputs.append(str(pp.relative_to(out_root)))
+    write_json_atomic(pp, prov)
     st = StudyTransform(
         patient_id=pid,
         study_id=sid,
@@ -466,9 +480,19 @@ def preprocess_study(
         native_grid=Grid.of(ct1_native),
         baseline_grid=grid,
     )
-    tp = save_transform(out_root, st)  # last: marks the study finished
-    outputs.append(str(tp.relative_to(out_root)))
+    save_transform(out_root, st)  # last: marks the study finished
     return tuple(outputs)
+
+
+def _recorded_outputs(out_root: Path, patient_id: str, study_id: str) -> tuple[str, ...]:
+    """Outputs of a finished study, as listed in its provenance (for catalog resume)."""
+    import json
+
+    try:
+        prov = json.loads(provenance_path(out_root, patient_id, study_id).read_text("utf-8"))
+        return tuple(str(p) for p in prov.get("outputs", ()))
+    except (OSError, ValueError):
+        return ()
 
 
 def preprocess_patient(
@@ -493,7 +517,12 @@ def preprocess_patient(
         s for s in patient.studies if not is_study_done(out_root, patient.patient_id, s.study_id)
     ]
     outcomes = [
-        StudyOutcome(patient.patient_id, s.study_id, "skipped")
+        StudyOutcome(
+            patient.patient_id,
+            s.study_id,
+            "skipped",
+            outputs=_recorded_outputs(out_root, patient.patient_id, s.study_id),
+        )
         for s in patient.studies
         if s not in todo
     ]
@@ -528,6 +557,15 @@ def preprocess_patient(
             )
     order = {s.study_id: i for i, s in enumerate(patient.studies)}
     return sorted(outcomes, key=lambda o: order[o.study_id])
+
+
+def _output_kind(rel_path: str) -> str:
+    parts = Path(rel_path).parts
+    if parts[0] == TRANSFORMS_DIR:
+        return "transform"
+    if parts[0] == PREPROCESS_DIR:
+        return "brain_mask" if parts[1] == "brain_masks" else parts[1]
+    return "label" if Path(rel_path).name.startswith(LABEL_SEQUENCE) else "image"
 
 
 def _copy_tables(src_root: Path, out_root: Path) -> list[str]:
@@ -594,8 +632,6 @@ def preprocess_dataset(
     )
     catalog = run_id = None
     if catalog_path is not None:
-        from metstrack.catalog import Catalog
-
         catalog = Catalog.open(catalog_path)
         catalog.register_dataset(cohort)
         run_id = catalog.begin_run("preprocess", cfg, source=str(src_root), output=str(out_root))
@@ -607,7 +643,11 @@ def preprocess_dataset(
             outcomes.append(o)
             if catalog is not None and o.status in ("done", "skipped"):
                 catalog.record_study_done(
-                    run_id, o.patient_id, o.study_id, outputs=o.outputs, seconds=o.seconds
+                    run_id,
+                    o.patient_id,
+                    o.study_id,
+                    outputs=[OutputRecord(p, o.study_id, _output_kind(p)) for p in o.outputs],
+                    seconds=o.seconds,
                 )
             if on_study is not None:
                 on_study(o)

@@ -46,6 +46,7 @@ class Geometry:
         lobe_amp: float64 (n_lesions, 4) lobulation amplitudes.
         core_fraction: float64 (n_lesions,) necrotic core radius relative to the lesion.
         oedema_gain: float64 (n_lesions,) oedema extent relative to the lesion radius.
+        oedema_lobe_amp: float64 (n_lesions, 4) lobulation of the oedema outline.
         vessel_start_mm, vessel_end_mm: float64 (n_vessels, 3) segment ends (equal for dots).
         vessel_radius_mm: float64 (n_vessels,).
     """
@@ -57,6 +58,7 @@ class Geometry:
     lobe_amp: np.ndarray
     core_fraction: np.ndarray
     oedema_gain: np.ndarray
+    oedema_lobe_amp: np.ndarray
     vessel_start_mm: np.ndarray
     vessel_end_mm: np.ndarray
     vessel_radius_mm: np.ndarray
@@ -154,6 +156,7 @@ def place_geometry(
     lobe_amp = rng.normal(0.0, 0.06, (n, 4))
     core = np.where(rng.random(n) < 0.7, rng.uniform(0.35, 0.65, n), 0.0)
     oedema = rng.uniform(0.8, 2.5, n)
+    oedema_lobes = rng.normal(0.0, 0.25, (n, 4))
 
     if vessels:
         vs, ve, vr = _place_vessels(rng, anatomy, centres, r_max)
@@ -168,6 +171,7 @@ def place_geometry(
         lobe_amp=lobe_amp,
         core_fraction=core,
         oedema_gain=oedema,
+        oedema_lobe_amp=oedema_lobes,
         vessel_start_mm=vs,
         vessel_end_mm=ve,
         vessel_radius_mm=vr,
@@ -327,7 +331,14 @@ def render_study(
             necro = np.clip((core - rho) * r / spacing + 0.5, 0.0, 1.0).astype(np.float32)
         lesion_alpha.append((box, alpha, necro))
         if r_oed > 0:
-            dist = np.linalg.norm(q, axis=-1) / r_oed
+            # Oedema spreads irregularly (and only in white matter, below).
+            ud = d / np.maximum(np.linalg.norm(d, axis=-1), 1e-9)[..., None]
+            outline = 1.0 + np.tensordot(
+                _legendre4(ud @ geometry.lobe_dirs[i].T),
+                geometry.oedema_lobe_amp[i],
+                axes=([-1], [0]),
+            )
+            dist = np.linalg.norm(q, axis=-1) / (r_oed * np.clip(outline, 0.5, 1.8))
             strength = min(1.0, v / 400.0) * 0.9
             ed = (strength * np.exp(-(dist**4))).astype(np.float32)
             np.maximum(oedema[box], ed * np.clip(wm[box] * 1.15, 0, 1), out=oedema[box])

@@ -22,6 +22,7 @@ import datetime as dt
 import logging
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ _BENIGN_WARNINGS = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*The `srun` command is available.*",
     r".*Found .* module\(s\) in eval mode.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*`weights_only` was not set.*",
+    # resuming into a new run folder: only best_model_path carries over (copied below)
+    r".*The dirpath has changed from.*",
 )
 
 
@@ -83,6 +88,8 @@ class TrainResult:
         stopped_by: ``"max_steps"``, ``"max_epochs"``, ``"time_budget"`` or ``"early_stopping"``.
         data_fingerprint: Hash of the cohort's files and flags.
         elapsed_s: Wall-clock seconds of this call.
+        rank: Global rank of this process (0 outside DDP); only rank 0 writes
+            ``result.json`` and ``validation.csv``.
     """
 
     run_dir: Path
@@ -96,6 +103,7 @@ class TrainResult:
     stopped_by: str = "max_steps"
     data_fingerprint: str = ""
     elapsed_s: float = 0.0
+    rank: int = 0
 
 
 def train(
@@ -254,6 +262,11 @@ def train(
             trainer.validate(module, datamodule=datamodule, verbose=False)
             trainer.save_checkpoint(ckpt_dir / BEST_CKPT)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
+    if best.is_file() and best.resolve().parent != ckpt_dir.resolve():
+        # resumed from another run whose best was not beaten: keep the folder self-contained
+        if trainer.is_global_zero:
+            shutil.copy2(best, ckpt_dir / BEST_CKPT)
+        best = ckpt_dir / BEST_CKPT
     if not validate:
         trainer.save_checkpoint(best)
     best_score = (
@@ -276,6 +289,7 @@ def train(
         stopped_by=stopped,
         data_fingerprint=fingerprint,
         elapsed_s=(dt.datetime.now() - start).total_seconds(),
+        rank=int(trainer.global_rank),
     )
     if trainer.is_global_zero:
         if history:

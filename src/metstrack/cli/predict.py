@@ -1,0 +1,224 @@
+"""``metstrack predict``: run a trained network over a release-layout dataset."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
+from metstrack.errors import DatasetError, MetstrackError
+from metstrack.types import Patient
+
+log = logging.getLogger(__name__)
+
+#: Resolved settings written beside the predictions.
+CONFIG_FILE = "predict_config.json"
+
+
+@dataclass(frozen=True)
+class PredictRun:
+    """What a prediction run used (saved as ``predict_config.json``)."""
+
+    checkpoint: str
+    data: str
+    patients: tuple[str, ...]
+    roi_size: tuple[int, ...]
+    overlap: float
+    tta_flips: bool
+    threshold: float
+    sw_batch_size: int
+    device: str
+    output_grid: str
+
+
+def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
+    if roi is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in roi.replace("x", ",").split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or min(vals) < 1:
+        raise typer.BadParameter(
+            f"expected three positive sizes such as 96,96,96, found {roi!r}", param_hint="--roi"
+        )
+    return vals  # type: ignore[return-value]
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise typer.BadParameter(
+            f"unknown device {name!r} ({exc})", param_hint="--device"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter(
+            "CUDA is not available on this machine; use --device cpu", param_hint="--device"
+        )
+    return dev
+
+
+def load_patient_studies(
+    patient: Patient, modalities: tuple[str, ...], *, transforms_root: Path | None = None
+):
+    """Read every study of a patient as :class:`~metstrack.infer.predict.StudyImages`.
+
+    Args:
+        patient: The patient (studies in time order).
+        modalities: Sequences to stack, in the network's channel order.
+        transforms_root: A ``metstrack preprocess`` output root: its studies are on
+            the baseline grid and ``transforms/<P>/<S>.json`` gives each original
+            file's grid, onto which the outputs are mapped back.
+
+    Raises:
+        DatasetError: A modality the network needs has no file (names the study
+            folder), or a transform file is missing or malformed.
+        ImageReadError, InvalidImageError: A file is missing or corrupt (names the file).
+    """
+    from metstrack.infer.predict import StudyImages
+    from metstrack.io.nifti import read_volume
+    from metstrack.preprocess.mapping import load_transform
+
+    out = []
+    for st in patient.studies:
+        vols = []
+        for m in modalities:
+            path = st.path(m)
+            if path is None:
+                raise DatasetError(
+                    f"patient {patient.patient_id} study {st.study_id}: no {m} image, which the "
+                    f"network needs ({', '.join(modalities)}); add the file or drop the study"
+                )
+            vols.append(read_volume(path))
+        if transforms_root is None:
+            out.append(StudyImages(study_id=st.study_id, images=tuple(vols)))
+            continue
+        tr = load_transform(transforms_root, patient.patient_id, st.study_id)
+        out.append(
+            StudyImages(
+                study_id=st.study_id,
+                images=tuple(vols),
+                output_grid=(tr.native_grid.shape, tr.native_grid.affine),
+                output_transform=tr.baseline_to_study,
+            )
+        )
+    return out
+
+
+def predict(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset in the release layout.")],
+    out: Annotated[Path, typer.Option("--out", help="Prediction root folder.")],
+    patients: Annotated[
+        str | None, typer.Option("--patients", help="Comma-separated PatientIDs (default: all).")
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirror flips.")] = False,
+    overlap: Annotated[
+        float, typer.Option("--overlap", min=0.0, max=0.95, help="Sliding-window overlap.")
+    ] = 0.5,
+    roi: Annotated[
+        str | None, typer.Option("--roi", help="Window size X,Y,Z (default: the checkpoint's).")
+    ] = None,
+    threshold: Annotated[
+        float, typer.Option("--threshold", min=0.0, max=1.0, help="Foreground probability cut.")
+    ] = 0.5,
+    sw_batch_size: Annotated[
+        int, typer.Option("--sw-batch-size", min=1, help="Windows per call.")
+    ] = 1,
+    device: Annotated[
+        str, typer.Option("--device", help="Torch device (cpu, cuda, cuda:1).")
+    ] = "cpu",
+    native: Annotated[
+        bool,
+        typer.Option(
+            "--native/--input-grid",
+            help="For a `metstrack preprocess` output (it has transforms/): write on the "
+            "original files' grids (default) or on the preprocessed grid.",
+        ),
+    ] = True,
+) -> None:
+    """Segment every study of each patient, memory carried through time, on native grids."""
+    from metstrack.config import save_config, to_dict
+    from metstrack.infer.predict import PredictOptions, predict_patient
+    from metstrack.io.release import read_release
+    from metstrack.models.checkpoint import load_checkpoint
+
+    roi_size = _parse_roi(roi)
+    dev = _device(device)
+    with guarded():
+        model, cfg = load_checkpoint(checkpoint, map_location=dev)
+        model.to(dev)
+        cohort = read_release(data)
+        if patients:
+            wanted = [p.strip() for p in patients.split(",") if p.strip()]
+            selected = [cohort.patient(p) for p in wanted]
+        else:
+            selected = list(cohort.patients)
+        if not selected:
+            raise DatasetError(f"{data}: no patients to predict")
+    from metstrack.preprocess.mapping import TRANSFORMS_DIR
+
+    transforms_root = data if native and (data / TRANSFORMS_DIR).is_dir() else None
+    options = PredictOptions(
+        roi_size=roi_size,
+        overlap=overlap,
+        tta_flips=tta,
+        threshold=threshold,
+        sw_batch_size=sw_batch_size,
+    )
+    run = PredictRun(
+        checkpoint=str(checkpoint),
+        data=str(data),
+        patients=tuple(p.patient_id for p in selected),
+        roi_size=tuple(roi_size or cfg.roi_size),
+        overlap=overlap,
+        tta_flips=tta,
+        threshold=threshold,
+        sw_batch_size=sw_batch_size,
+        device=str(dev),
+        output_grid="native" if transforms_root is not None else "input",
+    )
+    save_config(run, out / CONFIG_FILE, model=to_dict(cfg))
+    table = Table(title=f"predictions in {out}")
+    for col in ("patient", "studies", "lesions", "status"):
+        table.add_column(col)
+    failed: list[str] = []
+    with progress() as bar:
+        task = bar.add_task("predicting", total=len(selected))
+        for patient in selected:
+            pid = patient.patient_id
+            try:
+                studies = load_patient_studies(
+                    patient, cfg.modalities, transforms_root=transforms_root
+                )
+                results = predict_patient(model, pid, studies, out, options=options)
+            except MetstrackError as exc:
+                failed.append(pid)
+                err_console.print(
+                    f"[bold red]error:[/] patient {pid}: {escape(str(exc))}", soft_wrap=True
+                )
+                table.add_row(pid, str(len(patient.studies)), "-", "[red]failed[/]")
+            else:
+                skipped = sum(r.skipped for r in results)
+                status = "done" if not skipped else f"done ({skipped} kept from a previous run)"
+                table.add_row(
+                    pid, str(len(results)), str(sum(r.n_lesions for r in results)), status
+                )
+            bar.advance(task)
+    console.print(table)
+    if failed:
+        err_console.print(
+            f"[bold red]error:[/] {len(failed)} of {len(selected)} patients failed: {', '.join(failed)}; "
+            "fix the files named above and rerun (finished studies are kept)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_DATA_ERROR)

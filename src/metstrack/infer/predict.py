@@ -1,0 +1,337 @@
+"""Predict a patient's studies and write masks, probabilities and lesion tables on native grids.
+
+Flow for one patient (studies in time order)::
+
+    native study grids --resample (baseline_to_study)--> baseline grid
+        --z-score in brain--> (T, C, X, Y, Z) --predict_sequence--> (T, K, X, Y, Z)
+        --foreground probability, resample (inverse transform)--> each study's native grid
+        --threshold--> mask.nii.gz, prob.nii.gz, lesions.csv
+
+Transform convention (:mod:`metstrack.preprocess.spatial`): ``baseline_to_study``
+maps a baseline world point (RAS, mm) to the same anatomy in the study; the
+first study's grid is the baseline grid. Without a transform the studies are
+taken as already aligned in world coordinates. Native voxels that fall
+outside the baseline field of view get probability 0.
+
+Studies already put on the baseline grid by ``metstrack preprocess`` give
+their original file's grid and transform as ``output_grid`` /
+``output_transform`` (from :mod:`metstrack.preprocess.mapping`), so the
+outputs still land on the native grid of the original files.
+
+Outputs go under :func:`metstrack.io.schema.prediction_dir`, each file written
+atomically; ``lesions.csv`` is written last, so a study is finished when it
+exists, and a rerun skips finished studies (a patient whose studies are all
+finished is not run at all).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metstrack.errors import DatasetError, InvalidImageError
+from metstrack.infer.sliding import predict_sequence
+from metstrack.io import schema
+from metstrack.io.atomic import write_csv_atomic
+from metstrack.io.nifti import check_same_grid, write_volume
+from metstrack.metrics.lesions import lesion_table
+from metstrack.models.base import SequenceModel
+from metstrack.preprocess.intensity import zscore_in_brain
+from metstrack.preprocess.spatial import resample_array
+from metstrack.types import Volume
+
+log = logging.getLogger(__name__)
+
+#: Columns of each study's ``lesions.csv`` (one row per predicted lesion).
+LESION_COLUMNS: tuple[str, ...] = (
+    "PatientID",
+    "StudyID",
+    "label",
+    "voxel_count",
+    "volume_mm3",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "longest_diameter_mm",
+    "bbox_x0",
+    "bbox_y0",
+    "bbox_z0",
+    "bbox_x1",
+    "bbox_y1",
+    "bbox_z1",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class StudyImages:
+    """One study to predict.
+
+    Attributes:
+        study_id: Release StudyID (names the output folder).
+        images: One volume per modality in the network's channel order
+            (``model.config.modalities``), all on the study's native grid.
+        baseline_to_study: float64 (4, 4) world transform from the baseline
+            (first study) to this study's images; ``None`` means identity.
+        output_grid: ``(shape, affine)`` of the grid the outputs are written on;
+            ``None``: the images' own grid.
+        output_transform: float64 (4, 4) baseline-world to output-grid-world
+            transform used with ``output_grid``; ``None`` means identity.
+    """
+
+    study_id: str
+    images: tuple[Volume, ...]
+    baseline_to_study: np.ndarray | None = None
+    output_grid: tuple[tuple[int, int, int], np.ndarray] | None = None
+    output_transform: np.ndarray | None = None
+
+    def output_geometry(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray | None]:
+        """``(shape, affine, baseline_to_output)`` of the grid the outputs go on."""
+        if self.output_grid is None:
+            return self.images[0].shape, np.asarray(self.images[0].affine), self.baseline_to_study
+        shape, affine = self.output_grid
+        return tuple(int(v) for v in shape), np.asarray(affine, np.float64), self.output_transform
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Settings of sequence inference.
+
+    Attributes:
+        roi_size: Sliding-window size (X, Y, Z) in voxels; ``None`` uses
+            ``model.config.roi_size``.
+        overlap: Window overlap fraction in [0, 1).
+        mode: Window blending, ``"gaussian"`` or ``"constant"``.
+        sw_batch_size: Windows per network call.
+        tta_flips: Average over the 8 mirror flips.
+        threshold: Foreground probability at or above which a voxel is lesion.
+        skip_existing: Keep finished studies (all three outputs present) as they are.
+    """
+
+    roi_size: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    sw_batch_size: int = 1
+    tta_flips: bool = False
+    threshold: float = 0.5
+    skip_existing: bool = True
+
+
+@dataclass(frozen=True)
+class StudyPrediction:
+    """Where one study's outputs are and what they hold.
+
+    Attributes:
+        patient_id: Release PatientID.
+        study_id: Release StudyID.
+        folder: The study's prediction folder.
+        n_lesions: Predicted lesions (read back from ``lesions.csv`` when skipped).
+        total_volume_mm3: Sum of the predicted lesion volumes.
+        skipped: True when the outputs already existed and were kept.
+    """
+
+    patient_id: str
+    study_id: str
+    folder: Path
+    n_lesions: int
+    total_volume_mm3: float
+    skipped: bool
+
+
+def output_paths(out_root: str | Path, patient_id: str, study_id: str) -> tuple[Path, Path, Path]:
+    """``(mask.nii.gz, prob.nii.gz, lesions.csv)`` paths of one study's predictions."""
+    d = schema.prediction_dir(out_root, patient_id, study_id)
+    return (
+        d / f"{schema.PREDICTION_MASK}.nii.gz",
+        d / f"{schema.PREDICTION_PROB}.nii.gz",
+        d / schema.PREDICTION_LESIONS,
+    )
+
+
+def is_finished(out_root: str | Path, patient_id: str, study_id: str) -> bool:
+    """True when all three outputs of a study exist."""
+    return all(p.is_file() for p in output_paths(out_root, patient_id, study_id))
+
+
+def lesion_frame(
+    mask: np.ndarray, affine: np.ndarray, patient_id: str, study_id: str
+) -> pd.DataFrame:
+    """One row per lesion of ``mask`` (:data:`LESION_COLUMNS`), measured on its own grid.
+
+    Args:
+        mask: (X, Y, Z) binary mask.
+        affine: (4, 4) voxel-to-world matrix (RAS, mm).
+        patient_id: Written in every row.
+        study_id: Written in every row.
+    """
+    rows = [
+        (
+            patient_id,
+            study_id,
+            les.label,
+            les.voxel_count,
+            les.volume_mm3,
+            *les.centroid_mm,
+            les.longest_diameter_mm,
+            *les.bbox,
+        )  # fmt: skip
+        for les in lesion_table(mask, affine)
+    ]
+    return pd.DataFrame(rows, columns=list(LESION_COLUMNS))
+
+
+def _check_inputs(model: SequenceModel, patient_id: str, studies: Sequence[StudyImages]) -> None:
+    cfg = model.config
+    if not studies:
+        raise DatasetError(f"patient {patient_id}: no studies to predict")
+    for st in studies:
+        if len(st.images) != cfg.in_channels:
+            raise DatasetError(
+                f"patient {patient_id} study {st.study_id}: {len(st.images)} images for a "
+                f"network taking {cfg.in_channels} ({', '.join(cfg.modalities)})"
+            )
+        for vol in st.images[1:]:
+            check_same_grid(st.images[0], vol)
+        for name in ("baseline_to_study", "output_transform"):
+            t = getattr(st, name)
+            if t is None:
+                continue
+            t = np.asarray(t, dtype=np.float64)
+            bad = t.shape != (4, 4) or not np.all(np.isfinite(t))
+            if bad or abs(np.linalg.det(t[:3, :3])) < 1e-6:
+                raise InvalidImageError(
+                    f"patient {patient_id} study {st.study_id}: {name} must be a "
+                    f"finite invertible 4x4 world transform, found {t!r}"
+                )
+
+
+def _to_baseline(st: StudyImages, ref: Volume) -> np.ndarray:
+    """(C, X, Y, Z) float32 images of one study on the baseline grid."""
+    t = None if st.baseline_to_study is None else np.asarray(st.baseline_to_study, np.float64)
+    same = st.images[0].same_grid(ref) and (t is None or np.allclose(t, np.eye(4), atol=1e-9))
+    if same:
+        return np.stack([v.array.astype(np.float32, copy=False) for v in st.images])
+    return np.stack(
+        [
+            resample_array(v.array, v.affine, ref.shape, ref.affine, transform=t, order=1)
+            for v in st.images
+        ]
+    )
+
+
+def _to_native(prob: np.ndarray, ref: Volume, st: StudyImages) -> np.ndarray:
+    """Baseline-grid probability (X, Y, Z) -> the study's output grid (float32, in [0, 1])."""
+    shape, affine, t = st.output_geometry()
+    t = None if t is None else np.asarray(t, np.float64)
+    same = tuple(shape) == ref.shape and np.allclose(affine, ref.affine, atol=1e-3, rtol=0)
+    if same and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+        out = prob.astype(np.float32, copy=True)
+    else:
+        inv = None if t is None else np.linalg.inv(t)
+        out = resample_array(prob, ref.affine, shape, affine, transform=inv, order=1)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def predict_patient(
+    model: SequenceModel,
+    patient_id: str,
+    studies: Sequence[StudyImages],
+    out_root: str | Path,
+    *,
+    options: PredictOptions = PredictOptions(),
+) -> list[StudyPrediction]:
+    """Predict every study of one patient and write the outputs on each native grid.
+
+    Args:
+        model: A network (eval mode is set; it runs on its parameters' device).
+        patient_id: Release PatientID (names the output folders).
+        studies: The patient's studies in time order; the first is the baseline.
+        out_root: Prediction root; outputs go to
+            ``<out_root>/predictions/patientId/<P>/studyId/<S>/``.
+        options: Inference settings.
+
+    Returns:
+        One :class:`StudyPrediction` per study, in the given order.
+
+    Raises:
+        DatasetError: No studies, or a study with the wrong number of images.
+        GeometryMismatchError: A study's modalities do not share one grid (names the files).
+        InvalidImageError: A transform is not a finite invertible 4x4 matrix.
+    """
+    _check_inputs(model, patient_id, studies)
+    done = [
+        options.skip_existing and is_finished(out_root, patient_id, s.study_id) for s in studies
+    ]
+    results: list[StudyPrediction | None] = [None] * len(studies)
+    for i, st in enumerate(studies):
+        if done[i]:
+            results[i] = _read_back(out_root, patient_id, st.study_id)
+    if all(done):
+        log.info("patient %s: all %d studies already predicted; skipped", patient_id, len(studies))
+        return results  # type: ignore[return-value]
+    ref = studies[0].images[0]
+    x = np.stack([zscore_in_brain(_to_baseline(st, ref)) for st in studies])
+    roi = options.roi_size if options.roi_size is not None else model.config.roi_size
+    roi = tuple(min(int(r), _fit(model, s)) for r, s in zip(roi, ref.shape, strict=True))
+    probs = predict_sequence(
+        model,
+        torch.from_numpy(x),
+        roi_size=roi,
+        overlap=options.overlap,
+        mode=options.mode,
+        sw_batch_size=options.sw_batch_size,
+        tta_flips=options.tta_flips,
+    )
+    foreground = (1.0 - probs[:, 0]).numpy()
+    for i, st in enumerate(studies):
+        if done[i]:
+            continue
+        results[i] = _write_study(
+            out_root, patient_id, st, _to_native(foreground[i], ref, st), options
+        )
+    return results  # type: ignore[return-value]
+
+
+def _fit(model: SequenceModel, size: int) -> int:
+    """Largest window along an axis of ``size`` voxels: the size rounded up to the divisor."""
+    if model.fixed_size is not None:
+        return 10**9
+    d = model.size_divisor
+    return max(-(-int(size) // d) * d, model.min_size)
+
+
+def _write_study(
+    out_root: str | Path,
+    patient_id: str,
+    st: StudyImages,
+    prob: np.ndarray,
+    options: PredictOptions,
+) -> StudyPrediction:
+    _, affine, _ = st.output_geometry()
+    mask = (prob >= options.threshold).astype(np.uint8)
+    mask_path, prob_path, lesions_path = output_paths(out_root, patient_id, st.study_id)
+    write_volume(prob, prob_path, affine=affine, dtype=np.float32)
+    write_volume(mask, mask_path, affine=affine, dtype=np.uint8)
+    frame = lesion_frame(mask, affine, patient_id, st.study_id)
+    write_csv_atomic(lesions_path, frame)  # last: marks the study finished
+    log.info("patient %s study %s: %d lesions", patient_id, st.study_id, len(frame))
+    return StudyPrediction(
+        patient_id,
+        st.study_id,
+        lesions_path.parent,
+        len(frame),
+        float(frame["volume_mm3"].sum()),
+        False,
+    )
+
+
+def _read_back(out_root: str | Path, patient_id: str, study_id: str) -> StudyPrediction:
+    path = output_paths(out_root, patient_id, study_id)[2]
+    frame = pd.read_csv(path)
+    vol = float(frame["volume_mm3"].sum()) if "volume_mm3" in frame else float("nan")
+    return StudyPrediction(patient_id, study_id, path.parent, len(frame), vol, True)

@@ -1,0 +1,137 @@
+"""``metstrack predict`` over a tiny synthetic release-layout cohort."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from metstrack.io.nifti import read_volume
+from metstrack.io.release import read_release
+from metstrack.models.checkpoint import save_checkpoint
+from metstrack.models.config import ModelConfig
+from metstrack.models.registry import build_model
+from metstrack.synth.cohort import generate_cohort
+from metstrack.synth.config import SynthConfig
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    cfg = SynthConfig(n_patients=2, seed=1, shape=32, min_studies=2, max_studies=2, vessels=False)
+    return generate_cohort(cfg, root)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(width=0.25, roi_size=(32, 32, 32))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", build_model(cfg), cfg)
+
+
+def _copy(cohort: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(cohort, tmp_path / "data"))
+
+
+def test_predict_writes_every_study_on_its_native_grid(cli, cohort, checkpoint, tmp_path) -> None:
+    out = tmp_path / "preds"
+    res = cli("predict", "--checkpoint", checkpoint, "--data", cohort, "--out", out)
+    assert res.exit_code == 0, res.output
+    studies = read_release(cohort).studies
+    for st in studies:
+        folder = out / "predictions" / "patientId" / st.patient_id / "studyId" / st.study_id
+        native = read_volume(st.path("CT1"))
+        for name in ("mask.nii.gz", "prob.nii.gz"):
+            img = nib.load(folder / name)
+            assert img.shape == native.shape
+            np.testing.assert_allclose(img.affine, native.affine, atol=1e-4)
+        assert (folder / "lesions.csv").is_file()
+    saved = json.loads((out / "predict_config.json").read_text())
+    assert saved["config"]["patients"] == sorted({s.patient_id for s in studies})
+    assert saved["model"]["name"] == "stt"
+    again = cli("predict", "--checkpoint", checkpoint, "--data", cohort, "--out", out)
+    assert again.exit_code == 0 and "kept from a previous run" in again.output
+
+
+def test_one_bad_patient_is_reported_and_the_others_complete(
+    cli, cohort, checkpoint, tmp_path
+) -> None:
+    data = _copy(cohort, tmp_path)
+    patients = read_release(data).patients
+    bad = patients[1].studies[1].path("T2")
+    bad.write_bytes(gzip.compress(b"not a nifti")[:10])  # truncated gzip stream
+    out = tmp_path / "preds"
+    res = cli("predict", "--checkpoint", checkpoint, "--data", data, "--out", out)
+    assert res.exit_code == 1
+    assert str(bad) in res.output and patients[1].patient_id in res.output
+    for p in (patients[0],):
+        for st in p.studies:
+            assert (
+                out
+                / "predictions"
+                / "patientId"
+                / p.patient_id
+                / "studyId"
+                / st.study_id
+                / "lesions.csv"
+            ).is_file()
+    assert not (out / "predictions" / "patientId" / patients[1].patient_id).exists()
+
+
+def test_modalities_disagreeing_in_geometry_name_the_file(
+    cli, cohort, checkpoint, tmp_path
+) -> None:
+    data = _copy(cohort, tmp_path)
+    p = read_release(data).patients[0]
+    flair = p.studies[0].path("FLAIR")
+    img = nib.load(flair)
+    shifted = img.affine.copy()
+    shifted[0, 3] += 7.0
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), shifted), flair)
+    res = cli(
+        "predict",
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "o",
+        "--patients",
+        p.patient_id,
+    )
+    assert res.exit_code == 1 and "grids differ" in res.output and "FLAIR" in res.output
+
+
+def test_checkpoint_of_another_architecture_is_a_data_error(cli, cohort, tmp_path) -> None:
+    cfg = ModelConfig(width=0.25, roi_size=(32, 32, 32))
+    path = save_checkpoint(tmp_path / "bad.ckpt", build_model(cfg), cfg)
+    raw = torch.load(path, weights_only=True)
+    raw["hyper_parameters"]["model"]["name"] = "unet"  # weights of STT, config of the ablation
+    torch.save(raw, path)
+    res = cli("predict", "--checkpoint", path, "--data", cohort, "--out", tmp_path / "o")
+    assert res.exit_code == 1 and "bad.ckpt" in res.output and "convlstm.conv.weight" in res.output
+
+
+def test_usage_errors(cli, cohort, checkpoint, tmp_path) -> None:
+    res = cli(
+        "predict", "--checkpoint", checkpoint, "--data", cohort, "--out", tmp_path, "--roi", "32,32"
+    )
+    assert res.exit_code == 2
+    res = cli(
+        "predict",
+        "--checkpoint",
+        checkpoint,
+        "--data",
+        cohort,
+        "--out",
+        tmp_path,
+        "--patients",
+        "P99999",
+    )
+    assert res.exit_code == 1 and "unknown patient" in res.output
