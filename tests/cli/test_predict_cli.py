@@ -24,7 +24,7 @@ from metstrack.synth.config import SynthConfig
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cohort")
-    cfg = SynthConfig(n_patients=2, seed=1, shape=32, min_studies=2, max_studies=2, vessels=False)
+    cfg = SynthConfig(n_patients=2, seed=1, shape=32, min_studies=2, max_studies=2, vessel_bait=False)
     return generate_cohort(cfg, root)
 
 

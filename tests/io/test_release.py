@@ -174,10 +174,10 @@ def _set(df: pd.DataFrame, row: int, col: str, value: str) -> pd.DataFrame:
             1,
             "DaysFromBaselineScan",
             "soon",
-            "expected a number, found 'soon'",
+            "expected a number, found text of 4 character",
         ),
         (schema.IMAGING_TABLE, 2, "RelativeTimepoint", "2.5", "expected an integer"),
-        (schema.IMAGING_TABLE, 0, "T1", "yes please", "expected 0 or 1"),
+        (schema.IMAGING_TABLE, 0, "T1", "2", "expected 0 or 1, found '2'"),
         (
             schema.IMAGING_TABLE,
             3,
@@ -188,7 +188,8 @@ def _set(df: pd.DataFrame, row: int, col: str, value: str) -> pd.DataFrame:
         (schema.EVENTS_TABLE, 2, "visit_class", "9", "unknown visit_class 9"),
         (schema.EVENTS_TABLE, 1, "days_from_first_srs", "", "expected a number, found ''"),
         (schema.PATIENTS_TABLE, 1, "kps", "180", "outside the valid range"),
-        (schema.PATIENTS_TABLE, 0, "death", "maybe", "expected 0 or 1"),
+        (schema.PATIENTS_TABLE, 0, "death", "maybe", "expected 0 or 1, found text"),
+        (schema.PATIENTS_TABLE, 0, "age_years", "n/a", "expected a number, found 'n/a'"),
         (schema.TARGETS_TABLE, 1, "dose_gy", "twenty", "expected a number"),
         (schema.TARGETS_TABLE, 1, "StudyID", "P02S1", "belongs to another patient"),
         (schema.EVENTS_TABLE, 0, "PatientID", "P99", "unknown patient 'P99'"),
@@ -204,6 +205,14 @@ def test_bad_row_names_file_line_and_column(tmp_path, table, row, col, value, pa
     msg = str(exc.value)
     assert msg.startswith(f"{path}: line {row + 2}, column {col!r}: ")
     assert re.search(pattern, msg), msg
+
+
+def test_free_text_in_a_bad_cell_is_never_repeated(tmp_path):
+    root = write_release(tmp_path)
+    edit_table(root, schema.PATIENTS_TABLE, lambda df: _set(df, 0, "kps", "Jane Doe"))
+    with pytest.raises(DatasetError, match="line 2, column 'kps'") as exc:
+        read_release(root)
+    assert "Jane" not in str(exc.value) and "text of 8 character(s)" in str(exc.value)
 
 
 def test_every_bad_row_is_collected(tmp_path):

@@ -103,6 +103,7 @@ def track(
                 transforms=tfs,
                 patients=ids,
                 on_patient=lambda _pid: bar.advance(task),
+                maps_out=out,
             )
         write_outputs(result, out, cohort=cohort, figures=figures and cfg.figures)
         save_config(

@@ -385,7 +385,8 @@ def _session_days(
                     ERROR,
                     path,
                     "table",
-                    f"line {line}, column {col!r}: expected {what}, found {v[:24]!r}",
+                    f"line {line}, column {col!r}: expected {what}, found a value that is "
+                    "not one (not shown: acquisition dates can identify a patient)",
                 )
             )
             continue

@@ -125,7 +125,8 @@ def cohort_or_raise(
         log.log(logging.WARNING if p.is_error else logging.INFO, "%s: %s", p.file, p.message)
     if scan.problems:
         n_err = sum(p.is_error for p in scan.problems)
-        log.warning(
+        log.log(
+            logging.WARNING if n_err else logging.INFO,
             "%s: read with %d recorded problem(s) (%d error(s)); run `metstrack validate %s`",
             root,
             len(scan.problems),

@@ -279,8 +279,19 @@ def _cell(row: pd.Series, column: str) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
+#: Placeholder words safe to quote back in messages.
+_SAFE_WORDS = {"nan", "inf", "-inf", "na", "n/a", "none", "null", "true", "false", "yes", "no"}
+
+
 def _shown(value: str) -> str:
-    return repr(value if len(value) <= 24 else value[:21] + "...")
+    """Quote a bad cell only when it cannot be identifying text (no letters, or a placeholder).
+
+    Free text (a name typed into a number column) is described, never repeated.
+    """
+    v = value.strip()
+    if v.lower() in _SAFE_WORDS or not any(ch.isalpha() for ch in v):
+        return repr(v if len(v) <= 24 else v[:21] + "...")
+    return f"text of {len(v)} character(s) (not shown)"
 
 
 def _text(row: pd.Series, column: str) -> str:

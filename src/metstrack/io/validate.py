@@ -239,7 +239,8 @@ def check_study(study: Study, cohort: Cohort, *, atol_mm: float = AFFINE_ATOL_MM
     for series in study.series:
         is_label = series.sequence == LABEL_SEQUENCE
         try:
-            vol = read_volume(series.path, dtype=None if is_label else np.float32)
+            # On-disk dtype: no float copy; NaN/inf are still checked for float files.
+            vol = read_volume(series.path, dtype=None)
         except ImageReadError as exc:
             problems.append(Problem(ERROR, series.path, "readable", _strip(exc, series.path)))
             continue

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -179,7 +179,8 @@ class CohortTracking:
     """Tables of a tracked cohort.
 
     Attributes:
-        results: Per patient, the :class:`TrackingResult`.
+        results: Per patient, the :class:`TrackingResult` (``tracked_maps`` empty when
+            they were written on the fly with ``maps_out``).
         trajectories, burden, rates, response, local_control: Concatenated tables.
         skipped: ``(patient, study, reason)`` for studies left out (no mask).
     """
@@ -261,6 +262,7 @@ def track_cohort(
     transforms: Mapping[tuple[str, str], np.ndarray | StudyTransform] | None = None,
     patients: tuple[str, ...] = (),
     on_patient: Callable[[str], None] | None = None,
+    maps_out: str | Path | None = None,
 ) -> CohortTracking:
     """Track every patient of a cohort and build the cohort tables.
 
@@ -273,6 +275,9 @@ def track_cohort(
             already co-registered.
         patients: Only these PatientIDs (all when empty).
         on_patient: Called with each PatientID when it is done (progress).
+        maps_out: When given, each patient's tracked maps are written under this
+            output folder as soon as the patient is tracked and then dropped
+            from the result, so memory does not grow with the cohort.
 
     Returns:
         A :class:`CohortTracking`.
@@ -290,6 +295,9 @@ def track_cohort(
         except MetstrackError as exc:
             raise type(exc)(f"patient {patient.patient_id}: {exc}") from exc
         skipped.extend(sk)
+        if res is not None and maps_out is not None:
+            _write_maps(res, maps_out)
+            res = replace(res, tracked_maps=())
         if res is not None:
             results.append(res)
             trajs.append(res.trajectories)
@@ -326,6 +334,14 @@ def track_cohort(
     )
 
 
+def _write_maps(res: TrackingResult, out: str | Path) -> list[Path]:
+    """Write a patient's tracked maps (nothing when they were already written and dropped)."""
+    return [
+        write_volume(vol, tracked_map_path(out, res.patient_id, sid), dtype=np.int32)
+        for sid, vol in zip(res.study_ids, res.tracked_maps, strict=False)
+    ]
+
+
 def write_outputs(
     tracking: CohortTracking,
     out: str | Path,
@@ -349,10 +365,7 @@ def write_outputs(
     out = Path(out)
     written: list[Path] = []
     for res in tracking.results:
-        for sid, vol in zip(res.study_ids, res.tracked_maps, strict=True):
-            written.append(
-                write_volume(vol, tracked_map_path(out, res.patient_id, sid), dtype=np.int32)
-            )
+        written.extend(_write_maps(res, out))
     for name, frame in (
         ("trajectories.csv", tracking.trajectories),
         ("burden.csv", tracking.burden),
