@@ -78,6 +78,7 @@ _BENIGN_WARNINGS = (
     r".*smaller than the logging interval.*",
     r".*The `srun` command is available.*",
     r".*Found .* module\(s\) in eval mode.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
 )
 
 
