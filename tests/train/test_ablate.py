@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from metstrack.errors import ConfigError
@@ -107,45 +106,6 @@ def test_paired_bootstrap_differences():
     assert lo <= t.loc[("base", "lesion_f1"), "value"] <= hi
     md = markdown_table(table)
     assert md.count("\n| ") == 3 and "Δ fp_per_scan vs base" in md
-
-
-def test_two_variant_ablation_writes_its_table(cli, synth_cohort, tmp_path):
-    out = tmp_path / "ablation"
-    res = cli(
-        "ablate",
-        "--config",
-        BASE,
-        "--data",
-        synth_cohort,
-        "--out",
-        out,
-        "--variants",
-        "no-memory",
-        "--bootstrap",
-        "200",
-    )
-    assert res.exit_code == 0, res.output
-    table = pd.read_csv(out / "ablation.csv")
-    assert list(dict.fromkeys(table["variant"])) == ["base", "no-memory"]
-    assert set(table["metric"]) == {
-        "lesion_f1",
-        "lesion_sensitivity",
-        "small_sensitivity",
-        "fp_per_scan",
-        "dice",
-    }
-    assert (table[table.variant == "base"]["diff"] == 0).all()
-    nm = table[table.variant == "no-memory"].set_index("metric")
-    base = table[table.variant == "base"].set_index("metric")
-    assert nm.loc["fp_per_scan", "diff"] == pytest.approx(
-        nm.loc["fp_per_scan", "value"] - base.loc["fp_per_scan", "value"]
-    )
-    md = (out / "ablation.md").read_text()
-    assert "| no-memory |" in md and "| base |" in md
-    for v in ("base", "no-memory"):
-        assert (out / "variants" / v / "checkpoints" / "best.ckpt").is_file()
-        assert (out / "variants" / v / "evaluation.csv").is_file()
-    assert "no-memory" in res.output
 
 
 def test_ablate_cli_rejects_unknown_variant(cli, synth_cohort, tmp_path):

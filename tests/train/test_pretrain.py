@@ -186,48 +186,6 @@ def test_config_errors_suggest_the_fix():
 # -- the commands ---------------------------------------------------------------------
 
 
-def test_cli_pretrain_with_order_objective_then_finetune(cli, synth_cohort, tmp_path):
-    out = tmp_path / "pre"
-    res = cli(
-        "pretrain",
-        "--data",
-        synth_cohort,
-        "--out",
-        out,
-        "--objective",
-        "restore+order",
-        "--max-steps",
-        "3",
-        *TINY,
-    )
-    assert res.exit_code == 0, res.output
-    log = pd.read_csv(out / "loss_log.csv")
-    assert len(log) == 3 and np.isfinite(log["order_loss"]).all()
-    payload = torch.load(out / "pretrained.pt", weights_only=True)
-    assert any(k.startswith("order_head.") for k in payload["heads"])
-    run = tmp_path / "ft"
-    res = cli(
-        "train",
-        "--data",
-        synth_cohort,
-        "--out",
-        run,
-        "--init-weights",
-        out / "pretrained.pt",
-        "--max-steps",
-        "1",
-        "model.name='unet'",
-        "validation.enabled=false",
-        *TINY,
-        "model.roi_size=[32,32,32]",
-    )
-    assert res.exit_code == 0, res.output
-    report = json.loads((run / "init_weights.json").read_text())
-    assert "convlstm.conv.weight" in report["unexpected"]
-    assert any(k.startswith("final_conv.weight") for k in report["shape_mismatch"])
-    assert report["unmatched"]
-
-
 def test_cli_pretrain_usage_and_data_errors(cli, tmp_path, synth_cohort):
     res = cli("pretrain", "--data", synth_cohort, "--out", tmp_path, "--objective", "order")
     assert res.exit_code == 2

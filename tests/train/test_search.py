@@ -88,13 +88,16 @@ def test_two_trials_one_pruned_and_best_config_trains(synth_cohort, tmp_path, cl
 
 def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
     out = tmp_path / "search"
+    # no pruning here, so the second trial lives long enough to be killed mid-run
+    config = tmp_path / "search.toml"
+    config.write_text(TINY.read_text().replace('pruner = "median"', 'pruner = "none"'))
     cmd = [
         sys.executable,
         "-m",
         "metstrack.cli.main",
         "search",
         "--config",
-        str(TINY),
+        str(config),
         "--data",
         str(synth_cohort),
         "--out",
@@ -130,7 +133,7 @@ def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
     assert killed_params is not None, log_path.read_text()[-2000:]
     assert [t.state for t in _study(out).trials].count(S.RUNNING) == 1
     time.sleep(2.5)  # longer than the grace period: the dead trial's heartbeat is stale
-    res = cli("search", "--config", TINY, "--data", synth_cohort, "--out", out, "--trials", "2")
+    res = cli("search", "--config", config, "--data", synth_cohort, "--out", out, "--trials", "2")
     assert res.exit_code == 0, res.output
     trials = _study(out).trials
     states = [t.state for t in trials]
