@@ -490,6 +490,7 @@ def pretrain(
     out_dir: str | Path,
     *,
     cohort: Cohort | None = None,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> PretrainResult:
     """Pretrain the encoder, ConvLSTM and decoder on every (non-test) study of a cohort.
 
@@ -498,6 +499,7 @@ def pretrain(
         data_dir: Dataset in the release layout, studies co-registered through time.
         out_dir: Run folder (created).
         cohort: An already-read cohort (skips reading ``data_dir``).
+        callbacks: Extra Lightning callbacks (e.g. a CPU-time budget).
 
     Returns:
         A :class:`PretrainResult`; ``result.weights`` feeds
@@ -577,6 +579,7 @@ def pretrain(
         use_distributed_sampler=False,
         default_root_dir=str(out),
         deterministic=False,
+        callbacks=list(callbacks),
     )
     with warnings.catch_warnings():
         for pattern in _BENIGN_WARNINGS:
