@@ -15,6 +15,11 @@ from metstrack.errors import ConfigError
 
 
 def train(
+    data: Annotated[
+        Path,
+        typer.Option("--data", "-d", help="Dataset in the release layout, co-registered in time."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created).")],
     overrides: Annotated[
         list[str] | None,
         typer.Argument(
@@ -26,11 +31,6 @@ def train(
         Path | None,
         typer.Option("--config", "-c", help="TOML file with every setting (see docs/training.md)."),
     ] = None,
-    data: Annotated[
-        Path,
-        typer.Option("--data", "-d", help="Dataset in the release layout, co-registered in time."),
-    ] = Path("."),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created).")] = Path("run"),
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue from a checkpoint (last.ckpt).")
     ] = None,

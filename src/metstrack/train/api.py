@@ -64,7 +64,6 @@ _BENIGN_WARNINGS = (
     r".*The `srun` command is available.*",
     r".*Found .* module\(s\) in eval mode.*",
     r".*isinstance\(treespec, LeafSpec\).*",
-    r".*`weights_only` was not set.*",
     # resuming into a new run folder: only best_model_path carries over (copied below)
     r".*The dirpath has changed from.*",
 )
@@ -256,19 +255,21 @@ def train(
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         last = ckpt_dir / LAST_CKPT
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)
         if validate and not best_cb.best_model_path:
             # the budget ended before any validation: validate the final weights once
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            trainer.save_checkpoint(ckpt_dir / BEST_CKPT)
+            trainer.save_checkpoint(ckpt_dir / BEST_CKPT, weights_only=False)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
-    if best.is_file() and best.resolve().parent != ckpt_dir.resolve():
+    if best.resolve().parent == ckpt_dir.resolve():
+        best = ckpt_dir / best.name  # same spelling as last_ckpt (relative stays relative)
+    elif best.is_file():
         # resumed from another run whose best was not beaten: keep the folder self-contained
         if trainer.is_global_zero:
             shutil.copy2(best, ckpt_dir / BEST_CKPT)
         best = ckpt_dir / BEST_CKPT
     if not validate:
-        trainer.save_checkpoint(best)
+        trainer.save_checkpoint(best, weights_only=False)
     best_score = (
         float(best_cb.best_model_score)
         if best_cb.best_model_score is not None
@@ -318,7 +319,7 @@ def _scores_of_best(history: tuple[dict[str, float], ...], best: float) -> dict[
 def _stopped_by(trainer: pl.Trainer, cfg: TrainConfig) -> str:
     t = cfg.trainer
     for cb in trainer.callbacks:
-        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+        if isinstance(cb, EarlyStopping) and cb.wait_count >= cb.patience:
             return "early_stopping"
     if t.max_steps > 0 and trainer.global_step >= t.max_steps:
         return "max_steps"

@@ -146,7 +146,8 @@ class SequenceSegmentationModule(pl.LightningModule):
         scores["score"] = checkpoint_score(scores, self.cfg.validation.score)
         for key, value in scores.items():
             val = 0.0 if (key == "score" and math.isnan(value)) else value
-            self.log(f"val/{key}", float(val), sync_dist=False, rank_zero_only=False)
+            # values are already summed over processes; sync_dist averages equal values
+            self.log(f"val/{key}", float(val), sync_dist=True)
         self.last_scores = dict(scores)
         if not self.trainer.sanity_checking:
             row = {"epoch": float(self.current_epoch), "step": float(self.global_step), **scores}
