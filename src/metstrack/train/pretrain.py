@@ -534,15 +534,6 @@ def pretrain(
     for p in patients:  # fill the cache and fail early on bad data
         cache.check_patient_grid(p, [cache.load(s) for s in p.studies])
     dataset = PretrainDataset(patients, cache, cfg)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.data.batch_size,
-        sampler=SequenceSampler(
-            len(dataset), num_samples=cfg.data.samples_per_epoch, seed=t.seed, shuffle=True
-        ),
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate_pretrain,
-    )
     module = PretrainModule(to_dict(cfg))
     rng = np.random.default_rng([t.seed, 99])
     n_eval = min(cfg.data.eval_samples, len(dataset))
@@ -581,15 +572,32 @@ def pretrain(
         deterministic=False,
         callbacks=list(callbacks),
     )
+    # each process (DDP) draws its own share of the windows
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        sampler=SequenceSampler(
+            len(dataset),
+            num_samples=cfg.data.samples_per_epoch,
+            seed=t.seed,
+            shuffle=True,
+            rank=int(trainer.global_rank),
+            world_size=int(trainer.world_size),
+        ),
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate_pretrain,
+    )
     with warnings.catch_warnings():
         for pattern in _BENIGN_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, train_dataloaders=loader)
     final = _fixed_loss(module, eval_batches)
-    weights = save_pretrained(
-        module, out / WEIGHTS_NAME, data_fingerprint=fingerprint, steps=int(trainer.global_step)
-    )
-    write_csv_atomic(out / "loss_log.csv", pd.DataFrame(module.loss_log))
+    weights = out / WEIGHTS_NAME
+    if trainer.is_global_zero:
+        save_pretrained(
+            module, weights, data_fingerprint=fingerprint, steps=int(trainer.global_step)
+        )
+        write_csv_atomic(out / "loss_log.csv", pd.DataFrame(module.loss_log))
     result = PretrainResult(
         run_dir=out,
         weights=weights,
@@ -600,7 +608,10 @@ def pretrain(
         n_patients=len(patients),
         n_studies=n_studies,
     )
-    write_json_atomic(out / "result.json", {**to_dict(result), "metstrack_version": __version__})
+    if trainer.is_global_zero:
+        write_json_atomic(
+            out / "result.json", {**to_dict(result), "metstrack_version": __version__}
+        )
     log.info(
         "pretrained %d steps in %.0f s; fixed-sample loss %.4f -> %.4f; weights %s",
         result.steps,
