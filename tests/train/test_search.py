@@ -27,7 +27,7 @@ from metstrack.train.search import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "search_tiny.toml"
+TINY = REPO / "configs" / "search" / "tiny.toml"
 S = optuna.trial.TrialState
 
 
