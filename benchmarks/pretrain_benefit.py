@@ -181,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain": evaluate_run(ft.best_ckpt, test, cfg, out / "cache_eval"),
     }
     table = compare_variants(evals, n_bootstrap=args.bootstrap, seed=args.seed)
+    md = (
+        markdown_table(table)
+        .replace("| base |", "| scratch |")
+        .replace("vs base", "vs scratch")
+        .replace("minus base", "minus scratch")
+    )
     table["variant"] = table["variant"].replace({"base": "scratch"})
     table.to_csv(out / "comparison.csv", index=False)
-    md = markdown_table(table).replace("vs base", "vs scratch")
     (out / "comparison.md").write_text(md)
     print()
     print(f"test: {len(test)} patients, {len(evals['base'])} labelled studies")
