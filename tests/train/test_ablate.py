@@ -122,3 +122,23 @@ def test_ablate_cli_rejects_unknown_variant(cli, synth_cohort, tmp_path):
     )
     assert res.exit_code == 2
     assert "no-memory" in res.output
+
+
+def test_pretrain_variant_pretrains_once_when_no_weights_are_given(synth_cohort, tmp_path):
+    import json
+
+    from metstrack.train.ablate import ablate
+
+    base = load_train_config(BASE, ["trainer.max_steps=2"])
+    result = ablate(
+        base, synth_cohort, tmp_path, variants=["pretrain"], pretrain_steps=2, n_bootstrap=0
+    )
+    assert result.variants == ("base", "pretrain")
+    assert (tmp_path / "pretrain" / "pretrained.pt").is_file()
+    report = json.loads((tmp_path / "variants" / "pretrain" / "init_weights.json").read_text())
+    assert "convlstm.conv.weight" in report["loaded"]
+    assert not (tmp_path / "variants" / "base" / "init_weights.json").exists()
+    # without bootstrap the intervals are undefined, the differences are not
+    t = result.table.set_index(["variant", "metric"])
+    assert np.isnan(t.loc[("pretrain", "dice"), "diff_ci_low"])
+    assert np.isfinite(t.loc[("pretrain", "dice"), "diff"])
