@@ -192,3 +192,30 @@ def test_toml_writer_round_trips_a_training_config(tmp_path):
 
     path = write_train_toml(cfg, tmp_path / "c.toml", header="hello")
     assert load_train_config(path) == cfg
+
+
+def test_every_point_of_the_shipped_space_is_a_valid_training_config():
+    from metstrack.train.search import _suggest, param_specs
+
+    base, scfg, _ = load_search_config(REPO / "configs" / "search" / "stt.toml")
+    specs = param_specs(scfg)
+    assert {s.key for s in specs} == {
+        "optim.lr",
+        "loss.name",
+        "augment.strength",
+        "model.width",
+        "data.lesion_fraction",
+        "data.max_studies",
+    }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        params = {s.key: _suggest(trial, s) for s in specs}
+        cfg = apply_params(base, params)
+        assert cfg.optim.lr == params["optim.lr"] and 1e-4 <= cfg.optim.lr <= 1e-2
+        assert cfg.data.max_studies == params["data.max_studies"]
+        assert cfg.model.width in (0.125, 0.25, 0.5)
+        study.tell(trial, 0.0)
+    lrs = [t.params["optim.lr"] for t in study.trials]
+    # log scale: about as many draws below 1e-3 as above
+    assert 5 <= sum(lr < 1e-3 for lr in lrs) <= 15
