@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -328,8 +327,3 @@ def _stopped_by(trainer: pl.Trainer, cfg: TrainConfig) -> str:
     if t.time_budget_min > 0:
         return "time_budget"
     return "max_epochs"
-
-
-def is_launched_subprocess() -> bool:
-    """True inside a DDP worker started by Lightning (its rank is not 0)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) != 0
