@@ -34,6 +34,14 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue from a checkpoint (last.ckpt).")
     ] = None,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-weights",
+            help="Start from pretrained weights (metstrack pretrain) or a checkpoint; "
+            "unmatched keys are listed in init_weights.json.",
+        ),
+    ] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")
     ] = None,
@@ -85,6 +93,7 @@ def train(
         "trainer.accelerator": accelerator,
         "trainer.precision": precision,
         "trainer.seed": seed,
+        "trainer.init_weights": str(init_weights) if init_weights is not None else None,
     }
     items = list(overrides or [])
     for key, value in flags.items():

@@ -158,6 +158,16 @@ def train(
     datamodule = SequenceDataModule(cfg, cohort, cache_dir)
     module = SequenceSegmentationModule(to_dict(cfg.model), to_dict(cfg))
     module.score_hooks.extend(score_hooks)
+    if t.init_weights and resume is None:
+        from metstrack.train.ssl_weights import init_from_pretrained
+
+        init_from_pretrained(
+            module.net,
+            t.init_weights,
+            modalities=cfg.model.modalities,
+            prior_mask=cfg.model.prior_mask,
+            out_dir=out,
+        )
 
     ckpt_dir = out / CHECKPOINT_DIR
     validate = cfg.validation.enabled
