@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import ablate as ablate_cmd
 from metstrack.cli import catalog as catalog_cmd
 from metstrack.cli import demo as demo_cmd
 from metstrack.cli import evaluate as evaluate_cmd
@@ -15,16 +16,14 @@ from metstrack.cli import info as info_cmd
 from metstrack.cli import ingest as ingest_cmd
 from metstrack.cli import predict as predict_cmd
 from metstrack.cli import preprocess as preprocess_cmd
+from metstrack.cli import pretrain as pretrain_cmd
 from metstrack.cli import report as report_cmd
+from metstrack.cli import search as search_cmd
 from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
 from metstrack.cli import track as track_cmd
 from metstrack.cli import train as train_cmd
 from metstrack.cli import validate as validate_cmd
-from metstrack.cli import predict as predict_cmd
-from metstrack.cli import pretrain as pretrain_cmd
-from metstrack.cli import search as search_cmd
-from metstrack.cli import ablate as ablate_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
