@@ -86,6 +86,21 @@ def test_two_trials_one_pruned_and_best_config_trains(synth_cohort, tmp_path, cl
     assert len(_study(out).trials) == 2 and again.best_value == result.best_value
 
 
+def _has_heartbeat(out, trial) -> bool:
+    import sqlite3
+
+    con = sqlite3.connect(out / "search.db")
+    try:
+        row = con.execute(
+            "SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = ?", (trial._trial_id,)
+        ).fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        con.close()
+    return bool(row and row[0])
+
+
 def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
     out = tmp_path / "search"
     # no pruning here, so the second trial lives long enough to be killed mid-run
@@ -122,7 +137,9 @@ def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
                     continue
                 done = [t for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
                 running = [t for t in trials if t.state == S.RUNNING]
-                if done and running and running[0].params:
+                # a trial killed before its first heartbeat is never seen as stale:
+                # kill only once the running trial has recorded one
+                if done and running and running[0].params and _has_heartbeat(out, running[0]):
                     killed_params = dict(running[0].params)
                     proc.send_signal(signal.SIGKILL)
                     break
@@ -132,7 +149,7 @@ def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
             proc.wait()
     assert killed_params is not None, log_path.read_text()[-2000:]
     assert [t.state for t in _study(out).trials].count(S.RUNNING) == 1
-    time.sleep(2.5)  # longer than the grace period: the dead trial's heartbeat is stale
+    time.sleep(3.5)  # longer than the grace period (2 s): the dead trial's heartbeat is stale
     res = cli("search", "--config", config, "--data", synth_cohort, "--out", out, "--trials", "2")
     assert res.exit_code == 0, res.output
     trials = _study(out).trials
