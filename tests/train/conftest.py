@@ -87,7 +87,41 @@ def write_tiny_cohort(
                 )
             )
         patients.append(Patient(pid, tuple(studies), splits[p]))
-    return Cohort(root=root, patients=tuple(patients))
+    cohort = Cohort(root=root, patients=tuple(patients))
+    _write_tables(cohort)
+    return cohort
+
+
+def _write_tables(cohort: Cohort) -> None:
+    """Imaging and split tables of the release layout, so ``read_release`` reads the folder."""
+    import pandas as pd
+
+    from metstrack.io import schema
+
+    rows, split_rows = [], []
+    for p in cohort.patients:
+        for s in p.studies:
+            have = {x.sequence for x in s.series}
+            row = {"PatientID": p.patient_id, "StudyID": s.study_id}
+            for seq in schema.SEQUENCES:
+                row[seq] = int(seq in have and (seq != LABEL_SEQUENCE or s.labelled))
+            row.update(
+                ExpertAdjusted=0,
+                DaysFromBaselineScan=s.days_from_baseline,
+                RelativeTimepoint=s.relative_timepoint,
+            )
+            rows.append(row)
+            split_rows.append(
+                {"StudyID": s.study_id, **{k: int(p.split == k) for k in ("train", "val", "test")}}
+            )
+    tables = cohort.root / schema.TABLES_DIR
+    tables.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=list(schema.IMAGING_COLUMNS)).to_csv(
+        tables / schema.IMAGING_TABLE, index=False
+    )
+    pd.DataFrame(split_rows, columns=list(schema.SPLIT_COLUMNS)).to_csv(
+        tables / schema.SPLIT_TABLE, index=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from metstrack.cli import info as info_cmd
 from metstrack.cli import preprocess as preprocess_cmd
 from metstrack.cli import validate as validate_cmd
 from metstrack.cli import track as track_cmd
+from metstrack.cli import train as train_cmd
 from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli import report as report_cmd
@@ -59,6 +60,7 @@ app.command("preprocess")(preprocess_cmd.preprocess)
 app.command("catalog")(catalog_cmd.catalog)
 app.command("validate")(validate_cmd.validate)
 app.command("track")(track_cmd.track)
+app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("survival")(survival_cmd.survival)
 app.command("report")(report_cmd.report)

@@ -62,6 +62,8 @@ _BENIGN_WARNINGS = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*The `srun` command is available.*",
     r".*Found .* module\(s\) in eval mode.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*`weights_only` was not set.*",
 )
 
 
@@ -83,6 +85,8 @@ class TrainResult:
         stopped_by: ``"max_steps"``, ``"max_epochs"``, ``"time_budget"`` or ``"early_stopping"``.
         data_fingerprint: Hash of the cohort's files and flags.
         elapsed_s: Wall-clock seconds of this call.
+        rank: Global rank of this process (0 outside DDP); only rank 0 writes
+            ``result.json`` and ``validation.csv``.
     """
 
     run_dir: Path
@@ -96,6 +100,7 @@ class TrainResult:
     stopped_by: str = "max_steps"
     data_fingerprint: str = ""
     elapsed_s: float = 0.0
+    rank: int = 0
 
 
 def train(
@@ -266,6 +271,7 @@ def train(
         stopped_by=stopped,
         data_fingerprint=fingerprint,
         elapsed_s=(dt.datetime.now() - start).total_seconds(),
+        rank=int(trainer.global_rank),
     )
     if trainer.is_global_zero:
         if history:
