@@ -22,7 +22,12 @@ from metstrack.infer.predict import (
 from metstrack.models.base import SequenceModel
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.preprocess.spatial import rigid_transform, rotation_matrix, voxel_to_world
+from metstrack.preprocess.spatial import (
+    resample_array,
+    rigid_transform,
+    rotation_matrix,
+    voxel_to_world,
+)
 from metstrack.types import Volume
 
 
@@ -177,3 +182,30 @@ def test_modalities_on_different_grids_name_the_files(tmp_path: Path, rng) -> No
             tmp_path,
         )
     assert not (tmp_path / "predictions").exists()
+
+
+def test_preprocessed_studies_map_back_to_their_original_grid(tmp_path: Path, rng) -> None:
+    """Studies already on the baseline grid (metstrack preprocess) write on output_grid."""
+    base_aff = oblique_affine((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (-16.0, -16.0, -16.0))
+    b_imgs, _ = phantom((32, 32, 32), base_aff, (0.0, 0.0, 0.0), 6.0, rng)
+    t = rigid_transform((5.0, 0.0, -4.0), (5.0, -3.0, 2.0))
+    native_aff = oblique_affine((8.0, -6.0, 3.0), (0.9, 1.2, 1.8), (0.0, 0.0, 0.0))
+    centre_f = t[:3, 3]
+    native_aff[:3, 3] = centre_f - native_aff[:3, :3] @ np.array([18.0, 14.0, 9.0])
+    f_native, f_sphere = phantom((36, 28, 18), native_aff, centre_f, 6.0, rng)
+    on_baseline = tuple(
+        Volume(
+            array=resample_array(v.array, v.affine, (32, 32, 32), base_aff, transform=t),
+            affine=base_aff,
+        )
+        for v in f_native
+    )
+    studies = [
+        StudyImages("S0", tuple(b_imgs)),
+        StudyImages("S1", on_baseline, output_grid=((36, 28, 18), native_aff), output_transform=t),
+    ]
+    predict_patient(BrightSpotOracle(), "P", studies, tmp_path)
+    img = nib.load(output_paths(tmp_path, "P", "S1")[0])
+    assert img.shape == (36, 28, 18)
+    np.testing.assert_allclose(img.affine, native_aff, atol=1e-5)
+    assert dice(np.asarray(img.dataobj).astype(bool), f_sphere) > 0.8
