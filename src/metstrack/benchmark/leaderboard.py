@@ -113,7 +113,10 @@ def stratum_column(lo: float, hi: float) -> str:
 def strata(volume_bins_mm3: Sequence[float]) -> list[tuple[str, str]]:
     """``(metric stratum name, leaderboard column)`` per stratum, smallest first."""
     bins = list(volume_bins_mm3)
-    return [(bin_label(lo, hi), stratum_column(lo, hi)) for lo, hi in zip(bins, bins[1:])]
+    return [
+        (bin_label(lo, hi), stratum_column(lo, hi))
+        for lo, hi in zip(bins[:-1], bins[1:], strict=True)
+    ]
 
 
 def columns(volume_bins_mm3: Sequence[float]) -> list[str]:
@@ -345,7 +348,11 @@ def write_leaderboard(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / LEADERBOARD_CSV, "md": out / LEADERBOARD_MD, "json": out / LEADERBOARD_JSON}
+    paths = {
+        "csv": out / LEADERBOARD_CSV,
+        "md": out / LEADERBOARD_MD,
+        "json": out / LEADERBOARD_JSON,
+    }
     write_csv_atomic(paths["csv"], frame)
     write_text_atomic(paths["md"], markdown(frame, volume_bins_mm3=volume_bins_mm3, title=title))
     records = json.loads(frame.to_json(orient="records"))

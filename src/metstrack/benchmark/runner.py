@@ -51,8 +51,8 @@ from metstrack.benchmark.config import (
 from metstrack.benchmark.leaderboard import (
     describe_machine,
     leaderboard_frame,
-    stratum_column,
     strata,
+    stratum_column,
     write_leaderboard,
 )
 from metstrack.config import config_fingerprint, save_config, to_dict
@@ -294,7 +294,9 @@ def _read_stage(model_dir: Path) -> StageResult:
 # ---------------------------------------------------------------- evaluation and tracking
 
 
-def evaluate_model(cfg: BenchmarkConfig, data_dir: Path, pred_root: Path, test_ids: Sequence[str], out: Path):
+def evaluate_model(
+    cfg: BenchmarkConfig, data_dir: Path, pred_root: Path, test_ids: Sequence[str], out: Path
+):
     """Evaluate one model's predictions on the test patients' studies (every study is labelled).
 
     Returns:
@@ -312,7 +314,11 @@ def evaluate_model(cfg: BenchmarkConfig, data_dir: Path, pred_root: Path, test_i
     studies = run_jobs(jobs, ecfg)
     pairs = compute_longitudinal(studies)
     summary = summarize_cohort(
-        studies, pairs=pairs, n_bootstrap=ecfg.n_bootstrap, confidence=ecfg.confidence, seed=ecfg.seed
+        studies,
+        pairs=pairs,
+        n_bootstrap=ecfg.n_bootstrap,
+        confidence=ecfg.confidence,
+        seed=ecfg.seed,
     )
     result = CohortEvaluation(tuple(studies), pairs, summary, ecfg)
     write_outputs(result, out, predictions=str(pred_root), reference=str(data_dir))
@@ -336,7 +342,9 @@ def track_model(cfg: BenchmarkConfig, cohort, pred_root: Path, test_ids: Sequenc
         masks, truth = [], []
         gt_dir = cohort.root / schema.GROUND_TRUTH_DIR / GT_INSTANCES_DIR / pid
         for st in patient.studies:
-            mask = find_nifti(schema.prediction_dir(pred_root, pid, st.study_id), schema.PREDICTION_MASK)
+            mask = find_nifti(
+                schema.prediction_dir(pred_root, pid, st.study_id), schema.PREDICTION_MASK
+            )
             gt = find_nifti(gt_dir, st.study_id)
             if mask is None or gt is None:
                 raise DatasetError(
@@ -345,7 +353,10 @@ def track_model(cfg: BenchmarkConfig, cohort, pred_root: Path, test_ids: Sequenc
                 )
             masks.append(read_label(mask))
             truth.append(read_label(gt, binary=False).array)
-        days = [float(s.days_from_baseline - patient.studies[0].days_from_baseline) for s in patient.studies]
+        days = [
+            float(s.days_from_baseline - patient.studies[0].days_from_baseline)
+            for s in patient.studies
+        ]
         res = track_patient(
             masks,
             days,
@@ -363,7 +374,12 @@ def _metric(summary, name: str) -> tuple[float, float, float]:
 
 
 def leaderboard_row(
-    entry: ModelEntry, stage: StageResult, evaluation, tracking, cfg: BenchmarkConfig, n_patients: int
+    entry: ModelEntry,
+    stage: StageResult,
+    evaluation,
+    tracking,
+    cfg: BenchmarkConfig,
+    n_patients: int,
 ) -> dict[str, object]:
     """One leaderboard row from a model's stage record, evaluation and tracking accuracy."""
     from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
@@ -523,7 +539,9 @@ def run_benchmark(
         "config_fingerprint": fingerprint,
         "metstrack_version": __version__,
     }
-    frame = leaderboard_frame(rows, volume_bins_mm3=cfg.evaluation.volume_bins_mm3, provenance=provenance)
+    frame = leaderboard_frame(
+        rows, volume_bins_mm3=cfg.evaluation.volume_bins_mm3, provenance=provenance
+    )
     paths = write_leaderboard(frame, out, volume_bins_mm3=cfg.evaluation.volume_bins_mm3)
     emit(f"leaderboard: {paths['md']}")
     return BenchmarkResult(out_dir=out, leaderboard=frame, paths=paths)
