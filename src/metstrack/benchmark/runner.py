@@ -256,6 +256,8 @@ def _worker(args: tuple) -> None:  # pragma: no cover - runs in a spawned subpro
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    import lightning.pytorch  # noqa: F401 - it sets its loggers' levels on import
+
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
