@@ -45,7 +45,10 @@ from pathlib import Path
 import pandas as pd
 
 from metstrack.io.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
-from metstrack.metrics.detection import bin_label
+from metstrack.metrics.detection import DEFAULT_VOLUME_BINS_MM3, bin_label
+
+#: The evaluation's default lesion-volume strata (mm3).
+DEFAULT_BINS: tuple[float, ...] = DEFAULT_VOLUME_BINS_MM3
 
 #: Leaderboard files written by :func:`write_leaderboard`.
 LEADERBOARD_CSV = "leaderboard.csv"
@@ -255,9 +258,9 @@ def markdown(frame: pd.DataFrame, *, volume_bins_mm3: Sequence[float], title: st
             f"Python {first['python_version']}, {first['platform']}",
             f"- date: {first['date_utc']}; config fingerprint `{first['config_fingerprint']}`; "
             f"metstrack {first['metstrack_version']}",
-            f"- test set: {int(first['n_test_patients'])} patients, "
-            f"{int(first['n_test_studies'])} studies, {int(first['n_ref_lesions'])} reference "
-            f"lesions ({int(first['n_ref_lesions_lt10_mm3'])} under 10 mm3)",
+            f"- test set: {_fmt(_int(first['n_test_patients']))} patients, "
+            f"{_fmt(_int(first['n_test_studies']))} studies, {_fmt(_int(first['n_ref_lesions']))} reference "
+            f"lesions ({_fmt(_int(first['n_ref_lesions_lt10_mm3']))} under 10 mm3)",
             "",
         ]
     sens_names = [f"sens. {label.replace(',', '-')} mm3" for label, _ in strat]
@@ -317,6 +320,7 @@ def markdown(frame: pd.DataFrame, *, volume_bins_mm3: Sequence[float], title: st
             _fmt(r["infer_peak_rss_mb"], 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _target_lines(frame)
     lines += [
         "",
         "Sensitivities and FP/scan are pooled over test studies with patient-level bootstrap "
@@ -326,6 +330,41 @@ def markdown(frame: pd.DataFrame, *, volume_bins_mm3: Sequence[float], title: st
         "",
     ]
     return "\n".join(lines)
+
+
+def target_met(frame: pd.DataFrame, *, model: str = "stt", ablation: str = "unet") -> bool | None:
+    """The issue's target: ``model`` beats ``ablation`` on < 10 mm3 sensitivity at equal or
+    fewer false positives per scan. ``None`` when either row is absent or undefined."""
+    rows = {r["model"]: r for _, r in frame.iterrows()}
+    if model not in rows or ablation not in rows:
+        return None
+    a, b = rows[model], rows[ablation]
+    vals = (
+        a["sensitivity_lt10_mm3"],
+        b["sensitivity_lt10_mm3"],
+        a["fp_per_scan"],
+        b["fp_per_scan"],
+    )
+    if any(isinstance(v, float) and math.isnan(v) for v in vals):
+        return None
+    return bool(vals[0] > vals[1] and vals[2] <= vals[3])
+
+
+def _target_lines(frame: pd.DataFrame) -> list[str]:
+    met = target_met(frame)
+    if met is None:
+        return []
+    rows = {r["model"]: r for _, r in frame.iterrows()}
+    a, b = rows["stt"], rows["unet"]
+    return [
+        "",
+        "## Target",
+        "",
+        f"STT beats the same backbone without memory on < 10 mm3 sensitivity at equal or fewer "
+        f"false positives per scan: **{'met' if met else 'not met'}** (stt "
+        f"{_fmt(a['sensitivity_lt10_mm3'])} at {_fmt(a['fp_per_scan'], 2)} FP/scan, unet "
+        f"{_fmt(b['sensitivity_lt10_mm3'])} at {_fmt(b['fp_per_scan'], 2)} FP/scan).",
+    ]
 
 
 def _int(v: object) -> object:
