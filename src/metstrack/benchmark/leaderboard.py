@@ -254,7 +254,7 @@ def markdown(frame: pd.DataFrame, *, volume_bins_mm3: Sequence[float], title: st
             f"- commit: `{first['git_commit']}`",
             f"- machine: {first['cpu_model']}, {first['cpu_cores']} cores, "
             f"load average {first['load_average_1min']} at the start",
-            f"- torch {first['torch_version']} ({first['torch_threads']} threads), "
+            f"- torch {first['torch_version']} ({first['torch_threads']} threads per model), "
             f"Python {first['python_version']}, {first['platform']}",
             f"- date: {first['date_utc']}; config fingerprint `{first['config_fingerprint']}`; "
             f"metstrack {first['metstrack_version']}",

@@ -36,7 +36,7 @@ import resource
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -484,6 +484,8 @@ def run_benchmark(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     machine = describe_machine()
+    if cfg.budget.threads > 0:  # the models run with the budget's threads, not torch's default
+        machine = replace(machine, torch_threads=cfg.budget.threads)
     fingerprint = config_fingerprint(cfg)
     save_config(
         cfg,
