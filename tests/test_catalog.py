@@ -69,6 +69,12 @@ def test_register_dataset_is_idempotent(tmp_path):
         c = cat.counts()
         assert (c["patients"], c["studies"], c["series"], c["labels"]) == (2, 6, 12, 6)
         assert cat.integrity_problems() == []
+        # a second dataset naming the same studies (e.g. the preprocessed copy) adds files only
+        cat.register_dataset(_cohort(tmp_path / "pp"))
+        c = cat.counts()
+        assert (c["datasets"], c["patients"], c["studies"], c["series"]) == (2, 2, 6, 24)
+        roots = set(cat.frame("patients")["dataset_root"])
+        assert roots == {str(tmp_path.resolve())}
 
 
 def test_migration_from_version_1_keeps_rows(tmp_path):
@@ -80,6 +86,11 @@ def test_migration_from_version_1_keeps_rows(tmp_path):
     for stmt in MIGRATIONS[1]:
         conn.execute(stmt)
     conn.execute("INSERT INTO schema_version VALUES (1, 'then')")
+    conn.execute("INSERT INTO datasets VALUES ('/raw', 'release', 'then')")
+    conn.execute("INSERT INTO patients VALUES ('P1', '/raw', 'train')")
+    conn.execute("INSERT INTO studies VALUES ('S1', 'P1', 0, 1, 1, 0)")
+    conn.execute("INSERT INTO series VALUES ('S1', 'CT1', '/raw/S1/CT1.nii.gz')")
+    conn.execute("INSERT INTO labels VALUES ('S1', '/raw/S1/seg.nii.gz', 0)")
     conn.execute(
         "INSERT INTO runs(kind, status, config_json, started_at) VALUES ('ingest', 'finished', '{}', 'then')"
     )
@@ -90,6 +101,11 @@ def test_migration_from_version_1_keeps_rows(tmp_path):
         runs = cat.frame("runs")
         assert runs["kind"].tolist() == ["ingest"]
         assert runs["config_fingerprint"].tolist() == [""]
+        series = cat.frame("series")
+        assert series[["dataset_root", "study_id", "sequence"]].values.tolist() == [
+            ["/raw", "S1", "CT1"]
+        ]
+        assert cat.frame("labels")["dataset_root"].tolist() == ["/raw"]
         assert cat.add_tracks(1, [TrackRecord(1, "S1", 1), TrackRecord(1, "S2", 1)]) == 2
         assert cat.counts()["lesion_tracks"] == 2
         assert cat.integrity_problems() == []

@@ -114,6 +114,30 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (run_id, track_id, study_id, label))""",
         "CREATE INDEX run_studies_by_study ON run_studies(study_id)",
         "CREATE INDEX runs_by_kind ON runs(kind, status)",
+        # Series and labels belong to a dataset (a raw release and its preprocessed copy
+        # share StudyIDs but not files): rebuild both keyed by dataset, keeping the rows.
+        """CREATE TABLE series_v2 (
+            dataset_root TEXT NOT NULL REFERENCES datasets(root),
+            study_id TEXT NOT NULL REFERENCES studies(study_id),
+            sequence TEXT NOT NULL,
+            path TEXT NOT NULL,
+            PRIMARY KEY (dataset_root, study_id, sequence))""",
+        """INSERT INTO series_v2(dataset_root, study_id, sequence, path)
+            SELECT p.dataset_root, se.study_id, se.sequence, se.path
+            FROM series se JOIN studies st USING(study_id) JOIN patients p USING(patient_id)""",
+        "DROP TABLE series",
+        "ALTER TABLE series_v2 RENAME TO series",
+        """CREATE TABLE labels_v2 (
+            dataset_root TEXT NOT NULL REFERENCES datasets(root),
+            study_id TEXT NOT NULL REFERENCES studies(study_id),
+            path TEXT NOT NULL,
+            expert_adjusted INTEGER NOT NULL,
+            PRIMARY KEY (dataset_root, study_id))""",
+        """INSERT INTO labels_v2(dataset_root, study_id, path, expert_adjusted)
+            SELECT p.dataset_root, l.study_id, l.path, l.expert_adjusted
+            FROM labels l JOIN studies st USING(study_id) JOIN patients p USING(patient_id)""",
+        "DROP TABLE labels",
+        "ALTER TABLE labels_v2 RENAME TO labels",
     ),
 }
 #: The schema version this code writes.
@@ -282,6 +306,10 @@ class Catalog:
     def register_dataset(self, cohort: Cohort) -> int:
         """Upsert a cohort's patients, studies, series and labels (one transaction).
 
+        Patients and studies are entities shared by every dataset that names them
+        (a raw release and its preprocessed copy); series and labels are files
+        recorded per dataset.
+
         Args:
             cohort: A cohort from any reader (``metstrack.io.release.read_release``...).
 
@@ -297,9 +325,9 @@ class Catalog:
             )
             for p in cohort.patients:
                 c.execute(
+                    # dataset_root keeps the first dataset that named the patient.
                     "INSERT INTO patients(patient_id, dataset_root, split) VALUES (?, ?, ?) "
-                    "ON CONFLICT(patient_id) DO UPDATE SET dataset_root=excluded.dataset_root, "
-                    "split=excluded.split",
+                    "ON CONFLICT(patient_id) DO UPDATE SET split=excluded.split",
                     (p.patient_id, root, p.split),
                 )
                 for s in p.studies:
@@ -321,16 +349,17 @@ class Catalog:
                     )
                     for se in s.series:
                         c.execute(
-                            "INSERT INTO series(study_id, sequence, path) VALUES (?, ?, ?) "
-                            "ON CONFLICT(study_id, sequence) DO UPDATE SET path=excluded.path",
-                            (s.study_id, se.sequence, str(se.path)),
+                            "INSERT INTO series(dataset_root, study_id, sequence, path) "
+                            "VALUES (?, ?, ?, ?) ON CONFLICT(dataset_root, study_id, sequence) "
+                            "DO UPDATE SET path=excluded.path",
+                            (root, s.study_id, se.sequence, str(se.path)),
                         )
                     if s.label_path is not None:
                         c.execute(
-                            "INSERT INTO labels(study_id, path, expert_adjusted) VALUES (?, ?, ?) "
-                            "ON CONFLICT(study_id) DO UPDATE SET path=excluded.path, "
-                            "expert_adjusted=excluded.expert_adjusted",
-                            (s.study_id, str(s.label_path), int(s.expert_adjusted)),
+                            "INSERT INTO labels(dataset_root, study_id, path, expert_adjusted) "
+                            "VALUES (?, ?, ?, ?) ON CONFLICT(dataset_root, study_id) DO UPDATE "
+                            "SET path=excluded.path, expert_adjusted=excluded.expert_adjusted",
+                            (root, s.study_id, str(s.label_path), int(s.expert_adjusted)),
                         )
         return len(cohort.studies)
 

@@ -36,6 +36,7 @@ def test_documented_example_runs(tmp_path, monkeypatch, cli):
         "ingest",
         "export-rtstruct",
         "export-rtstruct",
+        "export-rtstruct",
     ]
     outputs = [cli(*shlex.split(c)[1:]) for c in commands]
     for c, r in zip(commands, outputs, strict=True):
@@ -52,6 +53,10 @@ def test_documented_example_runs(tmp_path, monkeypatch, cli):
     np.testing.assert_array_equal(rt.binary.array, label.array)
     seg = read_seg("lesions_seg.dcm", series)
     np.testing.assert_array_equal(seg.array > 0, label.array > 0)
+    # found through the mapping: the same planning series is referenced
+    rt2 = read_rtstruct("lesions_rs2.dcm")
+    assert rt2.referenced_series_uid == series.series_uid
+    assert rt2.referenced_series_uid == read_rtstruct("lesions_rs.dcm").referenced_series_uid
     for r in outputs:
         assert SECRET_ID not in r.output and SECRET_NAME not in r.output
 
@@ -108,3 +113,51 @@ def test_export_bad_input(tmp_path, cli, case):
     }[case]
     assert expected in r.output
     assert not (tmp_path / "o.dcm").exists()
+
+
+def test_export_study_needs_mapping_and_known_study(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_demo_export(Path("demo_export"))
+    assert cli("ingest", "demo_export", "--out", "release").exit_code == 0
+    r = cli(
+        "export-rtstruct",
+        "--mask",
+        LABEL,
+        "--series",
+        "demo_export",
+        "--study",
+        "S00001",
+        "--out",
+        "x.dcm",
+    )
+    assert r.exit_code == 2 and "--mapping" in r.output
+    r = cli(
+        "export-rtstruct",
+        "--mask",
+        LABEL,
+        "--series",
+        "demo_export",
+        "--study",
+        "S00009",
+        "--mapping",
+        "release-pseudonyms.json",
+        "--out",
+        "x.dcm",
+    )
+    assert r.exit_code == 1 and "unknown study 'S00009'" in r.output
+    r = cli(
+        "export-rtstruct",
+        "--mask",
+        LABEL,
+        "--series",
+        "demo_export",
+        "--study",
+        "S00002",
+        "--sequence",
+        "RTSTRUCT_MRI",
+        "--mapping",
+        "release-pseudonyms.json",
+        "--out",
+        "x.dcm",
+    )
+    assert r.exit_code == 1 and "has no ingested RTSTRUCT_MRI" in r.output

@@ -24,7 +24,9 @@ from metstrack.synth.config import SynthConfig
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cohort")
-    cfg = SynthConfig(n_patients=2, seed=1, shape=32, min_studies=2, max_studies=2, vessel_bait=False)
+    cfg = SynthConfig(
+        n_patients=2, seed=1, shape=32, min_studies=2, max_studies=2, vessel_bait=False
+    )
     return generate_cohort(cfg, root)
 
 
@@ -135,3 +137,55 @@ def test_usage_errors(cli, cohort, checkpoint, tmp_path) -> None:
         "P99999",
     )
     assert res.exit_code == 1 and "unknown patient" in res.output
+
+
+def test_preprocessed_dataset_outputs_on_the_original_grids(
+    cli, cohort, checkpoint, tmp_path
+) -> None:
+    from metstrack.preprocess.grid import Grid
+    from metstrack.preprocess.mapping import StudyTransform, save_transform
+
+    data = _copy(cohort, tmp_path)
+    p = read_release(data).patients[0]
+    original = np.diag([2.0, 2.0, 2.5, 1.0])  # a coarser "original file" grid
+    original[:3, 3] = (-30.0, -28.0, -26.0)
+    for st in p.studies:
+        grid = Grid.of(read_volume(st.path("CT1")))
+        save_transform(
+            data,
+            StudyTransform(
+                p.patient_id,
+                st.study_id,
+                p.studies[0].study_id,
+                np.eye(4),
+                Grid((20, 22, 18), original),
+                grid,
+            ),
+        )
+    args = ("predict", "--checkpoint", checkpoint, "--data", data, "--patients", p.patient_id)
+    res = cli(*args, "--out", tmp_path / "native")
+    assert res.exit_code == 0, res.output
+    folder = (
+        tmp_path
+        / "native"
+        / "predictions"
+        / "patientId"
+        / p.patient_id
+        / "studyId"
+        / p.studies[1].study_id
+    )
+    img = nib.load(folder / "prob.nii.gz")
+    assert img.shape == (20, 22, 18)
+    np.testing.assert_allclose(img.affine, original, atol=1e-5)
+    res = cli(*args, "--out", tmp_path / "grid", "--input-grid")
+    assert res.exit_code == 0, res.output
+    folder = (
+        tmp_path
+        / "grid"
+        / "predictions"
+        / "patientId"
+        / p.patient_id
+        / "studyId"
+        / p.studies[1].study_id
+    )
+    assert nib.load(folder / "prob.nii.gz").shape == read_volume(p.studies[1].path("CT1")).shape

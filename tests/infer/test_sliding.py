@@ -48,7 +48,7 @@ def test_odd_sizes_are_padded_never_cropped() -> None:
 
 def test_per_window_state_equals_whole_sequence_in_each_window() -> None:
     """Carrying the state per window equals sliding over space with the whole sequence."""
-    net, x = _net(), _seq(3, (48, 40, 32))
+    net, x = _net(), _seq(2, (48, 40, 32))
     t, c = x.shape[:2]
 
     def whole_sequence(win: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,12 @@ from metstrack.io.dicom_synth import (
     write_rtstruct,
     write_series,
 )
-from metstrack.io.ingest import IngestConfig, default_mapping_path, ingest_dicom
+from metstrack.io.ingest import (
+    IngestConfig,
+    default_mapping_path,
+    ingest_dicom,
+    source_series_uid,
+)
 from metstrack.io.nifti import read_label, read_volume
 from metstrack.io.release import read_release
 from metstrack.io.rtstruct import RoiSelection
@@ -88,6 +93,14 @@ def make_export(root, rng):
     for p in write_series(base3 / "tmp", img, description="T2 TSE", series_number=2, **b):
         p.rename(base3 / "mixed" / f"t2_{p.name}")  # two series in one folder
     (base3 / "tmp").rmdir()
+    write_series(
+        base3 / "flair",
+        img,
+        description="FLAIR",
+        series_number=3,
+        positions_mm=[0, 2, 4, 6.7, 8.7, 10.7, 12.7, 14.7],  # uneven spacing
+        **b,
+    )
     write_rtstruct(
         base3 / "RS_orphan.dcm",
         ct1,
@@ -151,6 +164,7 @@ def test_ingest_cohort(tmp_path, export, caplog):
     assert "absent from" in problems and "RS_orphan.dcm" in problems
     assert "mixed series in one folder" in problems and "ROE_RICHARD" in problems
     assert "skipped 1 file(s)" in problems
+    assert "uneven slice spacing" in problems and str(export / "ROE_RICHARD" / "flair") in problems
     unclassified = "\n".join(report.unclassified)
     assert "mystery scan" in unclassified and "localizer" in unclassified
     # no patient-identifying value in messages, logs or the shareable output
@@ -198,6 +212,9 @@ def test_killed_run_leaves_no_partial_study(tmp_path, export, monkeypatch):
         ingest_dicom(export, out, catalog_path=db)
     studies = sorted(p.name for p in out.glob("imaging/patientId/*/studyId/*"))
     assert studies == ["S00001"]  # complete, and nothing half-written beside it
+    # its source series are already in the private mapping
+    ct1 = source_series_uid(default_mapping_path(out), "S00001", "CT1")
+    assert ct1.startswith("1.2.") and len(ct1) > 20
     with Catalog.open(db) as cat:
         assert cat.frame("runs").status.tolist() == ["running"]
         assert cat.frame("run_studies").study_id.tolist() == ["S00001"]

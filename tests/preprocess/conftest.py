@@ -137,3 +137,19 @@ def tiny_cohort(tmp_path):
     root = tmp_path / "cohort"
     truth, brains = write_tiny_cohort(root)
     return root, truth, brains
+
+
+@pytest.fixture(scope="module")
+def shared_cohort(tmp_path_factory):
+    """Like ``tiny_cohort`` but built once per module; tests must not modify it."""
+    root = tmp_path_factory.mktemp("shared") / "cohort"
+    truth, brains = write_tiny_cohort(root)
+    return root, truth, brains
+
+
+@pytest.fixture
+def one_patient_cohort(tmp_path):
+    """(root, truth, brains) of a 1-patient, 2-study 48^3 phantom cohort."""
+    root = tmp_path / "cohort1"
+    truth, brains = write_tiny_cohort(root, n_patients=1)
+    return root, truth, brains

@@ -41,3 +41,17 @@ def test_nonzero_mask_for_skull_stripped_input():
 def test_constant_image_is_refused():
     with pytest.raises(InvalidImageError, match="constant"):
         brain_mask(Volume(array=np.ones((8, 8, 8), np.float32), affine=np.eye(4)))
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_brain_mask_on_synthetic_head_against_tissue_truth(seed):
+    from metstrack.synth.anatomy import CSF
+    from metstrack.synth.cohort import make_patient
+
+    p = make_patient(seed=seed, shape=64, n_studies=2)
+    study = p.studies[0]
+    m = brain_mask(Volume(array=study.image("CT1"), affine=p.affine))
+    truth = p.tissues >= CSF  # CSF, grey and white matter, deep grey matter, ventricles
+    assert dice(m, truth) > 0.9
+    outside = m & (p.tissues > 0) & (p.tissues < CSF)  # scalp, bone, marrow
+    assert outside.sum() < 0.02 * m.sum()

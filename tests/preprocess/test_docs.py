@@ -82,3 +82,42 @@ def test_preprocess_cli_errors(cli, tmp_path):
     assert res.exit_code == 1 and "missing" in res.output
     res = cli("preprocess", "--data", tmp_path, "--out", tmp_path / "o", "--set", "spacing=2")
     assert res.exit_code == 1 and "did you mean 'spacing_mm'" in res.output
+
+
+def test_preprocess_cli_flags_are_recorded(cli, one_patient_cohort, tmp_path):
+    import json
+
+    src, _, _ = one_patient_cohort
+    out = tmp_path / "pp"
+    args = (
+        "preprocess",
+        "--data",
+        src,
+        "--out",
+        out,
+        "--no-brain-mask",
+        "--n4",
+        "--affine",
+        "--set",
+        "spacing_mm=2.5",
+        "--set",
+        "through_time.shrink_factors=[2,1]",
+        "--set",
+        "through_time.smoothing_sigmas_mm=[2.0,0.0]",
+        "--set",
+        "register_within_study=false",
+    )
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    assert "2 done" in res.output
+    cfg = json.loads((out / "preprocess" / "config.json").read_text())["config"]
+    assert (cfg["brain_mask"], cfg["n4"], cfg["through_time"]["affine"]) == (False, True, True)
+    prov = json.loads((out / "preprocess" / "provenance" / "P00" / "P00S2.json").read_text())
+    steps = {s["step"]: s for s in prov["steps"]}
+    assert steps["register_through_time"]["stages"] == ["rigid", "affine"]
+    assert steps["brain_mask"]["method"].startswith("nonzero")
+    assert "n4" in steps
+    again = cli(*args)
+    assert again.exit_code == 0 and "2 already finished" in " ".join(again.output.split())
+    other = cli("preprocess", "--data", src, "--out", out)  # other settings, same folder
+    assert other.exit_code == 1 and "another configuration" in " ".join(other.output.split())

@@ -42,3 +42,19 @@ def test_zscore_rejects_bad_shapes():
     x[0, 0, 0, 0] = np.nan
     with pytest.raises(InvalidImageError, match="NaN"):
         zscore_in_brain(x)
+
+
+def test_n4_removes_a_smooth_bias_field(rng):
+    from metstrack.preprocess.intensity import n4_correct
+    from metstrack.types import Volume
+
+    x, y, z = np.mgrid[0:32, 0:32, 0:32]
+    brain = (x - 16) ** 2 + (y - 16) ** 2 + (z - 16) ** 2 < 13**2
+    bias = np.exp(0.3 * (x - 16) / 16)
+    img = (np.where(brain, 100.0, 0.0) + brain * rng.normal(0, 2, brain.shape)) * bias
+    vol = Volume(array=img.astype(np.float32), affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    out = n4_correct(vol, brain, shrink_factor=2)
+    assert out.array.dtype == np.float32 and np.allclose(out.affine, vol.affine)
+    cv_before = img[brain].std() / img[brain].mean()
+    cv_after = out.array[brain].std() / out.array[brain].mean()
+    assert cv_after < 0.5 * cv_before

@@ -122,20 +122,35 @@ def test_preprocess_dataset_end_to_end_and_resume(tiny_cohort, tmp_path):
         rs = cat.frame("run_studies")
         assert len(rs) == 12  # 4 studies x 3 runs (skipped ones recorded as done again)
         assert not cat.frame("outputs").duplicated(["run_id", "path"]).any()
+        series = cat.frame("series")
+        assert set(series["dataset_root"]) == {str(src.resolve()), str(out.resolve())}
+        assert len(series) == 2 * 4 * 4  # T1, CT1, T2, label per study, in both datasets
 
 
-def test_reruns_are_bit_identical_and_parallel_workers_agree(tiny_cohort, tmp_path):
-    src, _, _ = tiny_cohort
-    cfg = _cfg("register_within_study=false")
-    a = preprocess_dataset(src, tmp_path / "a", cfg, workers=1)
-    b = preprocess_dataset(src, tmp_path / "b", cfg, workers=2)
-    assert a.count("done") == b.count("done") == 4
-    for f in (tmp_path / "a" / "transforms").rglob("*.json"):
-        ta = json.loads(f.read_text())["baseline_to_study"]
-        tb = json.loads((tmp_path / "b" / f.relative_to(tmp_path / "a")).read_text())[
-            "baseline_to_study"
-        ]
-        assert ta == tb
+@pytest.fixture(scope="module")
+def plain_run(shared_cohort, tmp_path_factory):
+    """The shared cohort preprocessed in-process without within-study registration."""
+    out = tmp_path_factory.mktemp("plain") / "out"
+    report = preprocess_dataset(shared_cohort[0], out, _cfg("register_within_study=false"))
+    assert report.count("done") == 4
+    return out
+
+
+def _transforms(out) -> dict[str, list]:
+    return {
+        f.stem: json.loads(f.read_text())["baseline_to_study"]
+        for f in (out / "transforms").rglob("*.json")
+    }
+
+
+def test_reruns_are_bit_identical_and_parallel_workers_agree(shared_cohort, plain_run, tmp_path):
+    src = shared_cohort[0]
+    b = preprocess_dataset(src, tmp_path / "b", _cfg("register_within_study=false"), workers=2)
+    assert b.count("done") == 4
+    assert _transforms(tmp_path / "b") == _transforms(plain_run)
+    for f in plain_run.rglob("CT1.nii.gz"):
+        other = tmp_path / "b" / f.relative_to(plain_run)
+        assert np.array_equal(read_volume(f).array, read_volume(other).array)
 
 
 def test_missing_baseline_ct1_fails_that_patient_only(tiny_cohort, tmp_path):
@@ -172,7 +187,9 @@ preprocess_dataset({data!r}, {out!r}, cfg, workers=1, catalog_path={db!r})
 """
 
 
-def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(tiny_cohort, tmp_path):
+def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(
+    shared_cohort, plain_run, tmp_path
+):
     import os
     import signal
     import subprocess
@@ -180,7 +197,7 @@ def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(tiny_cohort
     import time
     from pathlib import Path
 
-    src, truth, _ = tiny_cohort
+    src, truth, _ = shared_cohort
     out, db = tmp_path / "out", tmp_path / "c.db"
     code = _KILLED_RUN.format(
         src=str(Path(__file__).resolve().parents[2] / "src"),
@@ -220,3 +237,50 @@ def test_preprocess_killed_with_sigkill_resumes_catalog_without_loss(tiny_cohort
         assert set(per_study.index) == set(truth)
         assert per_study.nunique() == 1  # every study has all its files (T1, CT1, T2, label...)
         assert set(outs["kind"]) >= {"image", "label", "transform", "brain_mask", "provenance"}
+    assert _transforms(out) == _transforms(plain_run)  # the resumed result is the same
+
+
+def test_metric_mask_option_restricts_through_time_metric(one_patient_cohort, tmp_path):
+    src, truth, brains = one_patient_cohort
+    out = tmp_path / "out"
+    report = preprocess_dataset(
+        src, out, _cfg("register_within_study=false", "metric_mask_mm=5.0"), workers=1
+    )
+    assert report.count("done") == 2
+    prov = json.loads(provenance_path(out, "P00", "P00S2").read_text())
+    step = next(s for s in prov["steps"] if s["step"] == "register_through_time")
+    assert step["metric_mask_mm"] == 5.0
+    brain, aff = brains["P00"]
+    st = load_transform(out, "P00", "P00S2")
+    err = residual_mm(st.baseline_to_study, truth["P00S2"], voxel_to_world(np.argwhere(brain), aff))
+    assert np.median(err) < 1.0
+
+
+def test_brats_layout_input_becomes_a_release_dataset_with_binary_labels(head, tmp_path):
+    from metstrack.io.nifti import write_volume
+
+    case = tmp_path / "brats" / "BraTS-MET-00001-000"
+    t1c, brain = head(n=40, spacing_mm=2.5)
+    t2, _ = head(n=40, spacing_mm=2.5, contrast="t2")
+    seg = np.zeros(t1c.shape, np.uint8)
+    seg[18:22, 18:22, 18:22] = 3  # enhancing tumour
+    seg[19:21, 19:21, 19:21] = 1  # necrotic core
+    seg[14:17, 18:22, 18:22] = 2  # oedema: not metastasis by default
+    for suffix, vol in (("t1n", t1c), ("t1c", t1c), ("t2w", t2), ("t2f", t2)):
+        write_volume(vol, case / f"BraTS-MET-00001-000-{suffix}.nii.gz")
+    write_volume(seg, case / "BraTS-MET-00001-000-seg.nii.gz", affine=t1c.affine)
+    out = tmp_path / "pp"
+    report = preprocess_dataset(tmp_path / "brats", out, _cfg(), workers=1)
+    assert report.count("done") == 1
+    cohort = read_release(out)
+    study = cohort.patients[0].studies[0]
+    assert (cohort.patients[0].patient_id, study.study_id) == (
+        "BraTS-MET-00001",
+        "BraTS-MET-00001-000",
+    )
+    assert set(study.modalities_present) == {"T1", "CT1", "T2", "FLAIR"}
+    lab = read_volume(study.label_path, dtype=None)
+    assert lab.array.dtype == np.uint8 and set(np.unique(lab.array)) == {0, 1}
+    assert lab.array.sum() == np.isin(seg, (1, 3)).sum()  # same grid: the union of ET and NETC
+    saved = json.loads((out / "preprocess" / "config.json").read_text())
+    assert saved["source_layout"] == "brats-mets" and saved["label_classes"] == [1, 3]

@@ -61,3 +61,22 @@ def test_bad_settings_are_usage_errors(cli, tmp_path):
     r = cli("synth", "--config", tmp_path / "missing.toml", "--out", tmp_path / "x")
     assert r.exit_code == 2 and "missing.toml" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_rerun_replaces_a_synthetic_cohort_but_protects_other_data(cli, tmp_path):
+    args = ("synth", "--clinical-only", "--patients", "5", "--out", tmp_path / "c")
+    assert cli(*args).exit_code == 0
+    r = cli(*args, "--seed", "9")  # a previous synthetic cohort is simply replaced
+    assert r.exit_code == 0, r.output
+    assert '"seed": 9' in (tmp_path / "c" / "ground_truth" / "config.json").read_text()
+    # A release-layout dataset synth did not write needs --overwrite.
+    (tmp_path / "c" / "ground_truth" / "config.json").unlink()
+    r = cli(*args)
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    assert cli(*args, "--overwrite").exit_code == 0
+    # Anything else is never touched, even with --overwrite.
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    r = cli(*args, "--overwrite")
+    assert r.exit_code == 1 and "refusing" in r.output
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".c.partial-*"))

@@ -32,9 +32,10 @@ def test_tables_have_schema_columns(small_cohort):
     assert tuple(t[schema.SPLIT_TABLE].columns) == schema.SPLIT_COLUMNS
     assert tuple(t[schema.EVENTS_TABLE].columns) == schema.EVENT_COLUMNS
     assert tuple(t[schema.PATIENTS_TABLE].columns) == schema.PATIENT_COLUMNS
-    assert tuple(t[schema.TARGETS_TABLE].columns[: len(schema.TARGET_COLUMNS)]) == (
-        schema.TARGET_COLUMNS
-    )
+    assert tuple(t[schema.TARGETS_TABLE].columns) == schema.TARGET_COLUMNS
+    links = pd.read_csv(small_cohort / "ground_truth" / "target_lesions.csv")
+    merged = t[schema.TARGETS_TABLE].merge(links, on=["PatientID", "target_id", "StudyID"])
+    assert len(merged) == len(t[schema.TARGETS_TABLE]) > 0
     assert set(t[schema.EVENTS_TABLE]["visit_class"]) <= {1, 2, 3, 4, 5}
 
 
@@ -136,3 +137,28 @@ def test_rate_from_written_labels_matches_the_planted_rate(small_cohort):
         assert abs(rate - planted) <= 0.01 + 0.05 * abs(planted), pid
     months = burden["days_from_baseline"] / DAYS_PER_MONTH
     assert months.max() > 1
+
+
+def test_radiosurgery_targets_match_the_planning_labels(small_cohort):
+    targets = pd.read_csv(schema.table_path(small_cohort, schema.TARGETS_TABLE))
+    links = pd.read_csv(small_cohort / "ground_truth" / "target_lesions.csv")
+    targets = targets.merge(links, on=["PatientID", "target_id", "StudyID"])
+    checked = 0
+    for _, row in targets.iterrows():
+        inst = read_label(
+            small_cohort
+            / "ground_truth"
+            / "instances"
+            / row["PatientID"]
+            / f"{row['StudyID']}.nii.gz",
+            binary=False,
+        )
+        vox = np.argwhere(inst.array == row["lesion_id"])
+        assert len(vox) * 1.0 == row["target_volume_mm3"]
+        if len(vox) >= 7:
+            centroid = inst.affine[:3, :3] @ vox.mean(axis=0) + inst.affine[:3, 3]
+            c = row[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float)
+            assert np.linalg.norm(centroid - c) < 1.5
+            checked += 1
+        assert row["dose_gy"] in (15.0, 18.0, 20.0, 24.0)
+    assert checked >= 1

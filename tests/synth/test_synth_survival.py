@@ -128,3 +128,16 @@ def test_small_lesion_share_in_planned_volumes(cohort):
     assert counts.min() >= 1 and counts.max() >= 15
     assert DAYS_PER_MONTH == 30.4375
     assert np.isfinite(present).all()
+
+
+def test_small_lesion_fraction_setting_moves_the_size_distribution():
+    def share(target):
+        c = generate_clinical_only(300, seed=1, config=SynthConfig(small_lesion_fraction=target))
+        v = c.tables.trajectories["volume_mm3"]
+        v = v[v > 0]
+        return float((v < 10).mean())
+
+    low, default, high = share(0.15), share(0.3), share(0.6)
+    assert low < default < high
+    assert default >= 0.3
+    assert abs(high - 0.6) < 0.1

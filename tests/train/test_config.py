@@ -62,3 +62,9 @@ def test_cli_missing_dataset_exits_1(cli, tmp_path):
     res = cli("train", "--data", tmp_path / "nowhere", "--out", tmp_path / "o", "--max-steps", "1")
     assert res.exit_code == 1
     assert "nowhere" in res.output
+
+
+def test_cli_requires_data_and_out(cli):
+    res = cli("train", "--max-steps", "1")
+    assert res.exit_code == 2
+    assert "--data" in res.output

@@ -210,3 +210,11 @@ def test_same_seed_same_sample(tiny_cohort, tmp_path):
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.label, b.label)
     assert isinstance(tiny_cohort.patients[0], Patient)
+
+
+def test_datasets_pickle_for_loader_workers(tiny_cohort, tmp_path):
+    import pickle
+
+    ds = _dataset(tiny_cohort, tmp_path, augment=AugmentConfig())
+    clone = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(clone[(0, 3)].image, ds[(0, 3)].image)

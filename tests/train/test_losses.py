@@ -12,11 +12,11 @@ from metstrack.train.config import LOSS_NAMES, LossConfig
 from metstrack.train.losses import build_loss, masked_sequence_loss
 
 TINY = ModelConfig(
-    name="stt", width=0.125, roi_size=(16, 16, 16), in_channels=2, modalities=("T1", "CT1")
+    name="stt", width=0.0625, roi_size=(16, 16, 16), in_channels=2, modalities=("T1", "CT1")
 )
 
 
-def _batch(T=3, n=32, seed=0):
+def _batch(T=2, n=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, T, 2, n, n, n, generator=g)
     y = (torch.rand(1, T, 1, n, n, n, generator=g) > 0.9).float()
@@ -73,7 +73,7 @@ def test_unlabelled_study_feeds_the_memory_but_adds_no_loss():
     net = build_model(TINY)
     loss_fn = build_loss(LossConfig())
     x, y = _batch()
-    has = torch.tensor([[False, True, True]])
+    has = torch.tensor([[False, True]])
 
     def grads(x, y):
         net.zero_grad()

@@ -103,6 +103,8 @@ def test_resume_continues_the_step_count(trained, tiny_cohort, tmp_path):
         cfg, tiny_cohort.root, tmp_path / "resumed", cohort=tiny_cohort, resume=first.last_ckpt
     )
     assert result.global_step == 17
+    assert result.best_ckpt == tmp_path / "resumed" / "checkpoints" / "best.ckpt"
+    assert result.best_ckpt.is_file()
     before, _ = load_checkpoint(first.last_ckpt)
     after, _ = load_checkpoint(result.last_ckpt)
     changed = [
@@ -145,3 +147,39 @@ def test_same_seed_same_weights(tiny_cohort, tmp_path):
     for p, q in zip(na.state_dict().values(), nb.state_dict().values(), strict=True):
         assert torch.equal(p, q)
     assert np.isnan(a.best_score)
+
+
+def test_score_hook_can_stop_a_run(tiny_cohort, tmp_path):
+    """Hyperparameter search prunes by raising from a hook (e.g. optuna.TrialPruned)."""
+
+    class PrunedError(Exception):
+        pass
+
+    def prune(epoch, step, scores):
+        assert {"lesion_f1", "small_sensitivity", "fp_per_scan", "dice", "score"} <= set(scores)
+        raise PrunedError(f"pruned at step {step}")
+
+    cfg = load_train_config(
+        None,
+        [*TINY, "trainer.max_steps=50", "data.samples_per_epoch=1", "validation.every_n_epochs=1"],
+    )
+    with pytest.raises(PrunedError, match="step 1"):
+        train(cfg, tiny_cohort.root, tmp_path / "pruned", cohort=tiny_cohort, score_hooks=[prune])
+
+
+def test_early_stopping_with_step_interval_validation(tiny_cohort, tmp_path):
+    # a learning rate of ~0 keeps the score constant: no improvement after the first validation
+    cfg = load_train_config(
+        None,
+        [
+            *TINY,
+            "optim.lr=1e-12",
+            "trainer.max_steps=50",
+            "trainer.early_stopping_patience=1",
+            "validation.val_check_interval_steps=1",
+        ],
+    )
+    result = train(cfg, tiny_cohort.root, tmp_path / "early", cohort=tiny_cohort)
+    assert result.stopped_by == "early_stopping"
+    assert result.global_step == 2 and len(result.history) == 2
+    assert [h["step"] for h in result.history] == [1.0, 2.0]

@@ -7,21 +7,22 @@ from typing import Annotated
 import typer
 
 from metstrack import __version__
+from metstrack.cli import ablate as ablate_cmd
+from metstrack.cli import catalog as catalog_cmd
+from metstrack.cli import demo as demo_cmd
+from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import export as export_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli import ingest as ingest_cmd
-from metstrack.cli import catalog as catalog_cmd
-from metstrack.cli import info as info_cmd
+from metstrack.cli import predict as predict_cmd
 from metstrack.cli import preprocess as preprocess_cmd
-from metstrack.cli import validate as validate_cmd
-from metstrack.cli import track as track_cmd
-from metstrack.cli import train as train_cmd
-from metstrack.cli import evaluate as evaluate_cmd
-from metstrack.cli import info as info_cmd
+from metstrack.cli import pretrain as pretrain_cmd
 from metstrack.cli import report as report_cmd
+from metstrack.cli import search as search_cmd
 from metstrack.cli import survival as survival_cmd
 from metstrack.cli import synth as synth_cmd
 from metstrack.cli import track as track_cmd
+from metstrack.cli import train as train_cmd
 from metstrack.cli import validate as validate_cmd
 from metstrack.cli import predict as predict_cmd
 from metstrack.cli import benchmark as benchmark_cmd
@@ -53,6 +54,7 @@ def _root(
     setup_logging(verbose)
 
 
+app.command("demo")(demo_cmd.demo)
 app.command("info")(info_cmd.info)
 app.command("ingest")(ingest_cmd.ingest)
 app.command("dicom-scan")(ingest_cmd.dicom_scan)
@@ -68,6 +70,9 @@ app.command("report")(report_cmd.report)
 app.command("synth")(synth_cmd.synth)
 app.command("predict")(predict_cmd.predict)
 app.command("benchmark")(benchmark_cmd.benchmark)
+app.command("pretrain")(pretrain_cmd.pretrain)
+app.command("search")(search_cmd.search)
+app.command("ablate")(ablate_cmd.ablate)
 
 
 def main() -> None:

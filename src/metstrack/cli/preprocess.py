@@ -11,7 +11,7 @@ from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded,
 
 
 def preprocess(
-    data: Annotated[Path, typer.Option("--data", help="Input dataset (release layout).")],
+    data: Annotated[Path, typer.Option("--data", help="Input dataset (any supported layout).")],
     out: Annotated[Path, typer.Option("--out", help="Output dataset folder.")],
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file of PreprocessConfig.")
@@ -24,6 +24,9 @@ def preprocess(
     affine: Annotated[
         bool, typer.Option("--affine", help="Affine stage after the rigid one (through time).")
     ] = False,
+    layout: Annotated[
+        str, typer.Option("--layout", help="release | brats-mets | brainmetshare | bids | auto")
+    ] = "auto",
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="Register the run in this catalog file.")
     ] = None,
@@ -51,8 +54,10 @@ def preprocess(
                 out,
                 cfg,
                 workers,
+                layout=layout,
                 catalog_path=catalog,
                 on_study=lambda o: bar.advance(task),
+                on_start=lambda n: bar.update(task, total=n),
             )
         console.print(
             f"preprocessed {data} -> {out}: {report.count('done')} done, "

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from metstrack.cli.common import console, guarded
@@ -107,14 +108,14 @@ def _render(res) -> None:
         table.add_column(col, no_wrap=True)
     for _, r in res.cox.summary_.iterrows():
         table.add_row(
-            r["covariate"],
+            escape(r["covariate"]),
             f"{r['hr']:.3f} ({r['hr_lower_95']:.3f}-{r['hr_upper_95']:.3f})",
             f"{r['p']:.3g}",
             f"{r['hr_per_sd']:.3f}",
         )
     console.print(table)
     for _, r in res.cox.summary_.iterrows():
-        console.print(f"  {r['covariate']}: HR {r['unit']}", soft_wrap=True)
+        console.print(escape(f"  {r['covariate']}: HR {r['unit']}"), soft_wrap=True)
     console.print(
         f"concordance {res.cox.concordance_:.3f}; likelihood-ratio p = {res.cox.lr_test_['p']:.3g}"
     )
@@ -123,5 +124,5 @@ def _render(res) -> None:
     if t.dropped:
         console.print("dropped: " + ", ".join(f"{k}: {v}" for k, v in t.dropped.items()))
     for n in (*t.notes, *res.cox.notes_):
-        console.print(f"[yellow]note:[/] {n}")
+        console.print(f"[yellow]note:[/] {escape(n)}")
     console.print(f"outputs in {res.files['summary'].parent}")

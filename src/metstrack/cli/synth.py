@@ -36,6 +36,14 @@ def synth(
         bool,
         typer.Option("--clinical-only", help="Clinical tables and burden only, no images."),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Also replace a dataset in --out that synth did not write "
+            "(a previous synthetic cohort is always replaced).",
+        ),
+    ] = False,
     workers: Annotated[
         int | None, typer.Option("--workers", "-j", help="Parallel processes.", min=1)
     ] = None,
@@ -77,11 +85,13 @@ def synth(
             raise typer.Exit(EXIT_USAGE_ERROR) from None
         if clinical_only:
             cohort = generate_clinical_only(cfg.n_patients, cfg.seed, config=cfg)
-            write_clinical_only(cohort, out)
+            write_clinical_only(cohort, out, overwrite=overwrite)
         else:
             with progress() as bar:
                 task = bar.add_task("synthesising patients", total=cfg.n_patients)
-                generate_cohort(cfg, out, on_patient=lambda _pid: bar.advance(task))
+                generate_cohort(
+                    cfg, out, overwrite=overwrite, on_patient=lambda _pid: bar.advance(task)
+                )
         _print_summary(out, clinical_only)
 
 

@@ -15,6 +15,11 @@ from metstrack.errors import ConfigError
 
 
 def train(
+    data: Annotated[
+        Path,
+        typer.Option("--data", "-d", help="Dataset in the release layout, co-registered in time."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created).")],
     overrides: Annotated[
         list[str] | None,
         typer.Argument(
@@ -26,13 +31,16 @@ def train(
         Path | None,
         typer.Option("--config", "-c", help="TOML file with every setting (see docs/training.md)."),
     ] = None,
-    data: Annotated[
-        Path,
-        typer.Option("--data", "-d", help="Dataset in the release layout, co-registered in time."),
-    ] = Path("."),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created).")] = Path("run"),
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue from a checkpoint (last.ckpt).")
+    ] = None,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-weights",
+            help="Start from pretrained weights (metstrack pretrain) or a checkpoint; "
+            "unmatched keys are listed in init_weights.json.",
+        ),
     ] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")
@@ -85,6 +93,7 @@ def train(
         "trainer.accelerator": accelerator,
         "trainer.precision": precision,
         "trainer.seed": seed,
+        "trainer.init_weights": str(init_weights) if init_weights is not None else None,
     }
     items = list(overrides or [])
     for key, value in flags.items():

@@ -102,14 +102,20 @@ def lesion_instances(mask: np.ndarray) -> np.ndarray:
 
 
 def _source_geometry(
-    series: DicomSeriesInfo | str | Path,
+    series: DicomSeriesInfo | str | Path, series_uid: str | None = None
 ) -> tuple[DicomSeriesInfo, SeriesGeometry]:
     if not isinstance(series, DicomSeriesInfo):
         images = scan_dicom(series).image_series
+        if series_uid is not None:
+            images = tuple(s for s in images if s.series_uid == series_uid)
+            if not images:
+                raise DicomSeriesError(
+                    f"{series}: no image series {uid_suffix(series_uid)} under this folder"
+                )
         if len(images) != 1:
             raise DicomSeriesError(
                 f"{series}: expected exactly one image series, found {len(images)}; "
-                "point --series at the folder of the source series"
+                "point --series at the folder of the source series or give --series-uid"
             )
         series = images[0]
     return series, series_geometry(series.instances, where=series.where)
@@ -172,6 +178,7 @@ def write_rtstruct(
     roi_names: Sequence[str] | None = None,
     roi_type: str = "GTV",
     label: str = "metstrack",
+    series_uid: str | None = None,
 ) -> Path:
     """Write a lesion mask as an RTSTRUCT with one ROI per lesion.
 
@@ -182,6 +189,7 @@ def write_rtstruct(
         roi_names: One name per lesion (default ``"lesion_1"``...).
         roi_type: RTROIInterpretedType of every ROI.
         label: StructureSetLabel.
+        series_uid: Pick this series when ``series`` is a folder holding several.
 
     Returns:
         ``out``.
@@ -190,7 +198,7 @@ def write_rtstruct(
         GeometryMismatchError: The mask is not on the series' grid.
         LabelError: The mask holds no lesion, or ``roi_names`` has the wrong length.
     """
-    info, geo = _source_geometry(series)
+    info, geo = _source_geometry(series, series_uid)
     _check_grid(mask, info, geo)
     inst = lesion_instances(mask.array)
     ids = [int(v) for v in np.unique(inst) if v > 0]
@@ -308,6 +316,7 @@ def write_seg(
     out: str | Path,
     *,
     segment_labels: Sequence[str] | None = None,
+    series_uid: str | None = None,
 ) -> Path:
     """Write a lesion mask as a DICOM SEG (highdicom, BINARY, one segment per lesion).
 
@@ -316,6 +325,7 @@ def write_seg(
         series: The source series (a scanned series or its folder).
         out: The SEG file to write (atomically).
         segment_labels: One label per lesion (default ``"lesion_1"``...).
+        series_uid: Pick this series when ``series`` is a folder holding several.
 
     Returns:
         ``out``.
@@ -327,7 +337,7 @@ def write_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    info, geo = _source_geometry(series)
+    info, geo = _source_geometry(series, series_uid)
     _check_grid(mask, info, geo)
     if any(i.frame_index is not None for i in geo.instances):
         raise DicomSeriesError(
@@ -385,12 +395,15 @@ def write_seg(
     return out
 
 
-def read_seg(path: str | Path, series: DicomSeriesInfo | str | Path) -> Volume:
+def read_seg(
+    path: str | Path, series: DicomSeriesInfo | str | Path, *, series_uid: str | None = None
+) -> Volume:
     """Read a DICOM SEG back onto its source series' grid as an instance map.
 
     Args:
         path: The SEG file.
         series: The source series (a scanned series or its folder).
+        series_uid: Pick this series when ``series`` is a folder holding several.
 
     Returns:
         uint16 (X, Y, Z) Volume; value n is segment number n, 0 background.
@@ -401,7 +414,7 @@ def read_seg(path: str | Path, series: DicomSeriesInfo | str | Path) -> Volume:
     import highdicom as hd
 
     path = Path(path)
-    info, geo = _source_geometry(series)
+    info, geo = _source_geometry(series, series_uid)
     try:
         seg = hd.seg.segread(path)
     except Exception as exc:  # noqa: BLE001 - highdicom/pydicom raise many types

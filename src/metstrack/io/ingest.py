@@ -277,6 +277,8 @@ def ingest_dicom(
             t0 = time.perf_counter()
             outcome, uncl, probs = _ingest_study(uid, by_study[uid], scan, out, entry, cfg)
             outcomes.append(outcome)
+            if outcome.status == "written":  # record its source series UIDs at once
+                _save_mapping(mapping_path, mapping)
             unclassified += uncl
             problems += probs
             for m in uncl + probs:
@@ -540,3 +542,35 @@ def _register_dataset(catalog, out: Path) -> list[str]:
         log.warning(msg)
         return [msg]
     return []
+
+
+def source_series_uid(mapping_path: str | Path, study_id: str, sequence: str = "CT1") -> str:
+    """The SeriesInstanceUID an ingested sequence came from (read from the private mapping).
+
+    Use it to export predictions back onto the source series
+    (``metstrack export-rtstruct --series <export> --study <S> --mapping <file>``).
+
+    Args:
+        mapping_path: The pseudonym mapping file written by :func:`ingest_dicom`.
+        study_id: Study pseudonym.
+        sequence: One of :data:`~metstrack.types.SEQUENCES` written for that study.
+
+    Raises:
+        DatasetError: Unknown study or sequence (with the valid ones).
+    """
+    from metstrack.errors import did_you_mean
+
+    mapping = _load_mapping(Path(mapping_path))
+    for entry in mapping["studies"].values():
+        if entry["study_id"] == study_id:
+            series = entry.get("series", {})
+            if sequence not in series:
+                raise DatasetError(
+                    f"{mapping_path}: study {study_id} has no ingested {sequence}; "
+                    + did_you_mean(sequence, series)
+                )
+            return str(series[sequence])
+    ids = [e["study_id"] for e in mapping["studies"].values()]
+    raise DatasetError(
+        f"{mapping_path}: unknown study {study_id!r}; " + did_you_mean(study_id, ids)
+    )

@@ -10,11 +10,13 @@ The heuristic (:func:`brain_mask`) works on an isotropic working grid:
 3. voxels inside the band and deeper than ``min_depth_mm`` are eroded by
    ``erode_mm`` (cutting thin bridges to the scalp and the orbits), the largest
    6-connected component is kept and dilated back within the band;
-4. a closing of ``closing_mm`` and 3D hole filling restore sulci, ventricles and
+4. the mask grows by up to ``grow_mm`` into tissue brighter than Otsu's threshold
+   (cortical grey matter darker than the band), never across the dark skull;
+5. a closing of ``closing_mm`` and 3D hole filling restore sulci, ventricles and
    dark lesion cores.
 
-On the real skull-on TCGA-FG-6692 T1 post it reaches Dice ~0.94 against an
-HD-BET mask. Skull-stripped data should use :func:`nonzero_mask` instead
+On the real skull-on TCGA-FG-6692 T1 post it reaches Dice 0.94 against an
+HD-BET mask, and 0.92-0.96 against the tissue truth of synthetic heads. Skull-stripped data should use :func:`nonzero_mask` instead
 (``metstrack preprocess --no-brain-mask``).
 """
 
@@ -46,6 +48,11 @@ class BrainMaskConfig:
         min_depth_mm: Minimum depth below the head surface of brain voxels.
         erode_mm: Erosion radius that cuts bridges to non-brain tissue.
         closing_mm: Closing radius that restores the brain outline.
+        min_relative_spread: Floor of the robust SD as a fraction of the median
+            (a very homogeneous white matter must not make the band too narrow).
+        grow_mm: Final growth into tissue brighter than ``grow_threshold`` times
+            Otsu's threshold (grey matter darker than the band), in mm.
+        grow_threshold: Lower intensity bound of that growth, relative to Otsu's threshold.
     """
 
     working_spacing_mm: float = 1.5
@@ -53,6 +60,9 @@ class BrainMaskConfig:
     min_depth_mm: float = 5.0
     erode_mm: float = 3.0
     closing_mm: float = 5.0
+    min_relative_spread: float = 0.06
+    grow_mm: float = 3.0
+    grow_threshold: float = 1.0
 
 
 def _ball(radius_vox: float) -> np.ndarray:
@@ -108,6 +118,7 @@ def brain_mask(vol: Volume, cfg: BrainMaskConfig | None = None) -> np.ndarray:
     vals = sm[deep]
     med = float(np.median(vals))
     mad = float(np.median(np.abs(vals - med))) * 1.4826
+    mad = max(mad, cfg.min_relative_spread * med)
     lo = max(0.8 * t_head, med - cfg.band_mads * mad)
     hi = med + cfg.band_mads * mad
     fg = (sm > lo) & (sm < hi) & (depth > cfg.min_depth_mm)
@@ -118,6 +129,11 @@ def brain_mask(vol: Volume, cfg: BrainMaskConfig | None = None) -> np.ndarray:
             "is this a T1 post image? use --no-brain-mask for skull-stripped data"
         )
     m = ndimage.binary_dilation(core, _ball(cfg.erode_mm / s)) & fg
+    if cfg.grow_mm > 0:
+        # Grey matter darker than the band: grow into tissue brighter than Otsu's
+        # threshold (never across the dark skull and CSF), a few mm at most.
+        tissue = (sm > cfg.grow_threshold * t_head) & (sm < hi) & (depth > cfg.min_depth_mm)
+        m = m | (ndimage.binary_dilation(m, _ball(cfg.grow_mm / s)) & tissue)
     m = _pad_op(ndimage.binary_closing, m, _ball(cfg.closing_mm / s))
     m = ndimage.binary_fill_holes(m)
     log.debug(

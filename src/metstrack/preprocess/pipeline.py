@@ -44,7 +44,7 @@ from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
 from metstrack.io import schema
-from metstrack.io.atomic import write_bytes_atomic, write_json_atomic
+from metstrack.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
 from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
@@ -57,7 +57,16 @@ from metstrack.preprocess.mapping import (
 )
 from metstrack.preprocess.register import RegistrationConfig, register
 from metstrack.preprocess.spatial import resample_array
-from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE, Patient, Study, Volume
+from metstrack.types import (
+    LABEL_SEQUENCE,
+    MODALITIES,
+    PLANNING_SEQUENCE,
+    SEQUENCES,
+    Cohort,
+    Patient,
+    Study,
+    Volume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -258,15 +267,30 @@ def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float) -> np.ndar
     return ndimage.binary_dilation(mask, x * x + y * y + z * z <= r * r + 1e-9)
 
 
-@dataclass
-class _Baseline:
+@dataclass(frozen=True, eq=False)
+class BaselineReference:
+    """What every study of a patient is registered and resampled to.
+
+    Attributes:
+        study_id: The baseline StudyID (the patient's first study).
+        grid: The isotropic RAS output grid of the patient.
+        ct1: The baseline T1 post resampled onto ``grid`` (float32 (X, Y, Z)).
+        brain: bool (X, Y, Z) brain mask of ``ct1`` for the through-time metric mask,
+            or ``None`` when that mask is off.
+    """
+
     study_id: str
     grid: Grid
     ct1: Volume
     brain: np.ndarray | None
 
 
-def _prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> _Baseline:
+def prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> BaselineReference:
+    """Build the baseline reference of a patient from its first study's CT1.
+
+    Raises:
+        DatasetError: The baseline study has no CT1.
+    """
     base = patient.studies[0]
     path = base.path(REFERENCE_SEQUENCE)
     if path is None:
@@ -285,21 +309,37 @@ def _prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> _Baseline:
         order=INTERPOLATIONS[cfg.image_interpolation],
     )
     vol = Volume(array=ct1, affine=grid.affine.copy(), path=path)
-    brain = brain_mask(vol, cfg.brain) if cfg.brain_mask else None
-    return _Baseline(study_id=base.study_id, grid=grid, ct1=vol, brain=brain)
+    # Only the through-time metric mask needs it here; each study masks its own CT1.
+    brain = brain_mask(vol, cfg.brain) if cfg.brain_mask and cfg.metric_mask_mm > 0 else None
+    return BaselineReference(study_id=base.study_id, grid=grid, ct1=vol, brain=brain)
 
 
 def preprocess_study(
     patient: Patient,
     study: Study,
-    baseline: _Baseline,
+    baseline: BaselineReference,
     out_root: Path,
     cfg: PreprocessConfig,
+    *,
+    label_classes: tuple[int, ...] = (),
 ) -> tuple[str, ...]:
     """Preprocess one study onto its patient's baseline grid and write every output.
 
+    Args:
+        patient: The study's patient.
+        study: The study (its CT1 is required).
+        baseline: From :func:`prepare_baseline`.
+        out_root: Output dataset root.
+        cfg: Settings.
+        label_classes: For multi-class label files (``Cohort.label_classes``), the
+            values whose union is the metastasis mask (written as uint8 0/1); empty
+            keeps the label as it is, dtype included.
+
     Returns:
-        Output paths relative to ``out_root`` (the transform JSON last).
+        Output paths relative to ``out_root`` (the transform JSON, written last, included).
+
+    Raises:
+        MetstrackError: Unreadable or invalid input (a typed subclass naming the file).
     """
     pid, sid = patient.patient_id, study.study_id
     order = INTERPOLATIONS[cfg.image_interpolation]
@@ -441,6 +481,11 @@ def preprocess_study(
     lab_path = study.label_path
     if lab_path is not None:
         _, lab_ras, rec = _read_ras(lab_path, label=True)
+        if label_classes:
+            # Multi-class labels (BraTS-METS seg): the metastasis mask is their union.
+            classes = np.asarray(label_classes)
+            lab_ras = lab_ras.with_array(np.isin(lab_ras.array, classes).astype(np.uint8))
+            rec = {**rec, "label_classes": [int(c) for c in label_classes]}
         lab = resample_array(
             lab_ras.array, lab_ras.affine, grid.shape, grid.affine, transform=b2s, order=0
         )
@@ -496,7 +541,11 @@ def _recorded_outputs(out_root: Path, patient_id: str, study_id: str) -> tuple[s
 
 
 def preprocess_patient(
-    patient: Patient, out_root: str | Path, cfg: PreprocessConfig
+    patient: Patient,
+    out_root: str | Path,
+    cfg: PreprocessConfig,
+    *,
+    label_classes: tuple[int, ...] = (),
 ) -> list[StudyOutcome]:
     """Preprocess every unfinished study of one patient (the unit of parallel work).
 
@@ -507,6 +556,7 @@ def preprocess_patient(
         patient: The patient (studies in time order; the first is the baseline).
         out_root: Output dataset root.
         cfg: Preprocessing settings.
+        label_classes: ``Cohort.label_classes`` of the patient's cohort (multi-class labels).
 
     Returns:
         One :class:`StudyOutcome` per study. Errors of one study are caught and
@@ -530,7 +580,7 @@ def preprocess_patient(
         return outcomes
     t0 = time.perf_counter()
     try:
-        baseline = _prepare_baseline(patient, cfg)
+        baseline = prepare_baseline(patient, cfg)
     except MetstrackError as exc:
         log.error("patient %s: %s", patient.patient_id, exc)
         return outcomes + [
@@ -542,7 +592,9 @@ def preprocess_patient(
     for study in todo:
         ts = time.perf_counter()
         try:
-            outs = preprocess_study(patient, study, baseline, out_root, cfg)
+            outs = preprocess_study(
+                patient, study, baseline, out_root, cfg, label_classes=label_classes
+            )
             outcomes.append(
                 StudyOutcome(
                     patient.patient_id, study.study_id, "done", "", time.perf_counter() - ts, outs
@@ -557,6 +609,24 @@ def preprocess_patient(
             )
     order = {s.study_id: i for i, s in enumerate(patient.studies)}
     return sorted(outcomes, key=lambda o: order[o.study_id])
+
+
+def _check_same_config(out_root: Path, cfg: PreprocessConfig) -> None:
+    """Refuse to resume into a folder preprocessed with another configuration."""
+    import json
+
+    saved = out_root / PREPROCESS_DIR / "config.json"
+    if not saved.is_file() or not any((out_root / TRANSFORMS_DIR).rglob("*.json")):
+        return
+    try:
+        old = json.loads(saved.read_text(encoding="utf-8")).get("config_fingerprint")
+    except ValueError:
+        old = None
+    if old != config_fingerprint(cfg):
+        raise DatasetError(
+            f"{out_root}: already holds studies preprocessed with another configuration "
+            f"(see {saved}); rerun with the same settings to resume, or choose a new --out"
+        )
 
 
 def _output_kind(rel_path: str) -> str:
@@ -577,9 +647,49 @@ def _copy_tables(src_root: Path, out_root: Path) -> list[str]:
     return copied
 
 
-def _tables_fingerprint(src_root: Path) -> str:
+def _write_imaging_tables(cohort: Cohort, out_root: Path) -> list[str]:
+    """Imaging (and split) tables of a cohort read from another layout."""
+    import pandas as pd
+
+    rows, split_rows = [], []
+    for p in cohort.patients:
+        for st in p.studies:
+            have = {s.sequence for s in st.series}
+            row = {"PatientID": p.patient_id, "StudyID": st.study_id}
+            row.update({seq: int(seq in have) for seq in SEQUENCES})
+            row.update(
+                {
+                    "ExpertAdjusted": int(st.expert_adjusted),
+                    "DaysFromBaselineScan": st.days_from_baseline,
+                    "RelativeTimepoint": st.relative_timepoint,
+                }
+            )
+            rows.append(row)
+            split = st.split or p.split
+            if split is not None:
+                split_rows.append(
+                    {
+                        "StudyID": st.study_id,
+                        **{k: int(split == k) for k in ("train", "val", "test")},
+                    }
+                )
+    written = [schema.IMAGING_TABLE]
+    write_csv_atomic(
+        schema.table_path(out_root, schema.IMAGING_TABLE),
+        pd.DataFrame(rows, columns=list(schema.IMAGING_COLUMNS)),
+    )
+    if split_rows:
+        write_csv_atomic(
+            schema.table_path(out_root, schema.SPLIT_TABLE),
+            pd.DataFrame(split_rows, columns=list(schema.SPLIT_COLUMNS)),
+        )
+        written.append(schema.SPLIT_TABLE)
+    return written
+
+
+def _tables_fingerprint(root: Path) -> str:
     h = hashlib.sha256()
-    for f in sorted((src_root / schema.TABLES_DIR).glob("*.csv")):
+    for f in sorted((root / schema.TABLES_DIR).glob("*.csv")):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -591,19 +701,27 @@ def preprocess_dataset(
     cfg: PreprocessConfig | None = None,
     workers: int = 1,
     *,
+    layout: str = "auto",
     catalog_path: str | Path | None = None,
     on_study: Callable[[StudyOutcome], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> PreprocessReport:
     """Preprocess a release-layout dataset into a new one (see the module docstring).
 
     Args:
-        src_root: Input dataset (release layout, read with ``metstrack.io.release``).
+        src_root: Input dataset in any layout ``metstrack.io.layouts.read_dataset``
+            reads (release, BraTS-METS, BrainMetShare, BIDS-like).
         out_root: Output folder (created; must differ from ``src_root``).
         cfg: Settings (defaults when ``None``).
         workers: Worker processes (patients run in parallel); 1 runs in-process.
+        layout: Input layout name, or ``auto`` to detect it. A release dataset's
+            tables are copied unchanged; for other layouts the imaging (and split)
+            table is written from the cohort, and multi-class labels become the
+            binary metastasis mask of the cohort's ``label_classes``.
         catalog_path: Optional cohort catalog (SQLite) to register the run and
             every finished study in (one transaction per study).
         on_study: Called in the parent process after each study (progress bars).
+        on_start: Called once with the number of studies before work starts.
 
     Returns:
         The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
@@ -611,6 +729,7 @@ def preprocess_dataset(
     Raises:
         DatasetError: Unreadable input tables, or ``out_root`` equal to ``src_root``.
     """
+    from metstrack.io.layouts import read_dataset
     from metstrack.io.release import read_release
 
     cfg = cfg or PreprocessConfig()
@@ -618,17 +737,25 @@ def preprocess_dataset(
     if src_root.resolve() == out_root.resolve():
         raise DatasetError(f"{out_root}: the output folder must differ from the input dataset")
     t0 = time.perf_counter()
-    cohort = read_release(src_root)
+    cohort = read_dataset(src_root, layout)
+    classes = tuple(int(c) for c in cohort.label_classes)
+    _check_same_config(out_root, cfg)
     out_root.mkdir(parents=True, exist_ok=True)
-    tables = _copy_tables(src_root, out_root)
-    fingerprint = _tables_fingerprint(src_root)
+    if cohort.layout == "release":
+        tables = _copy_tables(src_root, out_root)
+    else:
+        tables = _write_imaging_tables(cohort, out_root)
+    fingerprint = _tables_fingerprint(out_root)
     cfg_path = save_config(
         cfg,
         out_root / PREPROCESS_DIR / "config.json",
         source=str(src_root),
-        input_tables_fingerprint=fingerprint,
+        source_layout=cohort.layout,
+        label_classes=list(classes),
+        tables_fingerprint=fingerprint,
         tables_copied=tables,
         workers=int(workers),
+        config_fingerprint=config_fingerprint(cfg),
     )
     catalog = run_id = None
     if catalog_path is not None:
@@ -637,6 +764,8 @@ def preprocess_dataset(
         run_id = catalog.begin_run("preprocess", cfg, source=str(src_root), output=str(out_root))
 
     outcomes: list[StudyOutcome] = []
+    if on_start is not None:
+        on_start(len(cohort.studies))
 
     def collect(batch: list[StudyOutcome]) -> None:
         for o in batch:
@@ -655,12 +784,21 @@ def preprocess_dataset(
     try:
         if workers <= 1:
             for p in cohort.patients:
-                collect(preprocess_patient(p, out_root, cfg))
+                collect(preprocess_patient(p, out_root, cfg, label_classes=classes))
         else:
             with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-                futs = [pool.submit(preprocess_patient, p, out_root, cfg) for p in cohort.patients]
+                futs = [
+                    pool.submit(preprocess_patient, p, out_root, cfg, label_classes=classes)
+                    for p in cohort.patients
+                ]
                 for fut in as_completed(futs):
                     collect(fut.result())
+        if catalog is not None and not any(o.status == "failed" for o in outcomes):
+            # The output is a dataset of its own: same studies, its own files.
+            try:
+                catalog.register_dataset(read_release(out_root))
+            except MetstrackError as exc:
+                log.warning("%s: output dataset not registered in the catalog: %s", out_root, exc)
     finally:
         if catalog is not None:
             status = "failed" if any(o.status == "failed" for o in outcomes) else "finished"
@@ -701,4 +839,6 @@ __all__ = [
     "preprocess_dataset",
     "preprocess_patient",
     "preprocess_study",
+    "prepare_baseline",
+    "BaselineReference",
 ]

@@ -3,7 +3,9 @@
 The head is built in world millimetres around the grid centre and scaled to the
 field of view (an adult head at 192 mm): scalp, skull with marrow, subarachnoid
 CSF, cortical grey matter with gyral folding and sulci, white matter, deep grey
-nuclei, lateral and third ventricles and the interhemispheric fissure. Every
+nuclei, lateral and third ventricles with choroid plexus, the interhemispheric
+fissure, and a dural layer under the skull (choroid plexus and dura enhance on
+CT1, like the real structures that fool lesion detectors). Every
 tissue gets an intensity per contrast (T1, CT1, T2, FLAIR) with the relative
 order of real scans, a smooth multiplicative texture and partial-volume edges.
 """
@@ -18,23 +20,25 @@ from scipy import ndimage
 from metstrack.types import MODALITIES
 
 # Tissue codes of the hard label map.
-BACKGROUND, SCALP, BONE, MARROW, CSF, GM, WM, DEEP_GM, VENTRICLE = range(9)
-N_TISSUES = 9
+BACKGROUND, SCALP, BONE, MARROW, CSF, GM, WM, DEEP_GM, VENTRICLE, CHOROID, DURA = range(11)
+N_TISSUES = 11
 
 #: Intensity of each tissue per contrast (rows: MODALITIES order, columns: tissue codes).
 #: Units: fractions of white matter on T1; scaled to ~1000 when written.
 TISSUE_INTENSITY = np.array(
     [
-        # bg   scalp bone  marrow csf   gm    wm    deepgm vent
-        [0.0, 1.05, 0.08, 0.85, 0.25, 0.68, 1.00, 0.75, 0.22],  # T1
-        [0.0, 1.10, 0.08, 0.90, 0.25, 0.70, 1.00, 0.78, 0.22],  # CT1
-        [0.0, 0.80, 0.06, 0.55, 1.60, 0.80, 0.55, 0.70, 1.65],  # T2
-        [0.0, 0.85, 0.06, 0.55, 0.12, 0.85, 0.62, 0.80, 0.10],  # FLAIR
+        # bg   scalp bone  marrow csf   gm    wm    deepgm vent  choroid dura
+        [0.0, 1.05, 0.08, 0.85, 0.25, 0.68, 1.00, 0.75, 0.22, 0.70, 0.30],  # T1
+        [0.0, 1.10, 0.08, 0.90, 0.25, 0.70, 1.00, 0.78, 0.22, 1.45, 0.95],  # CT1
+        [0.0, 0.80, 0.06, 0.55, 1.60, 0.80, 0.55, 0.70, 1.65, 0.95, 0.40],  # T2
+        [0.0, 0.85, 0.06, 0.55, 0.12, 0.85, 0.62, 0.80, 0.10, 0.75, 0.35],  # FLAIR
     ],
     dtype=np.float32,
 )
 #: Texture amplitude (relative std) per tissue.
-_TEXTURE = np.array([0.0, 0.06, 0.05, 0.08, 0.02, 0.035, 0.025, 0.03, 0.02], dtype=np.float32)
+_TEXTURE = np.array(
+    [0.0, 0.06, 0.05, 0.08, 0.02, 0.035, 0.025, 0.03, 0.02, 0.08, 0.05], dtype=np.float32
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,7 +154,8 @@ def build_anatomy(rng: np.random.Generator, shape: int, spacing_mm: float) -> An
     labels[rho <= 1.0] = SCALP
     labels[rho <= 0.93] = BONE
     labels[(rho <= 0.915) & (rho >= 0.885)] = MARROW
-    labels[rho <= 0.865] = CSF
+    labels[rho <= 0.865] = DURA
+    labels[rho <= 0.855] = CSF
     brain = rho <= 0.835
     # Cortex: a grey ribbon under the brain surface that also lines the sulci.
     # Sulci are thin CSF sheets at the zero crossings of a smooth folding field,
@@ -184,6 +189,13 @@ def build_anatomy(rng: np.random.Generator, shape: int, spacing_mm: float) -> An
             + ((z - zc - 10 * s + bend) / (6.5 * s)) ** 2
         )
         labels[e <= 1.0] = VENTRICLE
+    for sx in (-1.0, 1.0):  # choroid plexus in the atria of the lateral ventricles
+        e = (
+            ((x - sx * 8 * s) / (2.6 * s)) ** 2
+            + ((y + 18 * s) / (5 * s)) ** 2
+            + ((z - zc - 7 * s) / (2.6 * s)) ** 2
+        )
+        labels[(e <= 1.0) & (labels == VENTRICLE)] = CHOROID
     e3 = (x / max(1.2 * s, 0.7)) ** 2 + ((y + 2 * s) / (11 * s)) ** 2 + ((z - zc) / (7 * s)) ** 2
     labels[e3 <= 1.0] = VENTRICLE
 

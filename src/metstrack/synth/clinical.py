@@ -32,6 +32,7 @@ GT_BURDEN = "burden.csv"
 GT_SURVIVAL = "survival_truth.json"
 GT_PATIENTS = "patient_truth.csv"
 GT_VESSELS = "vessels.csv"
+GT_TARGETS = "target_lesions.csv"
 GT_CONFIG = "config.json"
 
 #: Seed-sequence spawn key reserved for the split permutation.
@@ -123,6 +124,7 @@ class CohortTables:
     Attributes:
         imaging, split, events, patients, targets: Release tables (schema columns).
         trajectories, burden, patient_truth, transforms: Ground-truth tables.
+        target_lesions: Ground truth: the lesion ID of each radiosurgery target.
         survival_truth: The planted model (JSON-ready).
     """
 
@@ -136,6 +138,7 @@ class CohortTables:
     patient_truth: pd.DataFrame
     transforms: pd.DataFrame | None
     survival_truth: dict
+    target_lesions: pd.DataFrame
 
 
 def survival_truth(cfg: SynthConfig) -> dict:
@@ -366,7 +369,9 @@ def build_tables(records: list[PatientRecord], cfg: SynthConfig) -> CohortTables
     if tgt_rows:
         targets = pd.DataFrame(tgt_rows).rename(columns={"_lesion_id": "lesion_id"})
         targets["target_id"] = targets.groupby("PatientID").cumcount() + 1
-        targets = targets[[*schema.TARGET_COLUMNS, "lesion_id"]]
+    # The release table has no lesion identities; the link lives in the ground truth.
+    target_lesions = targets[["PatientID", "target_id", "StudyID", "lesion_id"]].copy()
+    targets = targets[list(schema.TARGET_COLUMNS)]
     events = pd.DataFrame(ev_rows, columns=list(schema.EVENT_COLUMNS))
     events = events.sort_values(
         ["PatientID", "days_from_first_srs", "visit_class"], kind="stable"
@@ -385,6 +390,7 @@ def build_tables(records: list[PatientRecord], cfg: SynthConfig) -> CohortTables
         patient_truth=pd.DataFrame(truth_rows),
         transforms=tf,
         survival_truth=survival_truth(cfg),
+        target_lesions=target_lesions,
     )
 
 
@@ -401,6 +407,7 @@ def write_tables(tables: CohortTables, root: str | Path, cfg: SynthConfig, **ext
     write_csv_atomic(gt / GT_TRAJECTORIES, tables.trajectories, float_format="%.6f")
     write_csv_atomic(gt / GT_BURDEN, tables.burden, float_format="%.6f")
     write_csv_atomic(gt / GT_PATIENTS, tables.patient_truth, float_format="%.9g")
+    write_csv_atomic(gt / GT_TARGETS, tables.target_lesions)
     if tables.transforms is not None:
         write_csv_atomic(gt / GT_TRANSFORMS, tables.transforms, float_format="%.9g")
     write_json_atomic(gt / GT_SURVIVAL, tables.survival_truth)
@@ -456,6 +463,7 @@ def generate_clinical_only(
             max_studies=cfg.max_studies,
             interval_months=cfg.follow_up_interval_months,
             max_lesions=cfg.max_lesions,
+            small_lesion_fraction=cfg.small_lesion_fraction,
             volume_scale=1.0,
         )
         timelines.append(tl)
@@ -489,14 +497,26 @@ def labelled_flags(tl: Timeline, frac: float | None, ss: np.random.SeedSequence)
     return np.random.default_rng(ss).random(n_w) < frac
 
 
-def write_clinical_only(cohort: ClinicalCohort, out_dir: str | Path) -> Path:
+def write_clinical_only(
+    cohort: ClinicalCohort, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
     """Write a clinical-only cohort: ``tables/`` and ``ground_truth/`` (no ``imaging/``).
 
     The imaging table lists every study with all sequence flags 0 (no files).
+    ``out_dir`` follows the rules of :func:`metstrack.synth.cohort.prepare_output`
+    (a previous synthetic cohort is replaced); files appear all at once.
     """
-    out = Path(out_dir)
-    write_tables(cohort.tables, out, cohort.config, mode="clinical-only")
-    return out
+    from metstrack.synth.cohort import prepare_output, publish_output
+
+    staging = prepare_output(out_dir, overwrite=overwrite)
+    try:
+        write_tables(cohort.tables, staging, cohort.config, mode="clinical-only")
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return publish_output(staging, out_dir)
 
 
 def summary(tables: CohortTables) -> dict[str, float]:

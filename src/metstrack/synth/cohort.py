@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -32,11 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metstrack.errors import DatasetError
 from metstrack.io import schema
 from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import write_volume
 from metstrack.synth.anatomy import Anatomy, build_anatomy
 from metstrack.synth.clinical import (
+    GT_CONFIG,
     GT_INSTANCES,
     GT_VESSELS,
     PatientRecord,
@@ -137,6 +141,7 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
         max_studies=cfg.max_studies,
         interval_months=cfg.follow_up_interval_months,
         max_lesions=cfg.max_lesions,
+        small_lesion_fraction=cfg.small_lesion_fraction,
         volume_scale=cfg.volume_scale,
         n_studies=n_studies,
     )
@@ -284,10 +289,59 @@ def _write_patient(cfg: SynthConfig, index: int, out: Path) -> _Written:
     )
 
 
+#: Entries a folder may hold for ``overwrite=True`` to replace it.
+_COHORT_ENTRIES = {schema.IMAGING_DIR, schema.TABLES_DIR, schema.GROUND_TRUTH_DIR}
+
+
+def prepare_output(out_dir: str | Path, *, overwrite: bool) -> Path:
+    """Check that ``out_dir`` may receive a cohort; return a fresh staging folder beside it.
+
+    ``out_dir`` may be missing, empty, or a previous *synthetic* cohort (it has
+    ``ground_truth/config.json``), which is replaced, so re-running a command is
+    harmless. Any other cohort-like folder (a real release) is replaced only with
+    ``overwrite``; a folder holding anything else is never touched. The cohort is
+    built in the staging folder and moved into place by :func:`publish_output`, so
+    an interrupted run never leaves a half-written cohort.
+
+    Raises:
+        DatasetError: ``out_dir`` is not a folder, holds files that are not part
+            of a cohort, or holds a non-synthetic cohort and ``overwrite`` is false.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise DatasetError(f"{out}: exists and is not a folder; choose another --out")
+        entries = {p.name for p in out.iterdir()}
+        foreign = sorted(entries - _COHORT_ENTRIES)
+        if foreign:
+            raise DatasetError(
+                f"{out}: holds files that are not part of a cohort ({', '.join(foreign[:3])}); "
+                "refusing to replace it, choose a new --out"
+            )
+        synthetic = (out / schema.GROUND_TRUTH_DIR / GT_CONFIG).is_file()
+        if entries and not (synthetic or overwrite):
+            raise DatasetError(
+                f"{out}: holds a dataset that metstrack synth did not write; "
+                "choose a new --out or pass --overwrite to replace it"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+
+def publish_output(staging: Path, out_dir: str | Path) -> Path:
+    """Move a finished staging folder onto ``out_dir`` (replacing a previous cohort)."""
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out
+
+
 def generate_cohort(
     cfg: SynthConfig,
     out_dir: str | Path,
     *,
+    overwrite: bool = False,
     on_patient: Callable[[str], None] | None = None,
 ) -> Path:
     """Generate an imaging cohort in the release layout with ground truth beside it.
@@ -295,14 +349,28 @@ def generate_cohort(
     Args:
         cfg: Settings; ``cfg.workers > 1`` renders patients in parallel processes
             (the output is identical for any number of workers).
-        out_dir: Output folder (created; existing files of the same names are replaced).
+        out_dir: Output folder: missing, empty, or a previous synthetic cohort
+            (replaced); see :func:`prepare_output`. The cohort is built in a
+            staging folder beside it and moved into place when complete.
+        overwrite: Also replace a non-synthetic cohort (a release layout) there.
         on_patient: Called with each PatientID when its files are written (progress).
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        DatasetError: ``out_dir`` may not be replaced (see :func:`prepare_output`).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = prepare_output(out_dir, overwrite=overwrite)
+    try:
+        _generate_into(cfg, staging, on_patient)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return publish_output(staging, out_dir)
+
+
+def _generate_into(cfg: SynthConfig, out: Path, on_patient: Callable[[str], None] | None) -> None:
     splits = assign_splits(cfg.n_patients, cfg.seed, cfg.split_fractions)
     results: list[_Written | None] = [None] * cfg.n_patients
     if cfg.workers > 1 and cfg.n_patients > 1:
@@ -341,7 +409,4 @@ def generate_cohort(
         pd.concat([w.vessels for w in written], ignore_index=True),
         float_format="%.6f",
     )
-    log.info(
-        "synthetic cohort: %d patients, %d studies in %s", len(written), len(tables.imaging), out
-    )
-    return out
+    log.info("synthetic cohort: %d patients, %d studies", len(written), len(tables.imaging))

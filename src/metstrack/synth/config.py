@@ -109,12 +109,13 @@ class SynthConfig:
             0 with ``motion_max_mm`` 0 disables misalignment.
         motion_max_mm: Largest translation of a follow-up (mm).
         labelled: ``"radiosurgery"`` (only radiosurgery-planning studies are flagged
-            labelled in the release tables), ``"all"``, or a fraction in [0, 1] given
-            as a string (``"0.3"``) of studies flagged at random.
+            labelled in the release tables), ``"all"``, or a fraction in [0, 1]
+            (``0.3`` or ``"0.3"``) of studies flagged at random.
         split_fractions: (train, val, test) fractions of patients.
         max_lesions: Cap on lesions per patient (baseline plus new).
-        small_lesion_fraction: Target share of lesion observations under 10 mm3
-            (the lesion-size model is tuned for it; tests check it is met).
+        small_lesion_fraction: Target share of lesion observations under 10 mm3 at
+            full size; it sets the median baseline lesion volume (0.3 gives about
+            0.36 in practice, and more on small grids where volumes are scaled).
         hazard_ratio: Planted hazard ratio per 1 cm3/month of the monthly rate of
             change of total metastasis volume (least-squares slope of total volume
             in cm3 against months = days / 30.4375 over the patient's studies).
@@ -133,7 +134,7 @@ class SynthConfig:
     follow_up_interval_months: float = 3.0
     motion_max_deg: float = 7.0
     motion_max_mm: float = 5.0
-    labelled: str = "radiosurgery"
+    labelled: str | float = "radiosurgery"
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     max_lesions: int = 25
     small_lesion_fraction: float = 0.3

@@ -220,12 +220,14 @@ def _box(centre_vox: np.ndarray, half: float, shape: tuple[int, ...]) -> tuple[s
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def _box_world(box: tuple[slice, ...], affine: np.ndarray) -> np.ndarray:
-    """World coordinates (bx, by, bz, 3) of the voxels of a box."""
-    idx = np.stack(
-        np.meshgrid(*[np.arange(b.start, b.stop) for b in box], indexing="ij"), axis=-1
-    ).astype(np.float64)
-    return idx @ affine[:3, :3].T + affine[:3, 3]
+def _box_offsets(
+    box: tuple[slice, ...], affine: np.ndarray, origin_mm: np.ndarray, dtype=np.float64
+) -> np.ndarray:
+    """World offsets (bx, by, bz, 3) in mm of the voxels of a box from ``origin_mm``."""
+    axes = [np.arange(b.start, b.stop, dtype=dtype) for b in box]
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    lin = affine[:3, :3].T.astype(dtype)
+    return idx @ lin + (affine[:3, 3] - origin_mm).astype(dtype)
 
 
 def _legendre4(x: np.ndarray) -> np.ndarray:
@@ -297,11 +299,10 @@ def render_study(
         c_study = rot @ geometry.centres_mm[i] + t[:3, 3]
         c_vox = inv_aff[:3, :3] @ c_study + inv_aff[:3, 3]
         r_oed = r * (1 + geometry.oedema_gain[i]) + 2.0 if v >= 30.0 else 0.0
-        half = max(r * 1.6 + 2 * spacing, r_oed * 1.3) / spacing + 1
-        box = _box(c_vox, half, shape)
+        box = _box(c_vox, (r * 1.6 + 2 * spacing) / spacing + 1, shape)
         if box is None:
             continue
-        q = _box_world(box, aff) - c_study
+        q = _box_offsets(box, aff, c_study)
         d = q @ rot  # baseline-frame offsets: R^T q for each voxel
         e = (d @ geometry.orientations[i]) / geometry.axes[i]
         norm = np.linalg.norm(e, axis=-1)
@@ -331,17 +332,23 @@ def render_study(
             necro = np.clip((core - rho) * r / spacing + 0.5, 0.0, 1.0).astype(np.float32)
         lesion_alpha.append((box, alpha, necro))
         if r_oed > 0:
-            # Oedema spreads irregularly (and only in white matter, below).
-            ud = d / np.maximum(np.linalg.norm(d, axis=-1), 1e-9)[..., None]
+            # Oedema spreads irregularly, only in white matter; float32 in its own
+            # (larger) box to bound memory.
+            ebox = _box(c_vox, r_oed * 1.3 / spacing + 1, shape)
+            qe = _box_offsets(ebox, aff, c_study, np.float32)
+            de = qe @ rot.astype(np.float32)
+            dn = np.linalg.norm(de, axis=-1)
+            de /= np.maximum(dn, np.float32(1e-6))[..., None]
             outline = 1.0 + np.tensordot(
-                _legendre4(ud @ geometry.lobe_dirs[i].T),
-                geometry.oedema_lobe_amp[i],
+                _legendre4(de @ geometry.lobe_dirs[i].T.astype(np.float32)),
+                geometry.oedema_lobe_amp[i].astype(np.float32),
                 axes=([-1], [0]),
             )
-            dist = np.linalg.norm(q, axis=-1) / (r_oed * np.clip(outline, 0.5, 1.8))
-            strength = min(1.0, v / 400.0) * 0.9
-            ed = (strength * np.exp(-(dist**4))).astype(np.float32)
-            np.maximum(oedema[box], ed * np.clip(wm[box] * 1.15, 0, 1), out=oedema[box])
+            dist = dn / (np.float32(r_oed) * np.clip(outline, 0.5, 1.8))
+            strength = np.float32(min(1.0, v / 400.0) * 0.9)
+            ed = strength * np.exp(-(dist**4))
+            ed *= np.clip(wm[ebox] * np.float32(1.15), 0, 1)
+            np.maximum(oedema[ebox], ed, out=oedema[ebox])
 
     if oedema.any():
         images *= 1.0 - oedema[None]
@@ -362,29 +369,30 @@ def render_study(
         box = _box(mid_vox, half, shape)
         if box is None:
             continue
-        p = _box_world(box, aff)
+        p = _box_offsets(box, aff, a_s)
         ab = b_s - a_s
         denom = float(ab @ ab)
-        s = np.clip(((p - a_s) @ ab) / denom, 0, 1) if denom > 0 else np.zeros(p.shape[:-1])
-        dist = np.linalg.norm(p - (a_s + s[..., None] * ab), axis=-1)
+        s = np.clip((p @ ab) / denom, 0, 1) if denom > 0 else np.zeros(p.shape[:-1])
+        dist = np.linalg.norm(p - s[..., None] * ab, axis=-1)
         alpha = np.clip((rad - dist) / spacing + 0.5, 0.0, 1.0).astype(np.float32)
         alpha[instances[box] > 0] = 0.0
         sub = images[(slice(None), *box)]
         images[(slice(None), *box)] = sub * (1 - alpha) + alpha * VESSEL[:, None, None, None]
         vessel_mask[box] |= alpha >= 0.5
 
+    # Bias field and Rician noise, one contrast at a time to bound peak memory.
     bias_sigma = 45.0 / spacing
+    sd = np.float32(NOISE_STD)
     for c in range(len(MODALITIES)):
-        bias = np.exp(0.1 * smooth_noise(rng, shape, bias_sigma))
-        images[c] *= bias
-    sd = NOISE_STD
-    n1 = rng.standard_normal(images.shape, dtype=np.float32)
-    n1 *= sd
-    n1 += images
-    n2 = rng.standard_normal(images.shape, dtype=np.float32)
-    n2 *= sd
-    np.hypot(n1, n2, out=images)
-    images *= INTENSITY_SCALE
+        img = images[c]
+        img *= np.exp(np.float32(0.1) * smooth_noise(rng, shape, bias_sigma))
+        real = rng.standard_normal(shape, dtype=np.float32)
+        real *= sd
+        real += img
+        imag = rng.standard_normal(shape, dtype=np.float32)
+        imag *= sd
+        np.hypot(real, imag, out=img)
+    images *= np.float32(INTENSITY_SCALE)
     return RenderedStudy(
         images=images, instances=instances, vessel_mask=vessel_mask, lesion_volume_mm3=rendered
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,7 +63,8 @@ _BENIGN_WARNINGS = (
     r".*The `srun` command is available.*",
     r".*Found .* module\(s\) in eval mode.*",
     r".*isinstance\(treespec, LeafSpec\).*",
-    r".*`weights_only` was not set.*",
+    # resuming into a new run folder: only best_model_path carries over (copied below)
+    r".*The dirpath has changed from.*",
 )
 
 
@@ -157,6 +158,16 @@ def train(
     datamodule = SequenceDataModule(cfg, cohort, cache_dir)
     module = SequenceSegmentationModule(to_dict(cfg.model), to_dict(cfg))
     module.score_hooks.extend(score_hooks)
+    if t.init_weights and resume is None:
+        from metstrack.train.ssl_weights import init_from_pretrained
+
+        init_from_pretrained(
+            module.net,
+            t.init_weights,
+            modalities=cfg.model.modalities,
+            prior_mask=cfg.model.prior_mask,
+            out_dir=out,
+        )
 
     ckpt_dir = out / CHECKPOINT_DIR
     validate = cfg.validation.enabled
@@ -243,14 +254,21 @@ def train(
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         last = ckpt_dir / LAST_CKPT
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)
         if validate and not best_cb.best_model_path:
             # the budget ended before any validation: validate the final weights once
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            trainer.save_checkpoint(ckpt_dir / BEST_CKPT)
+            trainer.save_checkpoint(ckpt_dir / BEST_CKPT, weights_only=False)
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
+    if best.resolve().parent == ckpt_dir.resolve():
+        best = ckpt_dir / best.name  # same spelling as last_ckpt (relative stays relative)
+    elif best.is_file():
+        # resumed from another run whose best was not beaten: keep the folder self-contained
+        if trainer.is_global_zero:
+            shutil.copy2(best, ckpt_dir / BEST_CKPT)
+        best = ckpt_dir / BEST_CKPT
     if not validate:
-        trainer.save_checkpoint(best)
+        trainer.save_checkpoint(best, weights_only=False)
     best_score = (
         float(best_cb.best_model_score)
         if best_cb.best_model_score is not None
@@ -300,7 +318,7 @@ def _scores_of_best(history: tuple[dict[str, float], ...], best: float) -> dict[
 def _stopped_by(trainer: pl.Trainer, cfg: TrainConfig) -> str:
     t = cfg.trainer
     for cb in trainer.callbacks:
-        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+        if isinstance(cb, EarlyStopping) and cb.wait_count >= cb.patience:
             return "early_stopping"
     if t.max_steps > 0 and trainer.global_step >= t.max_steps:
         return "max_steps"
@@ -309,8 +327,3 @@ def _stopped_by(trainer: pl.Trainer, cfg: TrainConfig) -> str:
     if t.time_budget_min > 0:
         return "time_budget"
     return "max_epochs"
-
-
-def is_launched_subprocess() -> bool:
-    """True inside a DDP worker started by Lightning (its rank is not 0)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) != 0

@@ -204,6 +204,9 @@ class TrainerConfig:
         log_every_n_steps: CSV logging interval.
         progress_bar: Show Lightning's progress bar.
         threads: torch CPU threads per process (0: torch's default).
+        init_weights: Pretrained weights (``metstrack pretrain``) or a checkpoint the
+            network starts from; unmatched keys are listed in ``init_weights.json``
+            (see :mod:`metstrack.train.ssl_weights`). Empty: random initialisation.
     """
 
     max_epochs: int = 100
@@ -220,6 +223,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     threads: int = 0
+    init_weights: str = ""
 
 
 @dataclass(frozen=True)

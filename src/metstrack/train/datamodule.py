@@ -112,6 +112,7 @@ class SequenceDataModule(pl.LightningDataModule):
         log.info("cache ready: %d read from NIfTI, %d already cached", cache.misses, cache.hits)
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the training (windows, patches, augmentation) and validation (whole) datasets."""
         cache = self.make_cache()
         m = self.cfg.model
         self.train_set = PatientSequenceDataset(
@@ -140,6 +141,7 @@ class SequenceDataModule(pl.LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size)
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled training sequences; this process's share under DDP."""
         assert self.train_set is not None
         rank, world = self._rank()
         d = self.cfg.data
@@ -162,6 +164,7 @@ class SequenceDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        """Whole validation patients, one per batch; this process's share under DDP."""
         assert self.val_set is not None
         rank, world = self._rank()
         return DataLoader(

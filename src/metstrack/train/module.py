@@ -76,6 +76,7 @@ class SequenceSegmentationModule(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> torch.Tensor:
+        """Masked loss over the labelled studies of a batch of sequences."""
         logits = self.net(self.network_input(batch))
         mask = batch.has_label & batch.valid
         loss, n = masked_sequence_loss(self.loss_fn, logits, batch.label, mask)
@@ -85,6 +86,7 @@ class SequenceSegmentationModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with the warm-up and decay of :func:`metstrack.train.schedule.lr_factor`."""
         o = self.cfg.optim
         opt = torch.optim.AdamW(
             self.net.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas)
@@ -112,6 +114,7 @@ class SequenceSegmentationModule(pl.LightningModule):
         self._tally = ValidationTally()
 
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
+        """Predict whole patients (memory carried) and tally their labelled studies."""
         v = self.cfg.validation
         for b in range(batch.image.shape[0]):
             if not bool(batch.count[b]):
@@ -138,6 +141,7 @@ class SequenceSegmentationModule(pl.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
+        """Sum the tallies over processes, log the scores and call the score hooks."""
         counts = torch.as_tensor(self._tally.as_array(), device=self.device)
         if self.trainer.world_size > 1:
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
@@ -146,7 +150,8 @@ class SequenceSegmentationModule(pl.LightningModule):
         scores["score"] = checkpoint_score(scores, self.cfg.validation.score)
         for key, value in scores.items():
             val = 0.0 if (key == "score" and math.isnan(value)) else value
-            self.log(f"val/{key}", float(val), sync_dist=False, rank_zero_only=False)
+            # values are already summed over processes; sync_dist averages equal values
+            self.log(f"val/{key}", float(val), sync_dist=True)
         self.last_scores = dict(scores)
         if not self.trainer.sanity_checking:
             row = {"epoch": float(self.current_epoch), "step": float(self.global_step), **scores}

@@ -11,6 +11,10 @@ validation patient (and over DDP processes), then turned into pooled scores:
 * ``dice``: mean voxel Dice over labelled studies (studies where both masks
   are empty are left out).
 
+These are the pooled definitions of :mod:`metstrack.metrics.cohort` (ratios
+of sums, Dice as a mean of defined values), kept as plain sums here so they
+can be all-reduced across DDP processes.
+
 The checkpoint score is the configured metric (``lesion_f1`` by default)
 plus ``1e-3 * dice`` as a tie-break; an undefined metric (no lesion anywhere)
 counts as 0.
@@ -23,10 +27,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from metstrack.metrics.detection import SMALL_LESION_MM3
 from metstrack.metrics.study import evaluate_study
 
-#: Upper edge of the small-lesion stratum (mm3).
-SMALL_LESION_MM3 = 10.0
 #: Weight of Dice in the checkpoint score (breaks ties of the main metric).
 TIE_BREAK_WEIGHT = 1e-3
 

@@ -1,0 +1,1 @@
+"""Files shipped with metstrack: the demo checkpoint and its config."""

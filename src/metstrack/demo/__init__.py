@@ -1,0 +1,1 @@
+"""metstrack.demo: the main job, end to end on the synthetic cohort."""
