@@ -199,3 +199,25 @@ def test_isolated_model_runs_in_a_subprocess(tmp_path, cli):
     stage = json.loads((out / "models" / "unet" / "stage.json").read_text())
     assert stage["train_steps"] == 2 and stage["infer_peak_rss_mb"] > 50
     assert (out / "models" / "unet" / "worker.log").is_file()
+
+
+def test_run_benchmark_script_copies_the_leaderboard(tiny_run, tmp_path):
+    """``benchmarks/run_benchmark.py`` (finished models reused) copies the files to --results."""
+    import importlib.util
+
+    _, out = tiny_run
+    spec = importlib.util.spec_from_file_location(
+        "run_benchmark", REPO / "benchmarks" / "run_benchmark.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = tmp_path / "results"
+    assert mod.main(["--config", str(TINY), "--out", str(out), "--results", str(results)]) == 0
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "config.json"):
+        assert (results / name).is_file(), name
+    assert pd.read_csv(results / "leaderboard.csv")["model"].tolist() == [
+        "stt",
+        "unet",
+        "stt_prior",
+        "dynunet",
+    ]
