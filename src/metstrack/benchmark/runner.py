@@ -250,6 +250,7 @@ def train_and_predict(
 
 def _worker(args: tuple) -> None:  # pragma: no cover - runs in a spawned subprocess
     train_cfg, data_dir, model_dir, test_patients, predict, fingerprint, threads = args
+    _die_with_parent()
     model_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(model_dir / "worker.log", mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -273,6 +274,17 @@ def _worker(args: tuple) -> None:  # pragma: no cover - runs in a spawned subpro
     except BaseException:
         root.error("model run failed:\n%s", traceback.format_exc())
         raise
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in a spawned subprocess
+    """Ask Linux to kill this process when its parent dies (no orphaned training run)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _run_isolated(args: tuple, model_dir: Path, name: str) -> StageResult:
