@@ -24,6 +24,8 @@ from metstrack.cli import synth as synth_cmd
 from metstrack.cli import track as track_cmd
 from metstrack.cli import train as train_cmd
 from metstrack.cli import validate as validate_cmd
+from metstrack.cli import predict as predict_cmd
+from metstrack.cli import benchmark as benchmark_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
@@ -67,6 +69,7 @@ app.command("survival")(survival_cmd.survival)
 app.command("report")(report_cmd.report)
 app.command("synth")(synth_cmd.synth)
 app.command("predict")(predict_cmd.predict)
+app.command("benchmark")(benchmark_cmd.benchmark)
 app.command("pretrain")(pretrain_cmd.pretrain)
 app.command("search")(search_cmd.search)
 app.command("ablate")(ablate_cmd.ablate)

@@ -1,0 +1,245 @@
+"""Typed benchmark configuration (:class:`BenchmarkConfig`), loaded from one TOML file.
+
+Sections (each a frozen dataclass; unknown keys are a ConfigError with a
+did-you-mean hint):
+
+* ``[cohort]``      the seeded synthetic cohort (:class:`metstrack.synth.config.SynthConfig`);
+  its split table decides train, validation and test patients
+* ``[train]``       the training settings shared by every model
+  (:class:`metstrack.train.config.TrainConfig`, with ``[train.model]``,
+  ``[train.data]``...); each entry below replaces only the network name,
+  the prior-mask switch and (optionally) the width
+* ``[budget]``      the equal CPU budget: wall-clock minutes and/or steps per
+  model, torch threads, one subprocess per model
+* ``[predict]``     sliding-window inference on the test patients
+* ``[evaluation]``  :class:`metstrack.metrics.runner.EvaluationConfig`
+* ``[tracking]``    :class:`metstrack.tracking.config.TrackConfig`
+* ``[[models]]``    one table per leaderboard row (:class:`ModelEntry`)
+
+Load with :func:`load_benchmark_config`; the resolved config is saved as
+``config.json`` in the benchmark's output folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from metstrack.config import load_config
+from metstrack.errors import ConfigError, did_you_mean
+from metstrack.metrics.runner import EvaluationConfig
+from metstrack.synth.config import SynthConfig
+from metstrack.tracking.config import TrackConfig
+from metstrack.train.config import TrainConfig, check_train_config
+
+#: Leaderboard row names: letters, digits, ``_`` and ``-`` (they name folders).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One leaderboard row: a network trained and evaluated under the common budget.
+
+    Attributes:
+        name: Row name (also the folder ``<out>/models/<name>``), e.g. ``"stt_prior"``.
+        network: Registry name of the network (``"stt"``, ``"unet"``, ``"dynunet"``,
+            ``"segresnet"``, ``"unetr"``, ``"swinunetr"``).
+        prior_mask: Feed the previous study's mask as an extra input channel
+            (training: the previous reference; inference: the previous prediction).
+        width: Width multiplier of this network; 0 keeps ``train.model.width``.
+    """
+
+    name: str
+    network: str
+    prior_mask: bool = False
+    width: float = 0.0
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """The compute budget every model gets (identical for all rows).
+
+    Attributes:
+        train_minutes: Wall-clock training minutes per model, validation
+            included (0: no time limit; then ``max_steps`` must be set).
+        max_steps: Optimizer steps per model (-1: no step limit). With both set,
+            the first limit reached ends the run.
+        threads: torch CPU threads per model (0: torch's default).
+        isolate: Run each model (training and inference) in its own spawned
+            subprocess, so one model's memory never inflates another's peak.
+    """
+
+    train_minutes: float = 5.0
+    max_steps: int = -1
+    threads: int = 0
+    isolate: bool = True
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Sliding-window inference on the test patients.
+
+    Attributes:
+        overlap: Window overlap fraction in [0, 1).
+        threshold: Foreground probability at or above which a voxel is lesion.
+        sw_batch_size: Windows per network call.
+        tta_flips: Average over the 8 mirror flips.
+    """
+
+    overlap: float = 0.25
+    threshold: float = 0.5
+    sw_batch_size: int = 1
+    tta_flips: bool = False
+
+
+def _default_models() -> tuple[ModelEntry, ...]:
+    return (
+        ModelEntry(name="stt", network="stt"),
+        ModelEntry(name="unet", network="unet"),
+        ModelEntry(name="stt_prior", network="stt", prior_mask=True),
+        ModelEntry(name="dynunet", network="dynunet"),
+    )
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Every setting of one benchmark run (see the module docstring for the sections)."""
+
+    cohort: SynthConfig = field(default_factory=SynthConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    predict: PredictSettings = field(default_factory=PredictSettings)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackConfig = field(default_factory=TrackConfig)
+    models: tuple[ModelEntry, ...] = field(default_factory=_default_models)
+
+
+def load_benchmark_config(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> BenchmarkConfig:
+    """Load and check a benchmark config: defaults, then a TOML file, then overrides.
+
+    Args:
+        path: TOML file or ``None`` for the defaults.
+        overrides: Dotted ``section.key=value`` strings, e.g. ``"budget.train_minutes=2"``.
+
+    Raises:
+        ConfigError: Unknown key or section (with a suggestion), unknown network
+            name (with a suggestion), or inconsistent settings.
+    """
+    cfg = load_config(BenchmarkConfig, path, overrides)
+    check_benchmark_config(cfg, where=str(path) if path is not None else "config")
+    return cfg
+
+
+def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> None:
+    """Raise ConfigError when the settings cannot run.
+
+    Checks the model entries (known networks, unique folder-safe names), the
+    budget (an end to every run), the inference settings, that the cohort has
+    test and validation patients, and that it is generated without motion
+    (the benchmark trains on the raw synthetic studies; see ``docs/benchmark.md``).
+    """
+    from metstrack.models.registry import MODELS
+
+    if not cfg.models:
+        raise ConfigError(f"{where}: no [[models]] entry; add at least one network to compare")
+    seen: set[str] = set()
+    for i, m in enumerate(cfg.models):
+        if not _NAME.match(m.name):
+            raise ConfigError(
+                f"{where}: models[{i}].name {m.name!r} must hold only letters, digits, '_' "
+                "and '-' (it names a folder)"
+            )
+        if m.name in seen:
+            raise ConfigError(f"{where}: models[{i}].name {m.name!r} is used twice")
+        seen.add(m.name)
+        if m.network not in MODELS:
+            raise ConfigError(
+                f"{where}: models[{i}] ({m.name}): unknown network {m.network!r}; "
+                + did_you_mean(m.network, MODELS)
+            )
+        if m.width < 0:
+            raise ConfigError(f"{where}: models[{i}].width = {m.width} must be >= 0")
+    b = cfg.budget
+    if b.train_minutes < 0:
+        raise ConfigError(f"{where}: budget.train_minutes = {b.train_minutes} must be >= 0")
+    if b.train_minutes == 0 and b.max_steps <= 0:
+        raise ConfigError(
+            f"{where}: the budget has no end; set budget.train_minutes or budget.max_steps"
+        )
+    if b.threads < 0:
+        raise ConfigError(f"{where}: budget.threads = {b.threads} must be >= 0")
+    p = cfg.predict
+    if not 0.0 <= p.overlap < 1.0:
+        raise ConfigError(f"{where}: predict.overlap = {p.overlap} must lie in [0, 1)")
+    if not 0.0 < p.threshold <= 1.0:
+        raise ConfigError(f"{where}: predict.threshold = {p.threshold} must lie in (0, 1]")
+    if p.sw_batch_size < 1:
+        raise ConfigError(f"{where}: predict.sw_batch_size must be at least 1")
+    bins = tuple(cfg.evaluation.volume_bins_mm3)
+    if len(bins) < 3 or bins[0] != 0 or bins[1] != 10:
+        raise ConfigError(
+            f"{where}: evaluation.volume_bins_mm3 {list(bins)} must start with 0, 10 so that the "
+            "< 10 mm3 stratum is the first leaderboard column"
+        )
+    c = cfg.cohort
+    if c.motion_max_deg > 0 or c.motion_max_mm > 0:
+        raise ConfigError(
+            f"{where}: the benchmark cohort must be generated without motion; set "
+            "cohort.motion_max_deg = 0 and cohort.motion_max_mm = 0 (see docs/benchmark.md)"
+        )
+    _, val_frac, test_frac = c.split_fractions
+    if test_frac <= 0 or val_frac <= 0:
+        raise ConfigError(
+            f"{where}: cohort.split_fractions {list(c.split_fractions)} must give validation "
+            "and test patients (second and third values > 0)"
+        )
+    for m in cfg.models:
+        check_train_config(model_train_config(cfg, m), where=f"{where} ({m.name})")
+
+
+def model_train_config(cfg: BenchmarkConfig, entry: ModelEntry) -> TrainConfig:
+    """The training config of one row: the shared ``[train]`` with the entry and budget applied.
+
+    Every row gets the same seed, threads, wall-clock budget and step limit;
+    only the network name, prior-mask switch and (optionally) width differ.
+    """
+    t = cfg.train
+    model = replace(
+        t.model,
+        name=entry.network,
+        prior_mask=entry.prior_mask,
+        width=entry.width if entry.width > 0 else t.model.width,
+    )
+    b = cfg.budget
+    trainer = replace(
+        t.trainer,
+        time_budget_min=b.train_minutes,
+        max_steps=b.max_steps,
+        max_epochs=-1 if b.train_minutes > 0 or b.max_steps > 0 else t.trainer.max_epochs,
+        threads=b.threads,
+        progress_bar=False,
+        devices=1,
+        num_nodes=1,
+        accelerator="cpu",
+    )
+    return replace(t, model=model, trainer=trainer)
+
+
+def select_models(cfg: BenchmarkConfig, names: Sequence[str]) -> tuple[ModelEntry, ...]:
+    """The entries named in ``names`` (all when empty), in the config's order.
+
+    Raises:
+        ConfigError: A name that is not an entry (with a suggestion).
+    """
+    if not names:
+        return cfg.models
+    known = {m.name: m for m in cfg.models}
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"unknown model {n!r} in --models; {did_you_mean(n, known)}")
+    wanted = set(names)
+    return tuple(m for m in cfg.models if m.name in wanted)

@@ -1,0 +1,577 @@
+"""Run the benchmark: one seeded synthetic cohort, every model under one budget, one leaderboard.
+
+Output folder::
+
+    <out>/config.json                     resolved BenchmarkConfig, fingerprint, machine
+    <out>/cohort/                         the synthetic cohort (release layout + ground_truth/)
+    <out>/models/<name>/run/              training run (metstrack.train.api.train)
+    <out>/models/<name>/pred/             test-patient predictions (metstrack.infer)
+    <out>/models/<name>/stage.json        steps, times, parameters, peak memory
+    <out>/models/<name>/evaluation/       metstrack.metrics.runner.write_outputs tables
+    <out>/models/<name>/tracking.json     tracking accuracy against ground-truth identities
+    <out>/models/<name>/worker.log        log of the model's subprocess (isolated runs)
+    <out>/leaderboard.{csv,md,json}       one row per model (metstrack.benchmark.leaderboard)
+
+A rerun with the same config reuses the cohort and every model whose
+``stage.json`` matches the model's fingerprint (training settings, budget,
+inference settings and cohort), so an interrupted benchmark resumes at the
+first unfinished model; evaluation and tracking are always recomputed.
+
+Peak memory: each stage (training, inference) first resets the kernel's peak
+resident-set counter of the process (``/proc/self/clear_refs`` = 5) and reads
+``VmHWM`` at its end; where that reset is not available it falls back to
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (then the inference figure is
+the maximum over both stages). With ``budget.isolate`` every model runs in a
+fresh spawned subprocess, so the figure is that model's alone (Python and torch
+included, about 300-400 MiB on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import re
+import resource
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from metstrack.benchmark.config import (
+    BenchmarkConfig,
+    ModelEntry,
+    PredictSettings,
+    model_train_config,
+    select_models,
+)
+from metstrack.benchmark.leaderboard import (
+    describe_machine,
+    leaderboard_frame,
+    strata,
+    stratum_column,
+    write_leaderboard,
+)
+from metstrack.config import config_fingerprint, save_config, to_dict
+from metstrack.errors import ConfigError, DatasetError, MetstrackError
+from metstrack.io import schema
+from metstrack.io.atomic import write_json_atomic
+from metstrack.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+#: Marker written in the cohort folder once generation finished (holds the fingerprint).
+COHORT_MARKER = ".benchmark_cohort.json"
+#: Per-model stage record.
+STAGE_FILE = "stage.json"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What training and inference of one model cost (``stage.json``).
+
+    Attributes:
+        fingerprint: Hash of everything that decides the model's outputs.
+        train_steps: Optimizer steps reached.
+        train_stopped_by: ``"time_budget"``, ``"max_steps"``...
+        train_time_s: Wall-clock seconds of the training call.
+        best_ckpt: The checkpoint used for inference (best validation score).
+        infer_time_s: Wall-clock seconds predicting every test study.
+        n_studies: Test studies predicted.
+        parameters: Trainable parameters.
+        train_peak_rss_mb: Peak resident memory while training (MiB).
+        infer_peak_rss_mb: Peak resident memory while predicting (MiB).
+        peak_method: ``"vmhwm"`` (per-stage reset) or ``"ru_maxrss"`` (monotone).
+    """
+
+    fingerprint: str
+    train_steps: int
+    train_stopped_by: str
+    train_time_s: float
+    best_ckpt: str
+    infer_time_s: float
+    n_studies: int
+    parameters: int
+    train_peak_rss_mb: float
+    infer_peak_rss_mb: float
+    peak_method: str
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """What :func:`run_benchmark` produced.
+
+    Attributes:
+        out_dir: The benchmark folder.
+        leaderboard: One row per model (columns of :func:`metstrack.benchmark.leaderboard.columns`).
+        paths: Leaderboard files keyed ``"csv"``, ``"md"``, ``"json"``.
+    """
+
+    out_dir: Path
+    leaderboard: pd.DataFrame
+    paths: dict[str, Path]
+
+
+# ---------------------------------------------------------------- memory
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident-set counter; False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (``VmHWM``, else ``ru_maxrss``)."""
+    try:
+        m = re.search(r"VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
+    except OSError:
+        m = None
+    if m:
+        return int(m.group(1)) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+# ---------------------------------------------------------------- one model
+
+
+def model_fingerprint(cfg: BenchmarkConfig, entry: ModelEntry) -> str:
+    """Hash of the model's training config, the budget, inference settings and the cohort."""
+    return config_fingerprint(
+        {
+            "train": to_dict(model_train_config(cfg, entry)),
+            "budget": to_dict(cfg.budget),
+            "predict": to_dict(cfg.predict),
+            "cohort": to_dict(cfg.cohort),
+        }
+    )
+
+
+def _study_images(patient, modalities: Sequence[str]):
+    from metstrack.infer.predict import StudyImages
+    from metstrack.io.nifti import read_volume
+
+    out = []
+    for st in patient.studies:
+        vols = []
+        for m in modalities:
+            path = st.path(m)
+            if path is None:
+                raise DatasetError(
+                    f"patient {patient.patient_id} study {st.study_id}: no {m} image"
+                )
+            vols.append(read_volume(path))
+        out.append(StudyImages(study_id=st.study_id, images=tuple(vols)))
+    return out
+
+
+def train_and_predict(
+    train_cfg: TrainConfig,
+    data_dir: Path,
+    model_dir: Path,
+    test_patients: Sequence[str],
+    predict: PredictSettings,
+    *,
+    fingerprint: str,
+    threads: int = 0,
+) -> StageResult:
+    """Train one model, predict the test patients, and record cost (``stage.json``).
+
+    Args:
+        train_cfg: The model's full training config (budget applied).
+        data_dir: The benchmark cohort (release layout).
+        model_dir: ``<out>/models/<name>`` (``run/`` and ``pred/`` are written there).
+        test_patients: PatientIDs to predict.
+        predict: Inference settings.
+        fingerprint: Stored in ``stage.json`` for resuming.
+        threads: torch CPU threads for inference (0: leave as is).
+
+    Returns:
+        The :class:`StageResult` (also written to ``model_dir/stage.json``).
+    """
+    import torch
+
+    from metstrack.infer.predict import PredictOptions, predict_patient
+    from metstrack.io.release import read_release
+    from metstrack.models.checkpoint import load_checkpoint
+    from metstrack.train.api import train
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    cohort = read_release(data_dir)
+    method = "vmhwm" if reset_peak_rss() else "ru_maxrss"
+    t0 = time.perf_counter()
+    result = train(train_cfg, data_dir, model_dir / "run", cohort=cohort)
+    train_s = time.perf_counter() - t0
+    train_peak = peak_rss_mb()
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    reset_peak_rss()
+    model, mcfg = load_checkpoint(result.best_ckpt, map_location="cpu")
+    n_params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    options = PredictOptions(
+        overlap=predict.overlap,
+        threshold=predict.threshold,
+        sw_batch_size=predict.sw_batch_size,
+        tta_flips=predict.tta_flips,
+        skip_existing=False,
+    )
+    pred_root = model_dir / "pred"
+    n_studies = 0
+    t1 = time.perf_counter()
+    for pid in test_patients:
+        patient = cohort.patient(pid)
+        studies = _study_images(patient, mcfg.modalities)
+        predict_patient(model, pid, studies, pred_root, options=options)
+        n_studies += len(studies)
+    infer_s = time.perf_counter() - t1
+    stage = StageResult(
+        fingerprint=fingerprint,
+        train_steps=int(result.global_step),
+        train_stopped_by=result.stopped_by,
+        train_time_s=round(train_s, 3),
+        best_ckpt=str(result.best_ckpt),
+        infer_time_s=round(infer_s, 3),
+        n_studies=n_studies,
+        parameters=n_params,
+        train_peak_rss_mb=round(train_peak, 1),
+        infer_peak_rss_mb=round(peak_rss_mb(), 1),
+        peak_method=method,
+    )
+    write_json_atomic(model_dir / STAGE_FILE, to_dict(stage))
+    return stage
+
+
+def _worker(args: tuple) -> None:  # pragma: no cover - runs in a spawned subprocess
+    train_cfg, data_dir, model_dir, test_patients, predict, fingerprint, threads = args
+    _die_with_parent()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(model_dir / "worker.log", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    import lightning.pytorch  # noqa: F401 - it sets its loggers' levels on import
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        train_and_predict(
+            train_cfg,
+            data_dir,
+            model_dir,
+            test_patients,
+            predict,
+            fingerprint=fingerprint,
+            threads=threads,
+        )
+    except BaseException:
+        root.error("model run failed:\n%s", traceback.format_exc())
+        raise
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in a spawned subprocess
+    """Ask Linux to kill this process when its parent dies (no orphaned training run)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_isolated(args: tuple, model_dir: Path, name: str) -> StageResult:
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_worker, args=(args,), name=f"metstrack-bench-{name}")
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise MetstrackError(
+            f"model {name}: its subprocess failed (exit code {proc.exitcode}); "
+            f"see {model_dir / 'worker.log'}"
+        )
+    return _read_stage(model_dir)
+
+
+def _read_stage(model_dir: Path) -> StageResult:
+    data = json.loads((model_dir / STAGE_FILE).read_text(encoding="utf-8"))
+    return StageResult(**data)
+
+
+# ---------------------------------------------------------------- evaluation and tracking
+
+
+def evaluate_model(
+    cfg: BenchmarkConfig, data_dir: Path, pred_root: Path, test_ids: Sequence[str], out: Path
+):
+    """Evaluate one model's predictions on the test patients' studies (every study is labelled).
+
+    Returns:
+        The :class:`metstrack.metrics.runner.CohortEvaluation` (tables written to ``out``).
+    """
+    from metstrack.metrics.cohort import summarize_cohort
+    from metstrack.metrics.longitudinal import compute_longitudinal
+    from metstrack.metrics.runner import CohortEvaluation, plan_jobs, run_jobs, write_outputs
+
+    ecfg = cfg.evaluation
+    wanted = set(test_ids)
+    jobs = [j for j in plan_jobs(pred_root, data_dir, ecfg) if j.patient_id in wanted]
+    if not jobs:
+        raise DatasetError(f"{data_dir}: no labelled study among the test patients")
+    studies = run_jobs(jobs, ecfg)
+    pairs = compute_longitudinal(studies)
+    summary = summarize_cohort(
+        studies,
+        pairs=pairs,
+        n_bootstrap=ecfg.n_bootstrap,
+        confidence=ecfg.confidence,
+        seed=ecfg.seed,
+    )
+    result = CohortEvaluation(tuple(studies), pairs, summary, ecfg)
+    write_outputs(result, out, predictions=str(pred_root), reference=str(data_dir))
+    return result
+
+
+def track_model(cfg: BenchmarkConfig, cohort, pred_root: Path, test_ids: Sequence[str]):
+    """Track each test patient's predicted masks and score them against ground-truth identities.
+
+    Returns:
+        The summed :class:`metstrack.tracking.accuracy.TrackingAccuracy`.
+    """
+    from metstrack.io.nifti import find_nifti, read_label
+    from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
+    from metstrack.tracking.cohort import GT_INSTANCES_DIR
+    from metstrack.tracking.tracker import track_patient
+
+    total = TrackingAccuracy()
+    for pid in test_ids:
+        patient = cohort.patient(pid)
+        masks, truth = [], []
+        gt_dir = cohort.root / schema.GROUND_TRUTH_DIR / GT_INSTANCES_DIR / pid
+        for st in patient.studies:
+            mask = find_nifti(
+                schema.prediction_dir(pred_root, pid, st.study_id), schema.PREDICTION_MASK
+            )
+            gt = find_nifti(gt_dir, st.study_id)
+            if mask is None or gt is None:
+                raise DatasetError(
+                    f"patient {pid} study {st.study_id}: missing "
+                    f"{'prediction mask' if mask is None else 'ground-truth instance map'}"
+                )
+            masks.append(read_label(mask))
+            truth.append(read_label(gt, binary=False).array)
+        days = [
+            float(s.days_from_baseline - patient.studies[0].days_from_baseline)
+            for s in patient.studies
+        ]
+        res = track_patient(
+            masks,
+            days,
+            config=cfg.tracking,
+            patient_id=pid,
+            study_ids=[s.study_id for s in patient.studies],
+        )
+        total = total + tracking_accuracy(res.tracked_maps, truth)
+    return total
+
+
+def _metric(summary, name: str) -> tuple[float, float, float]:
+    m = summary.metric(name)
+    return float(m.value), float(m.ci_low), float(m.ci_high)
+
+
+def leaderboard_row(
+    entry: ModelEntry,
+    stage: StageResult,
+    evaluation,
+    tracking,
+    cfg: BenchmarkConfig,
+    n_patients: int,
+) -> dict[str, object]:
+    """One leaderboard row from a model's stage record, evaluation and tracking accuracy."""
+    from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
+
+    s = evaluation.summary
+    row: dict[str, object] = {
+        "model": entry.name,
+        "network": entry.network,
+        "prior_mask": bool(entry.prior_mask),
+    }
+    for label, col in strata(cfg.evaluation.volume_bins_mm3):
+        row[col] = _metric(s, f"sensitivity_{label}")[0]
+    small = bin_label(0.0, SMALL_LESION_MM3)
+    small_col = stratum_column(0.0, SMALL_LESION_MM3)
+    _, row[f"{small_col}_ci_low"], row[f"{small_col}_ci_high"] = _metric(s, f"sensitivity_{small}")
+    row["lesion_sensitivity"] = _metric(s, "lesion_sensitivity")[0]
+    row["fp_per_scan"], row["fp_per_scan_ci_low"], row["fp_per_scan_ci_high"] = _metric(
+        s, "fp_per_scan"
+    )
+    for name in ("lesion_f1", "lesionwise_dice", "dice", "hd95_mm"):
+        row[name] = _metric(s, name)[0]
+    row["tracking_link_accuracy"] = tracking.link_accuracy
+    row["identity_switch_rate"] = tracking.identity_switch_rate
+    n_studies = max(stage.n_studies, 1)
+    row.update(
+        train_steps=stage.train_steps,
+        train_stopped_by=stage.train_stopped_by,
+        train_time_s=stage.train_time_s,
+        infer_time_per_study_s=stage.infer_time_s / n_studies,
+        parameters=stage.parameters,
+        train_peak_rss_mb=stage.train_peak_rss_mb,
+        infer_peak_rss_mb=stage.infer_peak_rss_mb,
+        n_test_patients=n_patients,
+        n_test_studies=len(evaluation.studies),
+        n_ref_lesions=int(sum(e.detection.tp + e.detection.fn for e in evaluation.studies)),
+        n_ref_lesions_lt10_mm3=int(sum(e.stratum(small).n_ref for e in evaluation.studies)),
+    )
+    return row
+
+
+# ---------------------------------------------------------------- the whole benchmark
+
+
+def _cohort(cfg: BenchmarkConfig, out: Path, on_event: Callable[[str], None]) -> Path:
+    from metstrack.synth.cohort import generate_cohort
+
+    data_dir = out / "cohort"
+    fp = config_fingerprint(cfg.cohort)
+    marker = data_dir / COHORT_MARKER
+    if marker.is_file():
+        found = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        if found == fp:
+            on_event(f"cohort: reusing {data_dir}")
+            return data_dir
+        raise ConfigError(
+            f"{data_dir}: holds a cohort generated with other [cohort] settings "
+            f"(fingerprint {found}, config {fp}); use a fresh --out folder"
+        )
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise ConfigError(
+            f"{data_dir}: exists but is not a finished benchmark cohort; remove it or use a "
+            "fresh --out folder"
+        )
+    on_event(f"cohort: generating {cfg.cohort.n_patients} patients at {cfg.cohort.shape}^3")
+    t0 = time.perf_counter()
+    generate_cohort(cfg.cohort, data_dir)
+    write_json_atomic(marker, {"fingerprint": fp, "seconds": time.perf_counter() - t0})
+    return data_dir
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    out_dir: str | Path,
+    *,
+    models: Sequence[str] = (),
+    on_event: Callable[[str], None] | None = None,
+    config_path: str | Path | None = None,
+) -> BenchmarkResult:
+    """Generate the cohort, train and predict every model, evaluate, track, write the leaderboard.
+
+    Args:
+        cfg: The benchmark settings (see :mod:`metstrack.benchmark.config`).
+        out_dir: Output folder (created; see the module docstring for its layout).
+        models: Row names to run (all when empty); unknown names raise ConfigError.
+        on_event: Called with a short line at each stage (CLI progress).
+        config_path: The TOML file the config came from (recorded in ``config.json``).
+
+    Returns:
+        A :class:`BenchmarkResult`.
+
+    Raises:
+        ConfigError: Unknown model name, or an output folder holding another cohort.
+        MetstrackError: A model's run failed (names its log file).
+    """
+    from metstrack import __version__
+    from metstrack.io.release import read_release
+
+    emit = on_event or (lambda msg: log.info("%s", msg))
+    entries = select_models(cfg, models)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = describe_machine()
+    if cfg.budget.threads > 0:  # the models run with the budget's threads, not torch's default
+        machine = replace(machine, torch_threads=cfg.budget.threads)
+    fingerprint = config_fingerprint(cfg)
+    save_config(
+        cfg,
+        out / "config.json",
+        fingerprint=fingerprint,
+        config_path=str(config_path) if config_path else None,
+        models=[e.name for e in entries],
+        machine=to_dict(machine),
+    )
+    data_dir = _cohort(cfg, out, emit)
+    cohort = read_release(data_dir)
+    test_ids = [p.patient_id for p in cohort.split("test")]
+    if not test_ids:
+        raise DatasetError(f"{data_dir}: the cohort has no test patient; raise cohort.n_patients")
+
+    rows = []
+    for k, entry in enumerate(entries, 1):
+        model_dir = out / "models" / entry.name
+        fp = model_fingerprint(cfg, entry)
+        stage_path = model_dir / STAGE_FILE
+        stage = None
+        if stage_path.is_file():
+            old = _read_stage(model_dir)
+            if old.fingerprint == fp:
+                stage = old
+                emit(f"[{k}/{len(entries)}] {entry.name}: reusing the finished run")
+        if stage is None:
+            emit(
+                f"[{k}/{len(entries)}] {entry.name}: training ({cfg.budget.train_minutes:g} min"
+                + (f", {cfg.budget.max_steps} steps" if cfg.budget.max_steps > 0 else "")
+                + f") and predicting {len(test_ids)} test patients"
+            )
+            args = (
+                model_train_config(cfg, entry),
+                data_dir,
+                model_dir,
+                tuple(test_ids),
+                cfg.predict,
+                fp,
+                cfg.budget.threads,
+            )
+            if cfg.budget.isolate:
+                stage = _run_isolated(args, model_dir, entry.name)
+            else:
+                stage = train_and_predict(*args[:5], fingerprint=fp, threads=cfg.budget.threads)
+        emit(f"[{k}/{len(entries)}] {entry.name}: evaluating and tracking")
+        pred_root = model_dir / "pred"
+        evaluation = evaluate_model(cfg, data_dir, pred_root, test_ids, model_dir / "evaluation")
+        tracking = track_model(cfg, cohort, pred_root, test_ids)
+        write_json_atomic(model_dir / "tracking.json", tracking.as_dict())
+        rows.append(leaderboard_row(entry, stage, evaluation, tracking, cfg, len(test_ids)))
+
+    provenance = {
+        **to_dict(machine),
+        "config_fingerprint": fingerprint,
+        "metstrack_version": __version__,
+    }
+    frame = leaderboard_frame(
+        rows, volume_bins_mm3=cfg.evaluation.volume_bins_mm3, provenance=provenance
+    )
+    paths = write_leaderboard(frame, out, volume_bins_mm3=cfg.evaluation.volume_bins_mm3)
+    emit(f"leaderboard: {paths['md']}")
+    return BenchmarkResult(out_dir=out, leaderboard=frame, paths=paths)
+
+
+__all__ = [
+    "BenchmarkResult",
+    "StageResult",
+    "evaluate_model",
+    "leaderboard_row",
+    "model_fingerprint",
+    "peak_rss_mb",
+    "reset_peak_rss",
+    "run_benchmark",
+    "track_model",
+    "train_and_predict",
+]

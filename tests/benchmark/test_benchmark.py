@@ -1,0 +1,223 @@
+"""The benchmark: the tiny config gives a complete leaderboard; CLI exit codes; config rules.
+
+The docs' worked example (``docs/benchmark.md``, the tiny config) is run once,
+exactly as written, by the module fixture; the other tests read its outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from metstrack.benchmark.config import (
+    load_benchmark_config,
+    model_train_config,
+    select_models,
+)
+from metstrack.benchmark.leaderboard import PROVENANCE, columns, strata
+from metstrack.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "benchmark.md"
+TINY = REPO / "configs" / "benchmark_tiny.toml"
+FULL = REPO / "configs" / "benchmark.toml"
+
+#: Metric columns that must be finite whenever the test set defines them.
+_ALWAYS_FINITE = (
+    "fp_per_scan",
+    "lesion_f1",
+    "lesion_sensitivity",
+    "lesionwise_dice",
+    "train_time_s",
+    "infer_time_per_study_s",
+    "train_peak_rss_mb",
+    "infer_peak_rss_mb",
+)
+
+
+def _worked_example() -> list[str]:
+    text = DOC.read_text(encoding="utf-8")
+    section = text.split("## Worked example", 1)[1]
+    block = re.search(r"```console\n(.*?)```", section, re.S).group(1)
+    lines = [ln[2:] for ln in block.splitlines() if ln.startswith("$ metstrack ")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Run the docs' worked example (the tiny config) once, from a scratch folder."""
+    from typer.testing import CliRunner
+
+    from metstrack.cli.main import app
+
+    work = tmp_path_factory.mktemp("bench")
+    args = _worked_example()
+    assert args[:2] == ["metstrack", "benchmark"]
+    args = [str(REPO / a) if a.startswith("configs/") else a for a in args[1:]]
+    out_i = args.index("--out") + 1
+    args[out_i] = str(work / args[out_i])
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    return res, Path(args[out_i])
+
+
+def test_worked_example_writes_a_complete_leaderboard(tiny_run):
+    res, out = tiny_run
+    assert res.exit_code == 0, res.output
+    cfg = load_benchmark_config(TINY)
+    frame = pd.read_csv(out / "leaderboard.csv")
+    assert list(frame.columns) == columns(cfg.evaluation.volume_bins_mm3)
+    assert frame["model"].tolist() == [m.name for m in cfg.models]
+    # the < 10 mm3 stratum comes first among the metrics
+    assert (
+        frame.columns[3] == "sensitivity_lt10_mm3" == strata(cfg.evaluation.volume_bins_mm3)[0][1]
+    )
+    for _, row in frame.iterrows():
+        for col in _ALWAYS_FINITE:
+            assert math.isfinite(row[col]), (row["model"], col)
+        if row["n_ref_lesions_lt10_mm3"] > 0:
+            assert 0.0 <= row["sensitivity_lt10_mm3"] <= 1.0
+        assert row["train_steps"] == cfg.budget.max_steps
+        assert row["parameters"] > 0 and row["n_test_studies"] > 0
+        assert row["train_peak_rss_mb"] > 50  # Python + torch at least
+        for col in PROVENANCE:
+            assert isinstance(row[col], str) or math.isfinite(row[col]), col
+        tracking = json.loads((out / "models" / row["model"] / "tracking.json").read_text())
+        if tracking["n_correspondences"]:
+            assert math.isfinite(row["tracking_link_accuracy"])
+    assert frame.loc[frame["model"] == "stt_prior", "prior_mask"].item()
+    # STT carries the ConvLSTM: more parameters than the same backbone without memory
+    params = dict(zip(frame["model"], frame["parameters"], strict=True))
+    assert params["stt"] > params["unet"]
+
+
+def test_leaderboard_markdown_names_commit_machine_and_every_model(tiny_run):
+    _, out = tiny_run
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    frame = pd.read_csv(out / "leaderboard.csv")
+    commit = frame["git_commit"].iloc[0]
+    assert commit != "unknown" and commit in md
+    assert frame["cpu_model"].iloc[0] in md and frame["torch_version"].iloc[0] in md
+    for name in frame["model"]:
+        assert re.search(rf"^\| {re.escape(name)} \|", md, re.M), name
+    assert "sens. [0-10) mm3" in md
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["budget"]["max_steps"] == 2 and saved["machine"]["cpu_cores"] >= 1
+
+
+def test_every_model_gets_the_same_budget_and_seed():
+    cfg = load_benchmark_config(FULL)
+    runs = [model_train_config(cfg, m) for m in cfg.models]
+    assert {r.model.name for r in runs} == {"stt", "unet", "dynunet"}
+    assert [r.model.prior_mask for r in runs] == [m.prior_mask for m in cfg.models]
+    for r in runs:
+        assert r.trainer.time_budget_min == cfg.budget.train_minutes > 0
+        assert r.trainer.seed == runs[0].trainer.seed
+        assert r.trainer.threads == cfg.budget.threads
+        assert r.data == runs[0].data and r.optim == runs[0].optim
+    assert cfg.cohort.spacing_mm == 1.0
+    assert cfg.cohort.split_fractions[2] > 0 and cfg.cohort.split_fractions[1] > 0
+
+
+def test_rerun_reuses_finished_models(tiny_run, cli):
+    _, out = tiny_run
+    res = cli("benchmark", "--config", TINY, "--out", out, "--models", "unet")
+    assert res.exit_code == 0, res.output
+    assert "reusing the finished run" in res.output
+    assert pd.read_csv(out / "leaderboard.csv")["model"].tolist() == ["unet"]
+
+
+def test_select_models_keeps_config_order_and_suggests():
+    cfg = load_benchmark_config(TINY)
+    assert [m.name for m in select_models(cfg, ["dynunet", "stt"])] == ["stt", "dynunet"]
+    with pytest.raises(ConfigError, match="did you mean 'stt_prior'"):
+        select_models(cfg, ["stt_prio"])
+
+
+def _write(tmp_path: Path, extra: str) -> Path:
+    p = tmp_path / "bench.toml"
+    p.write_text(TINY.read_text(encoding="utf-8") + extra, encoding="utf-8")
+    return p
+
+
+def test_unknown_network_in_config_exits_1_with_suggestion(cli, tmp_path):
+    cfg = _write(tmp_path, '\n[[models]]\nname = "dyn2"\nnetwork = "dynunett"\n')
+    res = cli("benchmark", "--config", cfg, "--out", tmp_path / "o")
+    assert res.exit_code == 1
+    assert "unknown network 'dynunett'" in res.output and "did you mean 'dynunet'" in res.output
+    assert not (tmp_path / "o").exists()  # nothing written before the config is valid
+
+
+def test_unknown_models_option_exits_2_with_suggestion(cli, tmp_path):
+    res = cli("benchmark", "--config", TINY, "--out", tmp_path / "o", "--models", "unet,stt_prio")
+    assert res.exit_code == 2
+    assert "unknown model 'stt_prio'" in res.output and "did you mean 'stt_prior'" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "message"),
+    [
+        (["--set", "budget.train_minutse=1"], "did you mean 'train_minutes'"),
+        (["--set", "cohort.motion_max_deg=5"], "without motion"),
+        (["--set", "budget.train_minutes=0", "--set", "budget.max_steps=-1"], "no end"),
+        (["--set", "cohort.split_fractions=[0.8,0.2,0.0]"], "test patients"),
+    ],
+)
+def test_bad_settings_exit_1(cli, tmp_path, extra_args, message):
+    res = cli("benchmark", "--config", TINY, "--out", tmp_path / "o", *extra_args)
+    assert res.exit_code == 1
+    assert message in res.output
+
+
+def test_missing_config_file_exits_1(cli, tmp_path):
+    res = cli("benchmark", "--config", tmp_path / "nope.toml", "--out", tmp_path / "o")
+    assert res.exit_code == 1 and "config file not found" in res.output
+
+
+def test_duplicate_row_names_rejected(tmp_path):
+    cfg = _write(tmp_path, '\n[[models]]\nname = "stt"\nnetwork = "stt"\n')
+    with pytest.raises(ConfigError, match="used twice"):
+        load_benchmark_config(cfg)
+
+
+@pytest.mark.slow
+def test_isolated_model_runs_in_a_subprocess(tmp_path, cli):
+    """``budget.isolate`` trains and predicts in a spawned process; memory comes back with it."""
+    out = tmp_path / "iso"
+    res = cli(
+        "benchmark", "--config", TINY, "--out", out, "--models", "unet",
+        "--set", "budget.isolate=true",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    stage = json.loads((out / "models" / "unet" / "stage.json").read_text())
+    assert stage["train_steps"] == 2 and stage["infer_peak_rss_mb"] > 50
+    assert (out / "models" / "unet" / "worker.log").is_file()
+
+
+def test_run_benchmark_script_copies_the_leaderboard(tiny_run, tmp_path):
+    """``benchmarks/run_benchmark.py`` (finished models reused) copies the files to --results."""
+    import importlib.util
+
+    _, out = tiny_run
+    spec = importlib.util.spec_from_file_location(
+        "run_benchmark", REPO / "benchmarks" / "run_benchmark.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = tmp_path / "results"
+    assert mod.main(["--config", str(TINY), "--out", str(out), "--results", str(results)]) == 0
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "config.json"):
+        assert (results / name).is_file(), name
+    assert pd.read_csv(results / "leaderboard.csv")["model"].tolist() == [
+        "stt",
+        "unet",
+        "stt_prior",
+        "dynunet",
+    ]
