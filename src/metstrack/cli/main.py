@@ -8,6 +8,7 @@ import typer
 
 from metstrack import __version__
 from metstrack.cli import ablate as ablate_cmd
+from metstrack.cli import benchmark as benchmark_cmd
 from metstrack.cli import catalog as catalog_cmd
 from metstrack.cli import demo as demo_cmd
 from metstrack.cli import evaluate as evaluate_cmd
@@ -24,8 +25,6 @@ from metstrack.cli import synth as synth_cmd
 from metstrack.cli import track as track_cmd
 from metstrack.cli import train as train_cmd
 from metstrack.cli import validate as validate_cmd
-from metstrack.cli import predict as predict_cmd
-from metstrack.cli import benchmark as benchmark_cmd
 from metstrack.cli.common import setup_logging
 
 app = typer.Typer(
