@@ -135,3 +135,14 @@ def test_failed_write_keeps_previous_file(tmp_path):
         write_volume(np.zeros((3, 3, 3), np.float32), p, affine=bad)
     assert p.read_bytes() == before
     assert [f.name for f in tmp_path.iterdir()] == ["keep.nii.gz"]
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    p = write_volume(np.ones((2, 2, 2), np.float32), tmp_path / "perm.nii.gz", affine=_aff())
+    mode = stat.S_IMODE(os.stat(p).st_mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask

@@ -33,6 +33,8 @@ def atomic_path(target: str | Path, *, suffix: str | None = None) -> Iterator[Pa
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{sfx}", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600 files; outputs get the usual permissions (0666 minus the umask)
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -40,6 +42,12 @@ def atomic_path(target: str | Path, *, suffix: str | None = None) -> Iterator[Pa
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(target: str | Path, text: str) -> Path:

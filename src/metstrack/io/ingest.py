@@ -172,8 +172,12 @@ def _load_mapping(path: Path) -> dict:
 
 
 def _save_mapping(path: Path, mapping: dict) -> None:
-    write_json_atomic(path, mapping)
-    os.chmod(path, 0o600)
+    from metstrack.io.atomic import atomic_path
+
+    # private from the first byte: the mapping links pseudonyms to real identifiers
+    with atomic_path(path) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_text(json.dumps(mapping, indent=2) + "\n", encoding="utf-8")
 
 
 def _study_date(series: list[DicomSeriesInfo]) -> str:
