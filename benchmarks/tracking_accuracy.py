@@ -110,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = ap.parse_args(argv)
 
-    from metstrack.io.release import read_release
-
     from metstrack.config import load_config
+    from metstrack.io.release import read_release
 
     cfg = load_config(TrackConfig, None, args.set)
     tmp = None

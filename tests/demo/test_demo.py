@@ -20,8 +20,25 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     r = CliRunner().invoke(
         app,
-        ["demo", "--out", str(out), "--patients", "3", "--shape", "48", "--max-studies", "3",
-         "--clinical-patients", "150", "--train-steps", "2", "--bootstrap", "20", "--workers", "1"],
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--patients",
+            "3",
+            "--shape",
+            "48",
+            "--max-studies",
+            "3",
+            "--clinical-patients",
+            "150",
+            "--train-steps",
+            "2",
+            "--bootstrap",
+            "20",
+            "--workers",
+            "1",
+        ],
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
@@ -35,8 +52,18 @@ def test_closing_summary_names_the_report_and_headline_numbers(demo):
     assert "lesion F1" in output and "HR per cm3/month" in output
     s = json.loads((out / "demo_summary.json").read_text())
     names = [st["name"] for st in s["steps"]]
-    assert names == ["synth", "validate", "preprocess", "train", "predict", "evaluate", "track",
-                     "clinical cohort", "survival", "report"]
+    assert names == [
+        "synth",
+        "validate",
+        "preprocess",
+        "train",
+        "predict",
+        "evaluate",
+        "track",
+        "clinical cohort",
+        "survival",
+        "report",
+    ]
     assert all(st["command"].startswith("metstrack ") for st in s["steps"])
 
 
@@ -46,8 +73,18 @@ def test_every_stage_output_is_present_and_consistent(demo):
     prep = read_release(out / "preprocessed")
     assert [p.patient_id for p in prep.patients] == [p.patient_id for p in data.patients]
     for st in data.studies:
-        assert (out / "preprocessed" / "transforms" / st.patient_id / f"{st.study_id}.json").is_file()
-        pred = out / "predictions" / "predictions" / "patientId" / st.patient_id / "studyId" / st.study_id
+        assert (
+            out / "preprocessed" / "transforms" / st.patient_id / f"{st.study_id}.json"
+        ).is_file()
+        pred = (
+            out
+            / "predictions"
+            / "predictions"
+            / "patientId"
+            / st.patient_id
+            / "studyId"
+            / st.study_id
+        )
         assert (pred / "mask.nii.gz").is_file(), st.study_id
     assert (out / "model" / "run" / "checkpoints" / "best.ckpt").is_file()
     studies = pd.read_csv(out / "evaluation" / "studies.csv", dtype=str)
@@ -68,7 +105,16 @@ def test_every_step_is_in_the_catalog(demo):
     out, _ = demo
     con = sqlite3.connect(out / "catalog.sqlite")
     kinds = {k for (k,) in con.execute("SELECT kind FROM runs WHERE status='finished'")}
-    assert {"synth", "preprocess", "train", "predict", "evaluate", "track", "survival", "report"} <= kinds
+    assert {
+        "synth",
+        "preprocess",
+        "train",
+        "predict",
+        "evaluate",
+        "track",
+        "survival",
+        "report",
+    } <= kinds
     n_pred = con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
     assert n_pred == len(read_release(out / "data").studies)
     n_patients = con.execute("SELECT COUNT(*) FROM patients").fetchone()[0]
