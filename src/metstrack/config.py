@@ -149,6 +149,34 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+    apply_overrides(data, overrides)
+    return from_dict(cls, data, where=where)
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections as needed.
+
+    Raises:
+        ConfigError: A part of the key names a value, not a section.
+    """
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a raw config dict (in place; returned).
+
+    Values are parsed as TOML scalars/arrays when possible (``lr=3e-4``,
+    ``shape=[48,48,48]``), else kept as strings.
+
+    Raises:
+        ConfigError: An override without ``=`` or through a non-section.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=3e-4)")
@@ -157,14 +185,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        node = data
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = value
-    return from_dict(cls, data, where=where)
+        try:
+            set_dotted(data, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from None
+    return data
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -153,24 +153,6 @@ def model_fingerprint(cfg: BenchmarkConfig, entry: ModelEntry) -> str:
     )
 
 
-def _study_images(patient, modalities: Sequence[str]):
-    from metstrack.infer.predict import StudyImages
-    from metstrack.io.nifti import read_volume
-
-    out = []
-    for st in patient.studies:
-        vols = []
-        for m in modalities:
-            path = st.path(m)
-            if path is None:
-                raise DatasetError(
-                    f"patient {patient.patient_id} study {st.study_id}: no {m} image"
-                )
-            vols.append(read_volume(path))
-        out.append(StudyImages(study_id=st.study_id, images=tuple(vols)))
-    return out
-
-
 def train_and_predict(
     train_cfg: TrainConfig,
     data_dir: Path,
@@ -197,7 +179,7 @@ def train_and_predict(
     """
     import torch
 
-    from metstrack.infer.predict import PredictOptions, predict_patient
+    from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
     from metstrack.io.release import read_release
     from metstrack.models.checkpoint import load_checkpoint
     from metstrack.train.api import train
@@ -227,7 +209,7 @@ def train_and_predict(
     t1 = time.perf_counter()
     for pid in test_patients:
         patient = cohort.patient(pid)
-        studies = _study_images(patient, mcfg.modalities)
+        studies = load_patient_studies(patient, tuple(mcfg.modalities))
         predict_patient(model, pid, studies, pred_root, options=options)
         n_studies += len(studies)
     infer_s = time.perf_counter() - t1

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
 from metstrack.errors import DatasetError, MetstrackError
-from metstrack.types import Patient
 
 log = logging.getLogger(__name__)
 
@@ -67,53 +66,6 @@ def _device(name: str):
     return dev
 
 
-def load_patient_studies(
-    patient: Patient, modalities: tuple[str, ...], *, transforms_root: Path | None = None
-):
-    """Read every study of a patient as :class:`~metstrack.infer.predict.StudyImages`.
-
-    Args:
-        patient: The patient (studies in time order).
-        modalities: Sequences to stack, in the network's channel order.
-        transforms_root: A ``metstrack preprocess`` output root: its studies are on
-            the baseline grid and ``transforms/<P>/<S>.json`` gives each original
-            file's grid, onto which the outputs are mapped back.
-
-    Raises:
-        DatasetError: A modality the network needs has no file (names the study
-            folder), or a transform file is missing or malformed.
-        ImageReadError, InvalidImageError: A file is missing or corrupt (names the file).
-    """
-    from metstrack.infer.predict import StudyImages
-    from metstrack.io.nifti import read_volume
-    from metstrack.preprocess.mapping import load_transform
-
-    out = []
-    for st in patient.studies:
-        vols = []
-        for m in modalities:
-            path = st.path(m)
-            if path is None:
-                raise DatasetError(
-                    f"patient {patient.patient_id} study {st.study_id}: no {m} image, which the "
-                    f"network needs ({', '.join(modalities)}); add the file or drop the study"
-                )
-            vols.append(read_volume(path))
-        if transforms_root is None:
-            out.append(StudyImages(study_id=st.study_id, images=tuple(vols)))
-            continue
-        tr = load_transform(transforms_root, patient.patient_id, st.study_id)
-        out.append(
-            StudyImages(
-                study_id=st.study_id,
-                images=tuple(vols),
-                output_grid=(tr.native_grid.shape, tr.native_grid.affine),
-                output_transform=tr.baseline_to_study,
-            )
-        )
-    return out
-
-
 def predict(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")],
     data: Annotated[Path, typer.Option("--data", help="Dataset in the release layout.")],
@@ -148,7 +100,7 @@ def predict(
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.config import save_config, to_dict
-    from metstrack.infer.predict import PredictOptions, predict_patient
+    from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
     from metstrack.io.release import read_release
     from metstrack.models.checkpoint import load_checkpoint
 

@@ -44,7 +44,7 @@ from metstrack.metrics.lesions import lesion_table
 from metstrack.models.base import SequenceModel
 from metstrack.preprocess.intensity import zscore_in_brain
 from metstrack.preprocess.spatial import resample_array
-from metstrack.types import Volume
+from metstrack.types import Patient, Volume
 
 log = logging.getLogger(__name__)
 
@@ -335,3 +335,49 @@ def _read_back(out_root: str | Path, patient_id: str, study_id: str) -> StudyPre
     frame = pd.read_csv(path)
     vol = float(frame["volume_mm3"].sum()) if "volume_mm3" in frame else float("nan")
     return StudyPrediction(patient_id, study_id, path.parent, len(frame), vol, True)
+
+
+def load_patient_studies(
+    patient: Patient, modalities: tuple[str, ...], *, transforms_root: Path | None = None
+):
+    """Read every study of a patient as :class:`~metstrack.infer.predict.StudyImages`.
+
+    Args:
+        patient: The patient (studies in time order).
+        modalities: Sequences to stack, in the network's channel order.
+        transforms_root: A ``metstrack preprocess`` output root: its studies are on
+            the baseline grid and ``transforms/<P>/<S>.json`` gives each original
+            file's grid, onto which the outputs are mapped back.
+
+    Raises:
+        DatasetError: A modality the network needs has no file (names the study
+            folder), or a transform file is missing or malformed.
+        ImageReadError, InvalidImageError: A file is missing or corrupt (names the file).
+    """
+    from metstrack.io.nifti import read_volume
+    from metstrack.preprocess.mapping import load_transform
+
+    out = []
+    for st in patient.studies:
+        vols = []
+        for m in modalities:
+            path = st.path(m)
+            if path is None:
+                raise DatasetError(
+                    f"patient {patient.patient_id} study {st.study_id}: no {m} image, which the "
+                    f"network needs ({', '.join(modalities)}); add the file or drop the study"
+                )
+            vols.append(read_volume(path))
+        if transforms_root is None:
+            out.append(StudyImages(study_id=st.study_id, images=tuple(vols)))
+            continue
+        tr = load_transform(transforms_root, patient.patient_id, st.study_id)
+        out.append(
+            StudyImages(
+                study_id=st.study_id,
+                images=tuple(vols),
+                output_grid=(tr.native_grid.shape, tr.native_grid.affine),
+                output_transform=tr.baseline_to_study,
+            )
+        )
+    return out

@@ -57,7 +57,7 @@ from typing import Any
 
 import optuna
 
-from metstrack.config import from_dict, to_dict
+from metstrack.config import apply_overrides, from_dict, set_dotted, to_dict
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.io.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.train.config import TrainConfig, check_train_config
@@ -185,15 +185,7 @@ def load_search_config(
     raw_search = data.pop("search", None)
     if raw_search is None:
         raise ConfigError(f"{path}: no [search] table; add one with a [search.space] (see docs)")
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=3e-4)")
-        key, raw = item.split("=", 1)
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        _set_dotted(data, key.strip(), value)
+    apply_overrides(data, overrides)
     base = from_dict(TrainConfig, data, where=str(path))
     check_train_config(base, where=str(path))
     search = from_dict(SearchConfig, raw_search, where=f"{path}: [search]")
@@ -267,16 +259,6 @@ def _check_key(key: str, *, where: str) -> None:
         )
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {p!r} is not a section")
-    node[parts[-1]] = value
-
-
 def apply_params(base: dict[str, Any] | TrainConfig, params: Mapping[str, Any]) -> TrainConfig:
     """The training config of one trial: ``base`` with ``params`` (dotted keys) applied.
 
@@ -291,7 +273,7 @@ def apply_params(base: dict[str, Any] | TrainConfig, params: Mapping[str, Any]) 
         if key == "augment.strength":
             full["augment"] = scaled_augment(full["augment"], float(value))
         else:
-            _set_dotted(full, key, value)
+            set_dotted(full, key, value)
     cfg = from_dict(TrainConfig, full, where="trial config")
     check_train_config(cfg, where="trial config")
     return cfg
