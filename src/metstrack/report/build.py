@@ -127,7 +127,7 @@ def build_report(
     *,
     cohort: Cohort | None = None,
     patients: Sequence[str] | None = None,
-    max_lesions_per_study: int = 8,
+    max_lesions_per_study: int = 6,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the report and return the path of ``index.html``.

@@ -83,6 +83,7 @@ def plot_timeline(
         pos = [v for v in vols if v > 0]
         if pos and max(pos) / min(pos) > 100:  # sub-10 mm3 next to cm3 lesions: log-like axis
             ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(bottom=0.0)  # volumes are never negative: no negative symlog ticks
         ax.set_xlabel("months from baseline")
         ax.set_ylabel("lesion volume (mm$^3$)")
         ax.set_title(title or f"{pid}: lesion volumes (red = new after baseline)")
