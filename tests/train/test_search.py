@@ -86,19 +86,31 @@ def test_two_trials_one_pruned_and_best_config_trains(synth_cohort, tmp_path, cl
     assert len(_study(out).trials) == 2 and again.best_value == result.best_value
 
 
-def _has_heartbeat(out, trial) -> bool:
+def _raw_state(out):
+    """(finished trials, id of a running trial with params and a heartbeat) or None."""
     import sqlite3
 
-    con = sqlite3.connect(out / "search.db")
+    con = sqlite3.connect(out / "search.db", timeout=5)
     try:
-        row = con.execute(
-            "SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = ?", (trial._trial_id,)
-        ).fetchone()
-    except sqlite3.Error:
-        return False
+        states = con.execute("SELECT trial_id, state FROM trials").fetchall()
+        n_done = sum(st in ("COMPLETE", "PRUNED") for _, st in states)
+        for tid, st in states:
+            if st != "RUNNING":
+                continue
+            has_params = con.execute(
+                "SELECT COUNT(*) FROM trial_params WHERE trial_id = ?", (tid,)
+            ).fetchone()[0]
+            # a trial killed before its first heartbeat is never seen as stale
+            has_beat = con.execute(
+                "SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = ?", (tid,)
+            ).fetchone()[0]
+            if has_params and has_beat:
+                return n_done, tid
+        return n_done, None
+    except sqlite3.Error:  # schema not created yet, or busy
+        return None
     finally:
         con.close()
-    return bool(row and row[0])
 
 
 def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
@@ -122,7 +134,7 @@ def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     log_path = tmp_path / "search.log"
-    killed_params = None
+    killed_id = None
     deadline = time.time() + 240
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -131,23 +143,23 @@ def test_killed_search_resumes_where_it_stopped(synth_cohort, tmp_path, cli):
                 time.sleep(0.3)
                 if not (out / "search.db").exists():
                     continue
-                try:
-                    trials = _study(out).trials
-                except Exception:  # noqa: BLE001 - the study may not exist yet
+                # poll with plain SQL: opening the study through optuna here could race the
+                # search process creating the schema (both insert alembic_version)
+                state = _raw_state(out)
+                if state is None:
                     continue
-                done = [t for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
-                running = [t for t in trials if t.state == S.RUNNING]
-                # a trial killed before its first heartbeat is never seen as stale:
-                # kill only once the running trial has recorded one
-                if done and running and running[0].params and _has_heartbeat(out, running[0]):
-                    killed_params = dict(running[0].params)
+                n_done, running_id = state
+                if n_done and running_id is not None:
+                    killed_id = running_id
                     proc.send_signal(signal.SIGKILL)
                     break
         finally:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    assert killed_params is not None, log_path.read_text()[-2000:]
+    assert killed_id is not None, log_path.read_text()[-2000:]
+    # the search process is dead: opening the study through optuna is safe now
+    killed_params = next(t.params for t in _study(out).trials if t._trial_id == killed_id)
     assert [t.state for t in _study(out).trials].count(S.RUNNING) == 1
     time.sleep(3.5)  # longer than the grace period (2 s): the dead trial's heartbeat is stale
     res = cli("search", "--config", config, "--data", synth_cohort, "--out", out, "--trials", "2")
