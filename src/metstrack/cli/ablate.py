@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded
+from metstrack.cli.common import console, guarded, usage_error
 from metstrack.cli.pretrain import _quiet_lightning
 from metstrack.errors import ConfigError
 
@@ -60,8 +60,7 @@ def ablate(
         base = load_train_config(config, list(set_ or []))
         expand_variants(names, base)
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE_ERROR) from None
+        usage_error(exc)
     with guarded():
         try:
             result = run_ablate(
@@ -75,8 +74,7 @@ def ablate(
                 seed=seed,
             )
         except ConfigError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE_ERROR) from None
+            usage_error(exc)
     t = result.table
     table = Table(
         title=f"metstrack ablate: {result.n_patients} patients, {result.n_studies} studies"

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded
+from metstrack.cli.common import console, guarded, usage_error
 from metstrack.errors import ConfigError
 
 
@@ -56,8 +56,7 @@ def benchmark(
     try:
         select_models(cfg, names)
     except ConfigError as exc:
-        err_console.print(f"[bold red]usage error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE_ERROR) from None
+        usage_error(exc)
     with guarded():
         result = run_benchmark(
             cfg,

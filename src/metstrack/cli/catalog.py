@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded
+from metstrack.cli.common import console, guarded, usage_error
 from metstrack.errors import DatasetError
 
 ACTIONS = ("list", "export")
@@ -25,11 +25,9 @@ def catalog(
     from metstrack.catalog import Catalog
 
     if action not in ACTIONS:
-        err_console.print(f"[bold red]error:[/] unknown action {action!r}; use list or export")
-        raise typer.Exit(EXIT_USAGE_ERROR)
+        usage_error(f"unknown action {action!r}; use list or export")
     if action == "export" and (table is None or out is None):
-        err_console.print("[bold red]error:[/] export needs a TABLE and --out FILE")
-        raise typer.Exit(EXIT_USAGE_ERROR)
+        usage_error("export needs a TABLE and --out FILE")
     with guarded():
         if not db.is_file():
             raise DatasetError(f"{db}: catalog file not found; check the path")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -39,6 +40,12 @@ def guarded() -> Iterator[None]:
     except MetstrackError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_DATA_ERROR) from None
+
+
+def usage_error(problem: object) -> NoReturn:
+    """Print one red usage-error line (markup-escaped) on stderr and exit with code 2."""
+    err_console.print(f"[bold red]usage error:[/] {escape(str(problem))}", soft_wrap=True)
+    raise typer.Exit(EXIT_USAGE_ERROR)
 
 
 def progress() -> Progress:

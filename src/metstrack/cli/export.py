@@ -8,7 +8,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded
+from metstrack.cli.common import console, guarded, usage_error
 from metstrack.io.export import lesion_instances, write_rtstruct, write_seg
 from metstrack.io.ingest import source_series_uid
 from metstrack.io.nifti import read_label
@@ -44,8 +44,7 @@ def export_rtstruct(
 ) -> None:
     """Write each lesion of MASK as one ROI (RTSTRUCT) or segment (SEG) on the source series."""
     if study is not None and mapping is None:
-        err_console.print("[bold red]error:[/] --study needs --mapping (the ingest's mapping file)")
-        raise typer.Exit(EXIT_USAGE_ERROR)
+        usage_error("--study needs --mapping (the ingest's mapping file)")
     with guarded():
         if study is not None:
             series_uid = source_series_uid(mapping, study, sequence)

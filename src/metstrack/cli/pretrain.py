@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded
+from metstrack.cli.common import console, guarded, usage_error
 from metstrack.errors import ConfigError
 
 
@@ -70,8 +70,7 @@ def pretrain(
     try:
         cfg = load_pretrain_config(config, items)
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE_ERROR) from None
+        usage_error(exc)
     with guarded():
         result = run_pretrain(cfg, data, out)
     table = Table(title=f"metstrack pretrain: {result.run_dir}", show_header=False)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded
+from metstrack.cli.common import console, guarded, usage_error
 from metstrack.cli.pretrain import _quiet_lightning
 from metstrack.errors import ConfigError
 
@@ -56,8 +56,7 @@ def search(
 
         load_search_config(config, list(set_ or []))
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE_ERROR) from None
+        usage_error(exc)
     with guarded():
         try:
             result = run_search(
@@ -70,8 +69,7 @@ def search(
                 overrides=list(set_ or []),
             )
         except ConfigError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE_ERROR) from None
+            usage_error(exc)
     table = Table(title=f"metstrack search: study {result.study_name!r}", show_header=False)
     table.add_row("storage", result.storage)
     table.add_row(

@@ -9,7 +9,12 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded, progress
+from metstrack.cli.common import (
+    console,
+    guarded,
+    progress,
+    usage_error,
+)
 from metstrack.errors import ConfigError
 from metstrack.io import schema
 
@@ -81,8 +86,7 @@ def synth(
         try:
             cfg = load_config(SynthConfig, config, overrides)
         except ConfigError as exc:
-            err_console.print(f"[bold red]usage error:[/] {exc}", soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE_ERROR) from None
+            usage_error(exc)
         if clinical_only:
             cohort = generate_clinical_only(cfg.n_patients, cfg.seed, config=cfg)
             write_clinical_only(cohort, out, overwrite=overwrite)

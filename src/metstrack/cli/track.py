@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded, progress
+from metstrack.cli.common import console, guarded, progress, usage_error
 
 
 def track(
@@ -63,11 +63,10 @@ def track(
         if on
     ]
     if len(chosen) != 1:
-        err_console.print(
-            "[bold red]error:[/] give exactly one mask source: --masks DIR, --labels or "
+        usage_error(
+            "give exactly one mask source: --masks DIR, --labels or "
             f"--ground-truth (got {', '.join(chosen) or 'none'})"
         )
-        raise typer.Exit(EXIT_USAGE_ERROR)
     with guarded():
         from metstrack.config import load_config, save_config
         from metstrack.io import schema

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_USAGE_ERROR, console, err_console, guarded
+from metstrack.cli.common import console, guarded, usage_error
 from metstrack.errors import ConfigError
 
 
@@ -104,14 +104,12 @@ def train(
     try:
         cfg = load_train_config(config, items)
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE_ERROR) from None
+        usage_error(exc)
     with guarded():
         try:
             result = run_training(cfg, data, out, resume=resume)
         except ConfigError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-            raise typer.Exit(EXIT_USAGE_ERROR) from None
+            usage_error(exc)
     if result.rank != 0:
         return
     table = Table(title=f"metstrack train: {result.run_dir}", show_header=False)
