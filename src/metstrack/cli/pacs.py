@@ -10,7 +10,15 @@ from rich.table import Table
 
 from metstrack.cli.common import console, guarded, progress, usage_error
 from metstrack.io.dicom import uid_suffix
-from metstrack.io.dicomweb import ENV_PASSWORD, ENV_USER, dicom_files, pull_studies, push_files
+from metstrack.io.dicomweb import (
+    ENV_PASSWORD,
+    ENV_USER,
+    dicom_files,
+    find_studies,
+    make_client,
+    pull_studies,
+    push_files,
+)
 
 _PACS_HELP = (
     "DICOMweb base URL, e.g. http://pacs:8042/dicom-web. Credentials come from "
@@ -35,15 +43,15 @@ def pull(
     """Fetch a patient's studies from a PACS (QIDO-RS search, WADO-RS retrieve)."""
     if not patient and not study:
         usage_error("give --patient ID or --study UID (repeatable)")
-    with guarded(), progress() as bar:
-        task = bar.add_task("pull", total=None)
-        results = pull_studies(
-            pacs,
-            out,
-            patient_id=patient,
-            study_uids=tuple(study or ()),
-            on_study=lambda _r: bar.advance(task),
+    with guarded():
+        uids = find_studies(
+            make_client(pacs), pacs, patient_id=patient, study_uids=tuple(study or ())
         )
+        with progress() as bar:
+            task = bar.add_task("pull", total=len(uids))
+            results = pull_studies(
+                pacs, out, study_uids=uids, on_study=lambda _r: bar.advance(task)
+            )
     table = Table(title="pulled studies")
     for col in ("study", "series", "instances", "status", "seconds"):
         table.add_column(col, justify="left" if col in ("study", "status") else "right")

@@ -15,8 +15,8 @@ Credentials never come from the command line: a URL holding
 :data:`ENV_TOKEN` for a bearer token) or, when none is set, from a netrc file
 (``~/.netrc`` or the file ``NETRC`` names; requests reads it). Messages and
 logs name the server by scheme, host and path only, never a credential or a
-patient identifier; dicomweb-client's own logger is held at WARNING because
-its debug records include query parameters such as PatientID.
+patient identifier; dicomweb-client's and urllib3's loggers are held at WARNING because
+its debug records include query parameters such as PatientID (urllib3's too).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,7 +38,9 @@ from metstrack.errors import PacsError
 from metstrack.io.dicom import uid_suffix
 
 log = logging.getLogger(__name__)
-logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+# their debug records carry query strings (PatientID=...): never let them reach a log
+for _name in ("dicomweb_client", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 #: Environment variables holding credentials.
 ENV_USER = "METSTRACK_PACS_USER"
@@ -217,7 +219,7 @@ def pull_studies(
     *,
     patient_id: str | None = None,
     study_uids: Sequence[str] = (),
-    on_study=None,
+    on_study: Callable[[PulledStudy], None] | None = None,
 ) -> list[PulledStudy]:
     """Fetch studies from a DICOMweb server into a folder ``metstrack ingest`` reads.
 
