@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 import pydicom
 import pytest
+from tests.pacs_tools import PASSWORD, USER, dciodvfy, run_orthanc
 from typer.testing import CliRunner
 
 from metstrack.cli.main import app
 from metstrack.io.dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, make_client
 from metstrack.io.ingest import read_mapping
 from metstrack.io.tracked_dicom import read_tracked_sr
-from tests.pacs_tools import PASSWORD, USER, dciodvfy, run_orthanc
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "dicom.md"
 DOC_URL = "http://localhost:8042/dicom-web"
