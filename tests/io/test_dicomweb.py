@@ -189,3 +189,12 @@ def _lookup(server, uid):
 def test_push_nothing_is_one_line(tmp_path, creds):
     line = _one_error_line(_run("push", tmp_path, "--pacs", "http://127.0.0.1:1/dicom-web"))
     assert "no .dcm files to push" in line
+
+
+def test_wildcard_patient_is_refused(creds, tmp_path):
+    line = _one_error_line(
+        _run(
+            "pull", "--pacs", "http://127.0.0.1:1/dicom-web", "--patient", "MRN*", "--out", tmp_path
+        )
+    )
+    assert "wildcards" in line

@@ -11,15 +11,18 @@ The default patient name, ID and birth date are obviously fake marker values
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from metstrack.io.nifti import read_volume
 from metstrack.types import Volume
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -403,12 +406,6 @@ def write_release_as_dicom(
     Returns:
         ``out``.
     """
-    import datetime as dt
-
-    import pandas as pd
-
-    from metstrack.io.nifti import read_volume
-
     release, out = Path(release), Path(out)
     table = pd.read_csv(
         release / "tables" / "imaging.csv", dtype={"PatientID": str, "StudyID": str}

@@ -181,6 +181,10 @@ def find_studies(
             is named by its suffix; a PatientID is never echoed).
     """
     found: list[str] = []
+    if patient_id and any(c in patient_id for c in "*?\\"):
+        raise PacsError(
+            "--patient must be one exact PatientID: wildcards (* ?) would match other patients"
+        )
     if patient_id:
         hits = _call(
             client.search_for_studies,

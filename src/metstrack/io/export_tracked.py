@@ -163,7 +163,7 @@ def _response(row: pd.Series | None) -> StudyResponse | None:
 
     def f(key: str) -> float:
         v = row.get(key, math.nan)
-        return float(v) if v is not None and v == v else math.nan
+        return float(v) if pd.notna(v) else math.nan
 
     tv, btv, ntv = (
         f("target_volume_mm3"),
@@ -189,7 +189,8 @@ def _response(row: pd.Series | None) -> StudyResponse | None:
     )
 
 
-def _headers(info, geo) -> list[pydicom.Dataset]:
+def _headers(geo) -> list[pydicom.Dataset]:
+    """One header per source file (a multi-frame file once), in slice order."""
     seen, out = set(), []
     for inst in geo.instances:
         if inst.path in seen:
@@ -432,7 +433,7 @@ def _export_study(
             )
     sr_path = write_tracked_sr(
         folder / "SR.dcm",
-        source_headers=_headers(info, geo),
+        source_headers=_headers(geo),
         seg_path=seg_path,
         lesions=lesions,
         response=_response(resp.iloc[0] if len(resp) else None),

@@ -33,6 +33,7 @@ object, not the writer's own bookkeeping.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Sequence
@@ -307,9 +308,9 @@ def write_tracked_sr(
     Returns:
         ``out``.
     """
-    headers = [ds for ds in source_headers]
+    headers = list(source_headers)
     if identity is not None:
-        headers = [_copy(ds) for ds in headers]
+        headers = [copy.deepcopy(ds) for ds in headers]
         for ds in headers:
             identity.apply(ds)
     seg = pydicom.dcmread(seg_path) if seg_path is not None else None
@@ -357,12 +358,6 @@ def write_tracked_sr(
         "wrote SR with %d lesion(s) for study %s", len(lesions), uid_suffix(sr.StudyInstanceUID)
     )
     return out
-
-
-def _copy(ds: pydicom.Dataset) -> pydicom.Dataset:
-    import copy
-
-    return copy.deepcopy(ds)
 
 
 # ---- reading back (plain pydicom walk of the content tree) -----------------------------

@@ -72,7 +72,7 @@ def bidimensional_mm(mask: np.ndarray, affine: np.ndarray) -> Bidimensional | No
     slices = np.flatnonzero(sel.any(axis=(0, 1)))
     if slices.size == 0:
         return None
-    best: tuple[float, int, np.ndarray] | None = None
+    best: tuple[float, int, np.ndarray] = (-1.0, -1, np.zeros((2, 3)))
     for k in slices:
         pts = _slice_points(sel, int(k), affine)
         if len(pts) < 2:
@@ -81,9 +81,8 @@ def bidimensional_mm(mask: np.ndarray, affine: np.ndarray) -> Bidimensional | No
             d = squareform(pdist(pts))
             i, j = np.unravel_index(int(np.argmax(d)), d.shape)
             cand = (float(d[i, j]), int(k), np.stack([pts[i], pts[j]]))
-        if best is None or cand[0] > best[0] + 1e-9:
+        if cand[0] > best[0] + 1e-9:
             best = cand
-    assert best is not None
     long_mm, k, ends = best
     if long_mm == 0.0:
         z = np.zeros((2, 3)) + ends[0]
