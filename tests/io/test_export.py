@@ -12,6 +12,7 @@ from metstrack.io.dicom_synth import write_enhanced_series, write_series
 from metstrack.io.export import lesion_instances, read_seg, write_rtstruct, write_seg
 from metstrack.io.rtstruct import rasterize_rtstruct, read_rtstruct
 from metstrack.types import Volume
+from tests.pacs_tools import dciodvfy
 
 
 @pytest.fixture
@@ -131,3 +132,14 @@ def test_rtstruct_from_enhanced_multiframe_source(tmp_path):
     np.testing.assert_array_equal(back.binary.array, mask)
     with pytest.raises(DicomSeriesError, match="multi-frame"):
         write_seg(vol.with_array(mask), tmp_path / "e", tmp_path / "seg.dcm")
+
+
+def test_exported_objects_pass_dciodvfy(tmp_path, src):
+    folder, vol = src
+    mask = vol.with_array(_lesions(vol.shape))
+    for path in (
+        write_rtstruct(mask, folder, tmp_path / "rs.dcm"),
+        write_seg(mask, folder, tmp_path / "seg.dcm"),
+    ):
+        errors, _ = dciodvfy(path)
+        assert errors == [], f"{path.name}: {errors}"
