@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from tests.pacs_tools import dciodvfy
 
 from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
 from metstrack.io.dicom import read_dicom_series, scan_dicom
@@ -12,7 +13,6 @@ from metstrack.io.dicom_synth import write_enhanced_series, write_series
 from metstrack.io.export import lesion_instances, read_seg, write_rtstruct, write_seg
 from metstrack.io.rtstruct import rasterize_rtstruct, read_rtstruct
 from metstrack.types import Volume
-from tests.pacs_tools import dciodvfy
 
 
 @pytest.fixture

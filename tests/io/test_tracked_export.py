@@ -45,8 +45,23 @@ def _ball(centre, radius_mm):
 
 
 def _run(*args):
-    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return res
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _export(root, *, tracking="tracking", dicom=None, mapping=None, out="out", extra=()):
+    """Run ``metstrack export`` on the fixture's folders (any of them replaceable)."""
+    return _run(
+        "export",
+        "--tracking",
+        root / tracking,
+        "--dicom",
+        dicom or root / "export",
+        "--mapping",
+        mapping or root / "release-pseudonyms.json",
+        "--out",
+        root / out,
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +123,7 @@ def tracked(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(tracked):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        root / "export",
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        root / "out",
-        "--rtstruct",
-    )
+    res = _export(root, extra=("--rtstruct",))
     assert res.exit_code == 0, res.output
     table = pd.read_csv(root / "out" / "lesions.csv", dtype={"study_id": str})
     return root, table
@@ -275,18 +279,13 @@ def test_source_identifiers_kept_by_default(exported):
 
 def test_pseudonymised_export_carries_no_identifier(tracked):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        root / "export",
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        root / "pseudo",
-        "--rtstruct",
-        "--pseudonymise",
+    res = _export(
+        root,
+        out="pseudo",
+        extra=(
+            "--rtstruct",
+            "--pseudonymise",
+        ),
     )
     assert res.exit_code == 0, res.output
     files = sorted((root / "pseudo").rglob("*.dcm"))
@@ -311,17 +310,7 @@ def test_tracking_uid_is_reproducible_across_exports(exported, tracked):
 
 def test_missing_mapping_is_one_line(tracked, tmp_path):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        root / "export",
-        "--mapping",
-        tmp_path / "nope.json",
-        "--out",
-        tmp_path / "o",
-    )
+    res = _export(root, mapping=tmp_path / "nope.json", out=tmp_path / "o")
     assert res.exit_code == 1
     assert "pseudonym mapping not found" in res.output
     assert len(res.output.strip().splitlines()) == 1
@@ -329,17 +318,7 @@ def test_missing_mapping_is_one_line(tracked, tmp_path):
 
 def test_not_a_tracking_folder_is_one_line(tracked, tmp_path):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        tmp_path,
-        "--dicom",
-        root / "export",
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        tmp_path / "o",
-    )
+    res = _export(root, tracking=tmp_path, out=tmp_path / "o")  # root / absolute = absolute
     assert res.exit_code == 1
     assert "trajectories.csv not found" in res.output
 
@@ -348,17 +327,7 @@ def test_source_series_absent_is_one_line(tracked, tmp_path):
     root = tracked
     other = tmp_path / "other"
     write_series(other / "x", np.zeros((4, 4, 3), np.uint16))
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        other,
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        tmp_path / "o",
-    )
+    res = _export(root, dicom=other, out=tmp_path / "o")
     assert res.exit_code == 1
     assert "is not there; point --dicom at the export that was ingested" in res.output
     assert SECRET_ID not in res.output
@@ -406,17 +375,7 @@ def split_merge(tracked):
         ).exit_code
         == 0
     )
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking_sm",
-        "--dicom",
-        root / "export",
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        root / "out_sm",
-    )
+    res = _export(root, tracking="tracking_sm", out="out_sm")
     assert res.exit_code == 0, res.output
     return root, pd.read_csv(root / "out_sm" / "lesions.csv", dtype={"study_id": str})
 
