@@ -210,6 +210,7 @@ def export_tracked(
     rtstruct: bool = False,
     pseudonymise: bool = False,
     patients: tuple[str, ...] = (),
+    on_start: Callable[[int], None] | None = None,
     on_study: Callable[[StudyExport], None] | None = None,
 ) -> TrackedExport:
     """Write every tracked study's SEG + SR (+ RTSTRUCT) on its source series.
@@ -223,6 +224,7 @@ def export_tracked(
         rtstruct: Also write an RTSTRUCT per study.
         pseudonymise: Write the mapping's pseudonyms instead of the source identifiers.
         patients: Only these patient pseudonyms (all when empty).
+        on_start: Called with the number of studies once the inputs are read (progress).
         on_study: Called after each study (progress).
 
     Returns:
@@ -250,6 +252,8 @@ def export_tracked(
         traj = traj[traj["patient_id"].isin(patients)]
     results: list[StudyExport] = []
     rows: list[dict] = []
+    if on_start is not None:
+        on_start(int(traj.drop_duplicates(["patient_id", "study_id"]).shape[0]))
     for pid, ptraj in traj.groupby("patient_id", sort=True):
         order = ptraj.drop_duplicates("study_id").sort_values("study_index")["study_id"].tolist()
         missing = [s for s in order if s not in studies]
