@@ -300,6 +300,30 @@ def test_pseudonymised_export_carries_no_identifier(tracked):
         assert dciodvfy(f)[0] == []
 
 
+def _sop_uids(folder):
+    return {
+        p.relative_to(folder): pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+        for p in folder.rglob("*.dcm")
+    }
+
+
+def test_the_same_result_exported_again_is_the_same_instances(exported):
+    root, _ = exported
+    assert _export(root, out="again", extra=("--rtstruct",)).exit_code == 0
+    first, again = _sop_uids(root / "out"), _sop_uids(root / "again")
+    assert first == again and len(first) == 9
+    seg = pydicom.dcmread(root / "again" / "P0001" / "S00002" / "SEG.dcm", stop_before_pixels=True)
+    sr = read_tracked_sr(root / "again" / "P0001" / "S00002" / "SR.dcm")
+    assert sr.seg_sop_uid == seg.SOPInstanceUID
+    # pseudonymised objects are other instances in other series
+    pseudo = root / "pseudo" / "P0001" / "S00002" / "SEG.dcm"
+    if not pseudo.exists():  # written by the pseudonymisation test when it ran first
+        assert _export(root, out="pseudo", extra=("--pseudonymise",)).exit_code == 0
+    other = pydicom.dcmread(pseudo, stop_before_pixels=True)
+    assert other.SOPInstanceUID != seg.SOPInstanceUID
+    assert other.SeriesInstanceUID != seg.SeriesInstanceUID
+
+
 def test_tracking_uid_is_reproducible_across_exports(exported, tracked):
     root, table = exported
     mapping = pd.read_json(root / "release-pseudonyms.json", typ="series")

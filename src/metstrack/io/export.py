@@ -240,6 +240,7 @@ def write_rtstruct(
     series_uid: str | None = None,
     identity: PatientIdentity | None = None,
     instance_map: bool = False,
+    uids: tuple[str, str] | None = None,
 ) -> Path:
     """Write a lesion mask as an RTSTRUCT with one ROI per lesion.
 
@@ -253,6 +254,7 @@ def write_rtstruct(
         series_uid: Pick this series when ``series`` is a folder holding several.
         identity: Write these identifiers instead of the source's (pseudonymised export).
         instance_map: Each positive value is one lesion (see :func:`lesion_instances`).
+        uids: ``(SeriesInstanceUID, SOPInstanceUID)`` to use (default: new random UIDs).
 
     Returns:
         ``out``.
@@ -275,7 +277,8 @@ def write_rtstruct(
     out = Path(out)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    series_uid_out, sop_uid = uids or (generate_uid(), generate_uid())
+    meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(out), {}, file_meta=meta, preamble=b"\0" * 128)
     now = dt.datetime.now()
@@ -290,7 +293,7 @@ def write_rtstruct(
     ds.PositionReferenceIndicator = ref.get("PositionReferenceIndicator", "")
     ds.Modality = "RTSTRUCT"
     ds.OperatorsName = ""
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid_out
     ds.SeriesNumber = 9901
     ds.SeriesDescription = f"{label} lesions"
     ds.InstanceNumber = 1
@@ -388,6 +391,7 @@ def write_seg(
     identity: PatientIdentity | None = None,
     series_description: str = "metstrack lesions",
     instance_map: bool = False,
+    uids: tuple[str, str] | None = None,
 ) -> Path:
     """Write a lesion mask as a DICOM SEG (highdicom, BINARY, one segment per lesion).
 
@@ -402,6 +406,7 @@ def write_seg(
         identity: Write these identifiers instead of the source's (pseudonymised export).
         series_description: SeriesDescription of the SEG.
         instance_map: Each positive value is one lesion (see :func:`lesion_instances`).
+        uids: ``(SeriesInstanceUID, SOPInstanceUID)`` to use (default: new random UIDs).
 
     Returns:
         ``out``.
@@ -460,9 +465,9 @@ def write_seg(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=uids[0] if uids else hd.UID(),
         series_number=9902,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=uids[1] if uids else hd.UID(),
         instance_number=1,
         manufacturer="metstrack",
         manufacturer_model_name="metstrack",

@@ -30,6 +30,7 @@ still reference their source images).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -53,7 +54,7 @@ from metstrack.metrics.bidimensional import bidimensional_mm
 from metstrack.preprocess.grid import Grid
 from metstrack.preprocess.mapping import map_to_native
 from metstrack.tracking.cohort import read_transforms, tracked_map_path
-from metstrack.tracking.identity import tracking_id, tracking_uid
+from metstrack.tracking.identity import derived_uid, tracking_id, tracking_uid
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,42 @@ def _tracking_transforms(tracking: Path) -> dict | None:
     return read_transforms(src)
 
 
+def _object_uids(
+    anchor: str,
+    study_uid: str,
+    series_uid: str,
+    identity: PatientIdentity | None,
+    native: np.ndarray,
+    lesions: list[LesionEntry],
+    resp: pd.DataFrame,
+) -> dict[str, tuple[str, str]]:
+    """(SeriesInstanceUID, SOPInstanceUID) of each object of one study, derived, not random.
+
+    The series UID depends on the study and the identifier mode only, so every
+    export of a study lands in the same three series; the SOP instance UID also
+    hashes the content (voxels, lesion table, response, version), so exporting
+    the same result again gives the same instances (a PACS keeps one copy) while
+    a changed result gets new ones.
+    """
+    mode = "pseudonymised" if identity is not None else "identified"
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(native).tobytes())
+    table = [
+        (les.tracking_uid, les.status, les.volume_mm3, les.long_axis_mm, les.short_axis_mm)
+        for les in lesions
+    ]
+    extra = resp.to_json(orient="records") if len(resp) else ""
+    digest.update(json.dumps([__version__, series_uid, mode, table, extra]).encode())
+    key = digest.hexdigest()
+    return {
+        kind: (
+            derived_uid("metstrack-series", kind, anchor, study_uid, mode),
+            derived_uid("metstrack-instance", kind, study_uid, key),
+        )
+        for kind in ("SEG", "SR", "RTSTRUCT")
+    }
+
+
 def _export_study(
     pid: str,
     sid: str,
@@ -412,8 +449,9 @@ def _export_study(
         )
     folder = out / pid / sid
     vol = Volume(array=native, affine=geo.affine)
+    uids = _object_uids(anchor, study_uid, series_uid, identity, native, lesions, resp)
     labels = [tracking_id(i) for i in present_ids]
-    uids = [tracking_uid(anchor, i) for i in present_ids]
+    seg_tracking_uids = [tracking_uid(anchor, i) for i in present_ids]
     seg_path = rt_path = None
     if present_ids:
         seg_path = write_seg(
@@ -421,10 +459,11 @@ def _export_study(
             info,
             folder / "SEG.dcm",
             segment_labels=labels,
-            tracking_uids=uids,
+            tracking_uids=seg_tracking_uids,
             identity=identity,
             series_description="metstrack tracked lesions",
             instance_map=True,
+            uids=uids["SEG"],
         )
         if rtstruct:
             rt_path = write_rtstruct(
@@ -434,6 +473,7 @@ def _export_study(
                 roi_names=labels,
                 identity=identity,
                 instance_map=True,
+                uids=uids["RTSTRUCT"],
             )
     sr_path = write_tracked_sr(
         folder / "SR.dcm",
@@ -443,6 +483,7 @@ def _export_study(
         response=_response(resp.iloc[0] if len(resp) else None),
         response_anchor=f"{anchor}/{study_uid}",
         identity=identity,
+        uids=uids["SR"],
     )
     return StudyExport(
         patient_id=pid,
