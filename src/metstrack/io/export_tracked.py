@@ -251,6 +251,16 @@ def export_tracked(
                 + did_you_mean(unknown[0], set(traj["patient_id"]))
             )
         traj = traj[traj["patient_id"].isin(patients)]
+    run = _Run(
+        scan=scan,
+        tracking=tracking,
+        out=out,
+        sequence=sequence,
+        rtstruct=rtstruct,
+        pseudonymise=pseudonymise,
+        mapping_path=Path(mapping_path),
+        transforms=transforms,
+    )
     results: list[StudyExport] = []
     rows: list[dict] = []
     if on_start is not None:
@@ -267,21 +277,11 @@ def export_tracked(
         for sid in order:
             study_uid, entry = studies[sid]
             res = _export_study(
-                pid,
-                sid,
-                study_uid,
+                run,
+                StudyKey(pid, sid, study_uid, anchor),
                 entry,
                 ptraj[ptraj["study_id"] == sid].sort_values("lesion_id"),
                 resp[(resp["patient_id"] == pid) & (resp["study_id"] == sid)],
-                anchor=anchor,
-                scan=scan,
-                tracking=tracking,
-                transform=transforms.get((pid, sid)) if transforms else None,
-                out=out,
-                sequence=sequence,
-                rtstruct=rtstruct,
-                identity=PatientIdentity(pid, sid) if pseudonymise else None,
-                mapping_path=Path(mapping_path),
             )
             results.append(res)
             trows = ptraj[ptraj["study_id"] == sid].set_index("lesion_id")
@@ -378,28 +378,48 @@ def _object_uids(
     }
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Settings and inputs shared by every study of one export."""
+
+    scan: DicomScan
+    tracking: Path
+    out: Path
+    sequence: str
+    rtstruct: bool
+    pseudonymise: bool
+    mapping_path: Path
+    transforms: dict | None
+
+
+@dataclass(frozen=True)
+class StudyKey:
+    """Which study is exported: pseudonyms, its original UID and its patient's anchor.
+
+    Attributes:
+        patient_id: Patient pseudonym.
+        study_id: Study pseudonym.
+        study_uid: Original StudyInstanceUID.
+        anchor: Original StudyInstanceUID of the patient's baseline (seeds TrackingUIDs).
+    """
+
+    patient_id: str
+    study_id: str
+    study_uid: str
+    anchor: str
+
+
 def _export_study(
-    pid: str,
-    sid: str,
-    study_uid: str,
-    entry: dict,
-    rows: pd.DataFrame,
-    resp: pd.DataFrame,
-    *,
-    anchor: str,
-    scan: DicomScan,
-    tracking: Path,
-    transform,
-    out: Path,
-    sequence: str,
-    rtstruct: bool,
-    identity: PatientIdentity | None,
-    mapping_path: Path,
+    run: _Run, key: StudyKey, entry: dict, rows: pd.DataFrame, resp: pd.DataFrame
 ) -> StudyExport:
+    pid, sid, study_uid, anchor = key.patient_id, key.study_id, key.study_uid, key.anchor
+    scan, sequence = run.scan, run.sequence
+    transform = run.transforms.get((pid, sid)) if run.transforms else None
+    identity = PatientIdentity(pid, sid) if run.pseudonymise else None
     series = entry.get("series", {})
     if sequence not in series:
         raise DatasetError(
-            f"{mapping_path}: study {sid} has no ingested {sequence}; "
+            f"{run.mapping_path}: study {sid} has no ingested {sequence}; "
             + did_you_mean(sequence, series)
         )
     series_uid = str(series[sequence])
@@ -411,7 +431,7 @@ def _export_study(
             "(or `metstrack pull` it again)"
         )
     geo = series_geometry(info.instances, where=info.where)
-    tracked = read_label(tracked_map_path(tracking, pid, sid), binary=False)
+    tracked = read_label(tracked_map_path(run.tracking, pid, sid), binary=False)
     native = _native_map(tracked, geo.shape, geo.affine, transform, info.where)
     voxel_mm3 = float(abs(np.linalg.det(geo.affine[:3, :3])))
     present_ids = [int(v) for v in np.unique(native) if v > 0]
@@ -447,7 +467,7 @@ def _export_study(
                 segment_number=seg_no[lid],
             )
         )
-    folder = out / pid / sid
+    folder = run.out / pid / sid
     vol = Volume(array=native, affine=geo.affine)
     uids = _object_uids(anchor, study_uid, series_uid, identity, native, lesions, resp)
     labels = [tracking_id(i) for i in present_ids]
@@ -465,7 +485,7 @@ def _export_study(
             instance_map=True,
             uids=uids["SEG"],
         )
-        if rtstruct:
+        if run.rtstruct:
             rt_path = write_rtstruct(
                 vol,
                 info,
