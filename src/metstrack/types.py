@@ -105,6 +105,9 @@ class Study:
         labelled: The release flags a lesion label as available for this study.
         expert_adjusted: The label was adjusted by an expert (release flag).
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` when unsplit.
+        truth_label: The ground-truth binary label of a synthetic cohort
+            (``ground_truth/labels/<P>/<S>.nii.gz``), present also where the
+            release hides the label, or ``None``.
     """
 
     study_id: str
@@ -116,6 +119,7 @@ class Study:
     labelled: bool = False
     expert_adjusted: bool = False
     split: str | None = None
+    truth_label: Path | None = None
 
     def path(self, sequence: str) -> Path | None:
         """File of ``sequence`` in this study, or ``None`` when it is missing."""
@@ -128,6 +132,11 @@ class Study:
     def label_path(self) -> Path | None:
         """The lesion mask file, or ``None``."""
         return self.path(LABEL_SEQUENCE)
+
+    @property
+    def any_label_path(self) -> Path | None:
+        """The release label file, else the ground-truth label, else ``None``."""
+        return self.label_path or self.truth_label
 
     @property
     def modalities_present(self) -> tuple[str, ...]:

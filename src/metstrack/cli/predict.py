@@ -13,11 +13,12 @@ from rich.table import Table
 
 from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
 from metstrack.errors import DatasetError, MetstrackError
+from metstrack.infer.resume import PREDICT_CONFIG
 
 log = logging.getLogger(__name__)
 
 #: Resolved settings written beside the predictions.
-CONFIG_FILE = "predict_config.json"
+CONFIG_FILE = PREDICT_CONFIG
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,24 @@ def predict(
             "original files' grids (default) or on the preprocessed grid.",
         ),
     ] = True,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace predictions in --out made with another checkpoint or settings "
+            "(by default the run refuses; the same run resumes).",
+        ),
+    ] = False,
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.config import save_config, to_dict
     from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
+    from metstrack.infer.resume import (
+        FINGERPRINT_KEY,
+        checkpoint_sha256,
+        prepare_prediction_root,
+        run_fingerprint,
+    )
     from metstrack.io.release import read_release
     from metstrack.models.checkpoint import load_checkpoint
 
@@ -139,7 +154,21 @@ def predict(
         device=str(dev),
         output_grid="native" if transforms_root is not None else "input",
     )
-    save_config(run, out / CONFIG_FILE, model=to_dict(cfg))
+    # Everything that changes the outputs; device and batch size do not.
+    fingerprint = run_fingerprint(
+        checkpoint_sha256(checkpoint),
+        {
+            "data": str(data.resolve()),
+            "roi_size": run.roi_size,
+            "overlap": overlap,
+            "tta_flips": tta,
+            "threshold": threshold,
+            "output_grid": run.output_grid,
+        },
+    )
+    with guarded():
+        prepare_prediction_root(out, fingerprint, overwrite=overwrite)
+    save_config(run, out / CONFIG_FILE, model=to_dict(cfg), **{FINGERPRINT_KEY: fingerprint})
     table = Table(title=f"predictions in {out}")
     for col in ("patient", "studies", "lesions", "status"):
         table.add_column(col)

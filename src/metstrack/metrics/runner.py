@@ -1,8 +1,10 @@
 """Evaluate a folder of predictions against a dataset in the release layout.
 
 The reference is a dataset root read with :func:`metstrack.io.release.read_release`;
-every study with a reference label file (``RTSTRUCT_segmentation.nii[.gz]``) is
-evaluated. The prediction of a study is looked up, in order, at
+every study with a reference label is evaluated: its release label file
+(``RTSTRUCT_segmentation.nii[.gz]``), else, in a synthetic cohort, its
+ground-truth label (``ground_truth/labels/<P>/<S>.nii.gz``, present also for the
+studies the release flags unlabelled). The prediction of a study is looked up, in order, at
 
 1. ``<pred>/predictions/patientId/<P>/studyId/<S>/mask.nii[.gz]``
    (:func:`metstrack.io.schema.prediction_dir`, what ``metstrack predict`` writes),
@@ -183,7 +185,7 @@ def plan_jobs(
         prev: Path | None = None
         prev_inst: Path | None = None
         for study in patient.studies:
-            lab = study.label_path
+            lab = study.any_label_path
             if lab is None:
                 continue
             pred = find_prediction(

@@ -227,6 +227,9 @@ def study_fingerprint(study: Study) -> str:
     for s in sorted(study.series, key=lambda s: s.sequence):
         h.update(s.sequence.encode())
         h.update(file_sha256(s.path).encode())
+    if study.truth_label is not None:
+        h.update(b"truth_label")
+        h.update(file_sha256(study.truth_label).encode())
     return h.hexdigest()[:16]
 
 
@@ -478,8 +481,15 @@ def preprocess_study(
     for seq, arr in images.items():
         p = write_volume(arr.astype(np.float32), folder / f"{seq}.nii.gz", affine=grid.affine)
         outputs.append(str(p.relative_to(out_root)))
-    lab_path = study.label_path
-    if lab_path is not None:
+    # The release label, and a synthetic cohort's ground-truth label (also of the
+    # studies the release hides), each mapped the same way.
+    label_targets = (
+        (study.label_path, folder / f"{LABEL_SEQUENCE}.nii.gz", "label"),
+        (study.truth_label, schema.truth_label_path(out_root, pid, sid), "truth_label"),
+    )
+    for lab_path, target, step_name in label_targets:
+        if lab_path is None:
+            continue
         _, lab_ras, rec = _read_ras(lab_path, label=True)
         if label_classes:
             # Multi-class labels (BraTS-METS seg): the metastasis mask is their union.
@@ -489,11 +499,11 @@ def preprocess_study(
         lab = resample_array(
             lab_ras.array, lab_ras.affine, grid.shape, grid.affine, transform=b2s, order=0
         )
-        p = write_volume(lab, folder / f"{LABEL_SEQUENCE}.nii.gz", affine=grid.affine)
+        p = write_volume(lab, target, affine=grid.affine)
         outputs.append(str(p.relative_to(out_root)))
         steps.append(
             {
-                "step": "label",
+                "step": step_name,
                 "reorient": rec,
                 "interpolation": "nearest",
                 "dtype": str(lab.dtype),
@@ -635,6 +645,8 @@ def _output_kind(rel_path: str) -> str:
         return "transform"
     if parts[0] == PREPROCESS_DIR:
         return "brain_mask" if parts[1] == "brain_masks" else parts[1]
+    if parts[0] == schema.GROUND_TRUTH_DIR:
+        return "truth_label"
     return "label" if Path(rel_path).name.startswith(LABEL_SEQUENCE) else "image"
 
 
