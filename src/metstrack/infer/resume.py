@@ -40,7 +40,9 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 def run_fingerprint(checkpoint_sha: str, settings: Mapping[str, Any]) -> str:
     """A short hash of the checkpoint's bytes and the output-changing ``settings``."""
-    text = json.dumps({"checkpoint_sha256": checkpoint_sha, **settings}, sort_keys=True, default=str)
+    text = json.dumps(
+        {"checkpoint_sha256": checkpoint_sha, **settings}, sort_keys=True, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
