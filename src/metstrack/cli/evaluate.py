@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import console, guarded, progress
-from metstrack.errors import did_you_mean
+from metstrack.cli.common import console, guarded, progress, usage_error
+from metstrack.errors import ConfigError, did_you_mean
+from metstrack.io.labels import parse_label_values
 from metstrack.metrics.matching import CRITERIA, MATCH_MODES
 
 #: Rows of the printed table: (metric name in the summary, label).
@@ -38,6 +39,15 @@ def _choice(value: str | None, options: tuple[str, ...], flag: str) -> str | Non
     if value is not None and value not in options:
         raise typer.BadParameter(f"{value!r}; {did_you_mean(value, options)}", param_hint=flag)
     return value
+
+
+def _label_values(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return parse_label_values(text)
+    except ConfigError as exc:
+        usage_error(exc)
 
 
 def evaluate(
@@ -74,6 +84,14 @@ def evaluate(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Bootstrap seed (0).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels",
+            help="Reference values that are lesion: brats-tc (1,3), brats-et (3), brats-wt "
+            "(1,2,3) or integers such as 2,3 (default: binary references only).",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file of evaluation settings.")
     ] = None,
@@ -89,6 +107,7 @@ def evaluate(
     """
     _choice(mode, MATCH_MODES, "--mode")
     _choice(criterion, CRITERIA, "--criterion")
+    label_values = _label_values(labels)
     with guarded():
         from metstrack.config import load_config
         from metstrack.metrics.runner import EvaluationConfig, evaluate_cohort, write_outputs
@@ -102,6 +121,7 @@ def evaluate(
             "prob_threshold": threshold,
             "n_bootstrap": bootstrap,
             "seed": seed,
+            "label_values": None if label_values is None else list(label_values),
         }
         sets += [f"{k}={v}" for k, v in given.items() if v is not None]
         cfg = load_config(EvaluationConfig, config, sets)

@@ -39,6 +39,7 @@ import numpy as np
 
 from metstrack.errors import DatasetError, LabelError
 from metstrack.io import schema
+from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_volume
 from metstrack.metrics.cohort import CohortSummary, summarize_cohort
 from metstrack.metrics.detection import BRATS_HD95_PENALTY_MM, DEFAULT_VOLUME_BINS_MM3
@@ -75,6 +76,9 @@ class EvaluationConfig:
         n_bootstrap: Patient-level bootstrap resamples.
         confidence: Coverage of the bootstrap interval.
         seed: Bootstrap seed.
+        label_values: Reference label values that are lesion (``--labels``); empty
+            requires binary reference files, so a multi-class file is refused
+            rather than read as "anything non-zero" (see :mod:`metstrack.io.labels`).
     """
 
     mode: str = "overlap"
@@ -93,6 +97,7 @@ class EvaluationConfig:
     n_bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    label_values: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         MatchingOptions(
@@ -242,6 +247,7 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         GeometryMismatchError: Prediction and reference grids differ (both named).
     """
     ref = read_label(job.ref_path, binary=False)
+    ref = ref.with_array(lesion_mask(ref.array, job.ref_path, config.label_values))
     pred_arr = None
     if job.pred_path is not None:
         pred = read_volume(job.pred_path, dtype=np.float32)
@@ -253,6 +259,7 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         prev_inst = read_label(job.previous_instances_path, binary=False).array
     elif job.previous_ref_path is not None:
         prev = read_label(job.previous_ref_path, binary=False)
+        prev = prev.with_array(lesion_mask(prev.array, job.previous_ref_path, config.label_values))
         if prev.same_grid(ref, atol_mm=config.affine_atol_mm):
             prev_arr = prev.array != 0
         else:

@@ -45,6 +45,7 @@ from metstrack.config import config_fingerprint, save_config, to_dict
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
 from metstrack.io import schema
 from metstrack.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
 from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
@@ -476,29 +477,32 @@ def preprocess_study(
             }
         )
 
-    outputs: list[str] = []
-    folder = schema.study_dir(out_root, pid, sid)
-    for seq, arr in images.items():
-        p = write_volume(arr.astype(np.float32), folder / f"{seq}.nii.gz", affine=grid.affine)
-        outputs.append(str(p.relative_to(out_root)))
     # The release label, and a synthetic cohort's ground-truth label (also of the
-    # studies the release hides), each mapped the same way.
-    label_targets = (
-        (study.label_path, folder / f"{LABEL_SEQUENCE}.nii.gz", "label"),
-        (study.truth_label, schema.truth_label_path(out_root, pid, sid), "truth_label"),
-    )
-    for lab_path, target, step_name in label_targets:
+    # studies the release hides), each mapped the same way; read and checked
+    # before anything of the study is written. The release label must be binary
+    # unless ``label_classes`` says which values are lesion.
+    folder = schema.study_dir(out_root, pid, sid)
+    labels_out = []
+    for lab_path, target, step_name, values in (
+        (study.label_path, folder / f"{LABEL_SEQUENCE}.nii.gz", "label", label_classes),
+        (study.truth_label, schema.truth_label_path(out_root, pid, sid), "truth_label", ()),
+    ):
         if lab_path is None:
             continue
         _, lab_ras, rec = _read_ras(lab_path, label=True)
-        if label_classes:
-            # Multi-class labels (BraTS-METS seg): the metastasis mask is their union.
-            classes = np.asarray(label_classes)
-            lab_ras = lab_ras.with_array(np.isin(lab_ras.array, classes).astype(np.uint8))
-            rec = {**rec, "label_classes": [int(c) for c in label_classes]}
+        lab_ras = lab_ras.with_array(lesion_mask(lab_ras.array, lab_path, values))
+        if values:
+            rec = {**rec, "label_classes": [int(c) for c in values]}
         lab = resample_array(
             lab_ras.array, lab_ras.affine, grid.shape, grid.affine, transform=b2s, order=0
         )
+        labels_out.append((lab, target, step_name, rec))
+
+    outputs: list[str] = []
+    for seq, arr in images.items():
+        p = write_volume(arr.astype(np.float32), folder / f"{seq}.nii.gz", affine=grid.affine)
+        outputs.append(str(p.relative_to(out_root)))
+    for lab, target, step_name, rec in labels_out:
         p = write_volume(lab, target, affine=grid.affine)
         outputs.append(str(p.relative_to(out_root)))
         steps.append(
@@ -592,7 +596,7 @@ def preprocess_patient(
     try:
         baseline = prepare_baseline(patient, cfg)
     except MetstrackError as exc:
-        log.error("patient %s: %s", patient.patient_id, exc)
+        log.info("patient %s failed: %s", patient.patient_id, exc)
         return outcomes + [
             StudyOutcome(
                 patient.patient_id, s.study_id, "failed", str(exc), time.perf_counter() - t0
@@ -611,7 +615,7 @@ def preprocess_patient(
                 )
             )
         except MetstrackError as exc:
-            log.error("study %s/%s: %s", patient.patient_id, study.study_id, exc)
+            log.info("study %s/%s failed: %s", patient.patient_id, study.study_id, exc)
             outcomes.append(
                 StudyOutcome(
                     patient.patient_id, study.study_id, "failed", str(exc), time.perf_counter() - ts
@@ -717,6 +721,7 @@ def preprocess_dataset(
     catalog_path: str | Path | None = None,
     on_study: Callable[[StudyOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    label_values: tuple[int, ...] | None = None,
 ) -> PreprocessReport:
     """Preprocess a release-layout dataset into a new one (see the module docstring).
 
@@ -734,6 +739,10 @@ def preprocess_dataset(
             every finished study in (one transaction per study).
         on_study: Called in the parent process after each study (progress bars).
         on_start: Called once with the number of studies before work starts.
+        label_values: Label values that are lesion (``--labels``), replacing the
+            layout's ``label_classes``; ``None`` keeps the layout's (empty for
+            the release layout: label files must be binary, a multi-class file
+            fails its study with the fix named).
 
     Returns:
         The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
@@ -750,7 +759,9 @@ def preprocess_dataset(
         raise DatasetError(f"{out_root}: the output folder must differ from the input dataset")
     t0 = time.perf_counter()
     cohort = read_dataset(src_root, layout)
-    classes = tuple(int(c) for c in cohort.label_classes)
+    classes = tuple(
+        int(c) for c in (cohort.label_classes if label_values is None else label_values)
+    )
     _check_same_config(out_root, cfg)
     out_root.mkdir(parents=True, exist_ok=True)
     if cohort.layout == "release":
