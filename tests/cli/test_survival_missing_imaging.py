@@ -19,6 +19,15 @@ def test_unknown_patient_is_named_and_refused_unless_allowed(tmp_path, cli):
     (line,) = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert str(table) in line and "P99999" in line and "--allow-missing-imaging" in line
     assert not (tmp_path / "o").exists()
-    r = cli("survival", "--data", root, "--out", tmp_path / "o", "--allow-missing-imaging", "--penalizer", "0.1")
+    r = cli(
+        "survival",
+        "--data",
+        root,
+        "--out",
+        tmp_path / "o",
+        "--allow-missing-imaging",
+        "--penalizer",
+        "0.1",
+    )
     assert r.exit_code == 0, r.output
     assert "P99999" in r.output and "no imaging: 1" in r.output

@@ -43,8 +43,12 @@ def test_other_checkpoint_or_threshold_is_refused_or_replaced(cli, cohort, tmp_p
         line = res.output.strip()
         assert "\n" not in line and str(out) in line and "--overwrite" in line
         assert _outputs(out) == before  # nothing mixed, nothing rewritten
+    study = next((out / "predictions").rglob("lesions.csv")).parent
+    leftover = study / ".prob.nii.gz.999999999-ab12cd34.tmp.nii.gz"  # a killed writer's
+    leftover.write_bytes(b"partial")
     again = cli(*base, "--checkpoint", a)  # the same run resumes
     assert again.exit_code == 0 and "kept from a previous run" in again.output
+    assert not leftover.exists()
     replaced = cli(*base, "--checkpoint", b, "--overwrite")
     assert replaced.exit_code == 0 and "kept" not in replaced.output
     saved = json.loads((out / "predict_config.json").read_text())

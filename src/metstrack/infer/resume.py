@@ -6,6 +6,7 @@ outputs (window, overlap, flips, threshold, output grid, dataset). Finished
 studies are kept on a rerun only when the fingerprint matches; otherwise the
 run is refused, or, with ``overwrite``, the previous predictions are removed
 first, so a folder never mixes the masks of two models or two thresholds.
+Temporary files a killed run left there are removed first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from metstrack.errors import DatasetError
 from metstrack.io import schema
+from metstrack.io.atomic import sweep_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ def prepare_prediction_root(out_root: str | Path, fingerprint: str, *, overwrite
             settings (or of an unrecorded run) and ``overwrite`` is false.
     """
     out = Path(out_root)
+    sweep_stale_temps(out)  # temporary files of a killed run
     if not has_predictions(out):
         return
     saved = out / PREDICT_CONFIG

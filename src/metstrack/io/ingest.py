@@ -56,7 +56,7 @@ import pandas as pd
 from metstrack.config import config_fingerprint, save_config
 from metstrack.errors import DatasetError, DicomSeriesError, LabelError
 from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+from metstrack.io.atomic import sweep_stale_temps, write_csv_atomic, write_json_atomic
 from metstrack.io.dicom import (
     SPACING_RTOL,
     DicomScan,
@@ -334,6 +334,7 @@ def _home_study(s: DicomSeriesInfo, scan: DicomScan) -> str:
 
 
 def _clean_partials(out: Path) -> None:
+    sweep_stale_temps(out)  # temporary files of a killed run
     base = out / schema.IMAGING_DIR / "patientId"
     if base.exists():
         for p in base.glob("*/studyId/.*.partial*"):

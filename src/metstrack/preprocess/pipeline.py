@@ -44,7 +44,12 @@ from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
 from metstrack.io import schema
-from metstrack.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from metstrack.io.atomic import (
+    sweep_stale_temps,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
@@ -764,6 +769,7 @@ def preprocess_dataset(
     )
     _check_same_config(out_root, cfg)
     out_root.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out_root)  # temporary files of a killed run
     if cohort.layout == "release":
         tables = _copy_tables(src_root, out_root)
     else:

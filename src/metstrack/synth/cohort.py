@@ -41,7 +41,7 @@ import pandas as pd
 
 from metstrack.errors import DatasetError
 from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic
+from metstrack.io.atomic import staging_prefix, sweep_stale_staging, write_csv_atomic
 from metstrack.io.nifti import write_volume
 from metstrack.synth.anatomy import Anatomy, build_anatomy
 from metstrack.synth.clinical import (
@@ -333,7 +333,8 @@ def prepare_output(out_dir: str | Path, *, overwrite: bool) -> Path:
                 "choose a new --out or pass --overwrite to replace it"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    sweep_stale_staging(out.parent, out.name)  # left by a killed run
+    return Path(tempfile.mkdtemp(prefix=staging_prefix(out.name), dir=out.parent))
 
 
 def publish_output(staging: Path, out_dir: str | Path) -> Path:
