@@ -11,7 +11,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
+from metstrack.cli.common import (
+    EXIT_DATA_ERROR,
+    console,
+    err_console,
+    guarded,
+    progress,
+    usage_error,
+)
 from metstrack.errors import DatasetError, MetstrackError
 from metstrack.infer.resume import PREDICT_CONFIG
 
@@ -117,6 +124,7 @@ def predict(
         run_fingerprint,
     )
     from metstrack.io.release import read_release
+    from metstrack.models.base import InputShapeError
     from metstrack.models.checkpoint import load_checkpoint
 
     roi_size = _parse_roi(roi)
@@ -124,6 +132,12 @@ def predict(
     with guarded():
         model, cfg = load_checkpoint(checkpoint, map_location=dev)
         model.to(dev)
+    if roi_size is not None:
+        try:  # a window the network cannot take is refused before any work
+            model.check_spatial(roi_size)
+        except InputShapeError as exc:
+            usage_error(f"--roi {roi}: {exc}")
+    with guarded():
         cohort = read_release(data)
         if patients:
             wanted = [p.strip() for p in patients.split(",") if p.strip()]
