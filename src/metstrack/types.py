@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 #: The four MRI contrasts of a study, in the default channel order.
@@ -75,7 +76,19 @@ class Volume:
         """One-line description of the grid for error messages."""
         sp = ", ".join(f"{s:.3g}" for s in self.spacing_mm)
         origin = ", ".join(f"{o:.3g}" for o in np.asarray(self.affine)[:3, 3])
-        return f"shape {self.shape}, spacing ({sp}) mm, origin ({origin}) mm"
+        return (
+            f"shape {self.shape}, spacing ({sp}) mm, origin ({origin}) mm, "
+            f"axes {axis_codes(self.affine)}"
+        )
+
+
+def axis_codes(affine: np.ndarray) -> str:
+    """Orientation codes of an affine's voxel axes, e.g. ``"RAS"`` or ``"LPS"`` (``"?"``
+    for a degenerate affine)."""
+    try:
+        return "".join(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+    except Exception:  # noqa: BLE001 - only decorates messages
+        return "?"
 
 
 @dataclass(frozen=True)

@@ -768,6 +768,8 @@ def preprocess_dataset(
         int(c) for c in (cohort.label_classes if label_values is None else label_values)
     )
     _check_same_config(out_root, cfg)
+    # An unusable catalog is refused before anything is written.
+    catalog = Catalog.open(catalog_path) if catalog_path is not None else None
     out_root.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(out_root)  # temporary files of a killed run
     if cohort.layout == "release":
@@ -786,9 +788,8 @@ def preprocess_dataset(
         workers=int(workers),
         config_fingerprint=config_fingerprint(cfg),
     )
-    catalog = run_id = None
-    if catalog_path is not None:
-        catalog = Catalog.open(catalog_path)
+    run_id = None
+    if catalog is not None:
         catalog.register_dataset(cohort)
         run_id = catalog.begin_run("preprocess", cfg, source=str(src_root), output=str(out_root))
 
