@@ -12,7 +12,7 @@ from rich.table import Table
 from metstrack.cli.common import console, guarded, progress, usage_error
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.io.labels import parse_label_values
-from metstrack.metrics.matching import CRITERIA, MATCH_MODES
+from metstrack.metrics.matching import CRITERIA, MATCH_MODES, OBJECTIVES
 
 #: Rows of the printed table: (metric name in the summary, label).
 HEADLINE_ROWS: tuple[tuple[str, str], ...] = (
@@ -72,6 +72,14 @@ def evaluate(
         float | None,
         typer.Option("--match-threshold", help="overlap mode: score must exceed this (0)."),
     ] = None,
+    match_objective: Annotated[
+        str | None,
+        typer.Option(
+            "--match-objective",
+            help="overlap mode: overlap (largest total overlap, default) or pairs "
+            "(most pairs first).",
+        ),
+    ] = None,
     criterion: Annotated[
         str | None, typer.Option("--criterion", help="overlap mode score: iou (default) or ior.")
     ] = None,
@@ -107,6 +115,7 @@ def evaluate(
     """
     _choice(mode, MATCH_MODES, "--mode")
     _choice(criterion, CRITERIA, "--criterion")
+    _choice(match_objective, OBJECTIVES, "--match-objective")
     label_values = _label_values(labels)
     with guarded():
         from metstrack.config import load_config
@@ -116,6 +125,7 @@ def evaluate(
         given = {
             "mode": None if mode is None else f'"{mode}"',
             "criterion": None if criterion is None else f'"{criterion}"',
+            "match_objective": None if match_objective is None else f'"{match_objective}"',
             "match_threshold": match_threshold,
             "min_ref_volume_mm3": min_volume_mm3,
             "prob_threshold": threshold,

@@ -62,6 +62,8 @@ class EvaluationConfig:
         mode: Matching mode, ``"overlap"`` or ``"brats"``.
         criterion: Overlap score of the ``overlap`` mode, ``"iou"`` or ``"ior"``.
         match_threshold: Candidate pairs need a score strictly above this.
+        match_objective: ``overlap`` mode: ``"overlap"`` (largest total score,
+            default) or ``"pairs"`` (most pairs first).
         dilation_voxels: Reference dilation of the ``brats`` mode.
         min_ref_volume_mm3: ``brats`` mode: reference lesions at or below are ignored.
         connectivity: 6, 18 or 26.
@@ -84,6 +86,7 @@ class EvaluationConfig:
     mode: str = "overlap"
     criterion: str = "iou"
     match_threshold: float = 0.0
+    match_objective: str = "overlap"
     dilation_voxels: int = BRATS_METS_DILATION_VOXELS
     min_ref_volume_mm3: float = 0.0
     connectivity: int = 26
@@ -104,6 +107,7 @@ class EvaluationConfig:
             mode=self.mode,
             criterion=self.criterion,
             threshold=self.match_threshold,
+            objective=self.match_objective,
             dilation_voxels=self.dilation_voxels,
             min_ref_volume_mm3=self.min_ref_volume_mm3,
         )
@@ -271,6 +275,7 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         mode=config.mode,
         criterion=config.criterion,
         match_threshold=config.match_threshold,
+        match_objective=config.match_objective,
         dilation_voxels=config.dilation_voxels,
         min_ref_volume_mm3=config.min_ref_volume_mm3,
         connectivity=config.connectivity,
