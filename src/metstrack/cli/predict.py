@@ -21,6 +21,7 @@ from metstrack.cli.common import (
 )
 from metstrack.errors import DatasetError, MetstrackError
 from metstrack.infer.resume import PREDICT_CONFIG
+from metstrack.io.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ def _device(name: str):
     return dev
 
 
+def _index_sha256(data: Path) -> str:
+    """SHA-256 of the dataset's imaging table: which dataset, wherever it lies."""
+    from metstrack.io import schema
+
+    table = schema.table_path(data, schema.IMAGING_TABLE)
+    return file_sha256(table) if table.is_file() else ""
+
+
 def predict(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")],
     data: Annotated[Path, typer.Option("--data", help="Dataset in the release layout.")],
@@ -119,9 +128,9 @@ def predict(
     from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
     from metstrack.infer.resume import (
         FINGERPRINT_KEY,
-        checkpoint_sha256,
         prepare_prediction_root,
         run_fingerprint,
+        saved_fingerprint,
     )
     from metstrack.io.release import read_release
     from metstrack.models.base import InputShapeError
@@ -170,9 +179,9 @@ def predict(
     )
     # Everything that changes the outputs; device and batch size do not.
     fingerprint = run_fingerprint(
-        checkpoint_sha256(checkpoint),
+        file_sha256(checkpoint),
         {
-            "data": str(data.resolve()),
+            "dataset_index": _index_sha256(data),
             "roi_size": run.roi_size,
             "overlap": overlap,
             "tta_flips": tta,
@@ -182,7 +191,8 @@ def predict(
     )
     with guarded():
         prepare_prediction_root(out, fingerprint, overwrite=overwrite)
-    save_config(run, out / CONFIG_FILE, model=to_dict(cfg), **{FINGERPRINT_KEY: fingerprint})
+    if saved_fingerprint(out) != fingerprint:  # a resumed run keeps the record it resumes
+        save_config(run, out / CONFIG_FILE, model=to_dict(cfg), **{FINGERPRINT_KEY: fingerprint})
     table = Table(title=f"predictions in {out}")
     for col in ("patient", "studies", "lesions", "status"):
         table.add_column(col)

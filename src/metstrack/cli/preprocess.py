@@ -89,10 +89,13 @@ def preprocess(
             f"{report.count('skipped')} already finished, {report.count('failed')} failed "
             f"in {report.seconds:.1f} s"
         )
+        # One line per problem: a bad baseline fails every study of its patient.
+        by_message: dict[str, list[str]] = {}
         for o in report.failed:
+            by_message.setdefault(o.message, []).append(f"{o.patient_id}/{o.study_id}")
+        for message, studies in by_message.items():
             err_console.print(
-                f"[bold red]failed:[/] {o.patient_id}/{o.study_id}: {escape(o.message)}",
-                soft_wrap=True,
+                f"[bold red]failed:[/] {', '.join(studies)}: {escape(message)}", soft_wrap=True
             )
         if report.failed:
             raise typer.Exit(EXIT_DATA_ERROR)

@@ -31,15 +31,6 @@ PREDICT_CONFIG = "predict_config.json"
 FINGERPRINT_KEY = "run_fingerprint"
 
 
-def checkpoint_sha256(path: str | Path) -> str:
-    """SHA-256 of a checkpoint file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_fingerprint(checkpoint_sha: str, settings: Mapping[str, Any]) -> str:
     """A short hash of the checkpoint's bytes and the output-changing ``settings``."""
     text = json.dumps(
@@ -52,6 +43,17 @@ def has_predictions(out_root: str | Path) -> bool:
     """True when ``out_root`` holds at least one finished study (a ``lesions.csv``)."""
     base = Path(out_root) / schema.PREDICTIONS_DIR
     return base.is_dir() and any(base.rglob(schema.PREDICTION_LESIONS))
+
+
+def saved_fingerprint(out_root: str | Path) -> str | None:
+    """The ``run_fingerprint`` recorded in ``out_root``'s config, or ``None``."""
+    saved = Path(out_root) / PREDICT_CONFIG
+    if not saved.is_file():
+        return None
+    try:
+        return json.loads(saved.read_text(encoding="utf-8")).get(FINGERPRINT_KEY)
+    except (ValueError, AttributeError):
+        return None
 
 
 def prepare_prediction_root(out_root: str | Path, fingerprint: str, *, overwrite: bool) -> None:
@@ -72,13 +74,7 @@ def prepare_prediction_root(out_root: str | Path, fingerprint: str, *, overwrite
     if not has_predictions(out):
         return
     saved = out / PREDICT_CONFIG
-    old = None
-    if saved.is_file():
-        try:
-            old = json.loads(saved.read_text(encoding="utf-8")).get(FINGERPRINT_KEY)
-        except (ValueError, AttributeError):
-            old = None
-    if old == fingerprint:
+    if saved_fingerprint(out) == fingerprint:
         return
     if not overwrite:
         why = f"see {saved}" if saved.is_file() else f"{PREDICT_CONFIG} is missing"

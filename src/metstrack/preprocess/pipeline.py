@@ -50,6 +50,7 @@ from metstrack.io.atomic import (
     write_csv_atomic,
     write_json_atomic,
 )
+from metstrack.io.fingerprint import file_sha256
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
@@ -216,15 +217,6 @@ class PreprocessReport:
                 for o in self.outcomes
             ],
         }
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def study_fingerprint(study: Study) -> str:
