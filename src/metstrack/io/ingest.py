@@ -308,8 +308,8 @@ def ingest_dicom(
                 _save_mapping(mapping_path, mapping)
             unclassified += uncl
             problems += probs
-            for m in uncl + probs:
-                log.warning(m)
+            for m in uncl + probs:  # returned in the report (the CLI prints each once)
+                log.info(m)
             if catalog is not None and outcome.status != "failed":
                 folder = schema.study_dir(out, outcome.patient_id, outcome.study_id)
                 catalog.record_study_done(
