@@ -68,6 +68,8 @@ def base(tmp_path_factory) -> Path:
     _ok("preprocess", "--data", data, "--out", ws / "pp", "--no-brain-mask")
     _ok("predict", "--checkpoint", ckpt, "--data", data, "--out", ws / "preds")
     _ok("evaluate", "--pred", ws / "preds", "--ref", data, "--out", ws / "eval", "--bootstrap", "0")
+    _ok("track", "--data", data, "--masks", ws / "preds", "--out", ws / "track", "--no-figures")
+    _ok("report", "--data", data, "--predictions", ws / "preds", "--out", ws / "report")
     clin = write_clinical_only(generate_clinical_only(120, seed=4), ws / "clinical")
     _ok("survival", "--data", clin, "--out", ws / "surv", "--penalizer", "0.1")
     dcm = ws / "dicom" / "s1"
@@ -223,6 +225,19 @@ def survival(ws, bad):
     return ("survival", "--data", ws / "clinical", "--out", ws / "surv", "--penalizer", "0.1")
 
 
+def track(ws, bad):
+    return ("track", "--data", ws / "data", "--masks", ws / "preds", "--out", ws / "track",
+            "--no-figures")  # fmt: skip
+
+
+def report(ws, bad):
+    return ("report", "--data", ws / "data", "--predictions", ws / "preds", "--out", ws / "report")
+
+
+def catalog_list(ws, bad):
+    return ("catalog", bad, "list")
+
+
 def dicom_scan(ws, bad):
     return ("dicom-scan", bad)
 
@@ -257,7 +272,14 @@ CASES: dict[str, Case] = {
     "garbage-catalog/ingest": Case(garbage_catalog, ingest_catalog, new_output="ingested"),
     "malicious-checkpoint/predict": Case(malicious_checkpoint, predict_checkpoint),
     "probability-prediction/evaluate": Case(probability_prediction, evaluate),
+    "probability-prediction/track": Case(probability_prediction, track),
+    "probability-prediction/report": Case(probability_prediction, report),
     "prediction-grid-mismatch/evaluate": Case(prediction_grid_mismatch, evaluate),
+    "prediction-grid-mismatch/track": Case(prediction_grid_mismatch, track),
+    "prediction-grid-mismatch/report": Case(prediction_grid_mismatch, report),
+    "corrupt-nifti/report": Case(corrupt_nifti, report),
+    "missing-imaging-table/track": Case(missing_imaging_table, track),
+    "garbage-catalog/catalog": Case(garbage_catalog, catalog_list),
     "unknown-clinical-patient/survival": Case(unknown_clinical_patient, survival),
     "bad-clinical-value/survival": Case(bad_clinical_value, survival),
     "empty-dicom-folder/dicom-scan": Case(empty_dicom_folder, dicom_scan),
@@ -303,5 +325,5 @@ def test_bad_input(name: str, base: Path, tmp_path: Path) -> None:
 
 def test_every_command_with_inputs_is_in_the_table() -> None:
     commands = {name.split("/")[1] for name in CASES}
-    assert commands >= {"validate", "preprocess", "predict", "evaluate", "survival",
-                        "dicom-scan", "ingest"}  # fmt: skip
+    assert commands >= {"validate", "preprocess", "predict", "evaluate", "track", "report",
+                        "survival", "catalog", "dicom-scan", "ingest"}  # fmt: skip
