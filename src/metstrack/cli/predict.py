@@ -75,14 +75,6 @@ def _device(name: str):
     return dev
 
 
-def _index_sha256(data: Path) -> str:
-    """SHA-256 of the dataset's imaging table: which dataset, wherever it lies."""
-    from metstrack.io import schema
-
-    table = schema.table_path(data, schema.IMAGING_TABLE)
-    return file_sha256(table) if table.is_file() else ""
-
-
 def predict(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")],
     data: Annotated[Path, typer.Option("--data", help="Dataset in the release layout.")],
@@ -177,11 +169,12 @@ def predict(
         device=str(dev),
         output_grid="native" if transforms_root is not None else "input",
     )
-    # Everything that changes the outputs; device and batch size do not.
+    # Everything that changes a study's outputs; device and batch size do not. The
+    # dataset is not part of it: a study is its StudyID, so a follow-up added to
+    # the dataset later is predicted alone on a rerun (its patient's memory rerun).
     fingerprint = run_fingerprint(
         file_sha256(checkpoint),
         {
-            "dataset_index": _index_sha256(data),
             "roi_size": run.roi_size,
             "overlap": overlap,
             "tta_flips": tta,
