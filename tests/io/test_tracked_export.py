@@ -355,6 +355,7 @@ def test_source_series_absent_is_one_line(tracked, tmp_path):
     assert res.exit_code == 1
     assert "is not there; point --dicom at the export that was ingested" in res.output
     assert SECRET_ID not in res.output
+    assert not (tmp_path / "o").exists()  # checked before anything was written
 
 
 def _source_folder(root, sid):
@@ -474,3 +475,12 @@ def test_a_study_with_every_lesion_resolved_gets_an_sr_and_no_seg(tracked):
     ]
     assert rep.seg_sop_uid == "" and rep.response.rano_bm == "CR"
     assert dciodvfy(last / "SR.dcm")[0] == []
+
+
+def test_unknown_patient_or_sequence_is_one_line_with_a_hint(tracked, tmp_path):
+    root = tracked
+    res = _export(root, out=tmp_path / "o", extra=("--patient", "P0010"))
+    assert res.exit_code == 1 and "did you mean 'P0001'" in res.output
+    res = _export(root, out=tmp_path / "o", extra=("--sequence", "CT2"))
+    assert res.exit_code == 1 and "has no ingested CT2" in res.output and "CT1" in res.output
+    assert not (tmp_path / "o" / "lesions.csv").exists()
