@@ -178,6 +178,10 @@ def test_server_copies_equal_the_exported_table(round_trip, tmp_path):
             assert les.long_axis_mm == pytest.approx(
                 rows.loc[les.tracking_id, "long_axis_mm"], rel=1e-9, abs=1e-9
             )
+        for kind, ds in objs.items():  # the server's copies validate too
+            copy = tmp_path / f"{sid}-{kind}-server.dcm"
+            ds.save_as(copy, enforce_file_format=True)
+            assert dciodvfy(copy)[0] == [], copy
     for f in sorted((root / "dicom_out").rglob("*.dcm")):
         assert dciodvfy(f)[0] == [], f
 

@@ -11,9 +11,10 @@ from tests.pacs_tools import PASSWORD, USER, free_port, run_orthanc
 from typer.testing import CliRunner
 
 from metstrack.cli.main import app
+from metstrack.errors import PacsError
 from metstrack.io.dicom import read_dicom_series
 from metstrack.io.dicom_synth import SECRET_ID, write_demo_export
-from metstrack.io.dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER
+from metstrack.io.dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, make_client
 from metstrack.io.export import write_seg
 from metstrack.io.rtstruct import rasterize_rtstruct, read_rtstruct
 
@@ -205,3 +206,14 @@ def test_push_to_an_unreachable_server_is_one_line(orthanc, creds):
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     line = _one_error_line(_run("push", export / "patient1" / "study2" / "t1", "--pacs", url))
     assert "cannot connect while trying to store" in line
+
+
+def test_token_and_half_given_credentials(monkeypatch):
+    for key in (ENV_USER, ENV_PASSWORD, ENV_TOKEN):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv(ENV_TOKEN, "tok-123")
+    client = make_client("http://127.0.0.1:1/dicom-web/")
+    assert client._session.headers["Authorization"] == "Bearer tok-123"
+    monkeypatch.setenv(ENV_USER, "alice")
+    with pytest.raises(PacsError, match="set both"):
+        make_client("http://127.0.0.1:1/dicom-web")
