@@ -64,6 +64,27 @@ def _export(root, *, tracking="tracking", dicom=None, mapping=None, out="out", e
     )
 
 
+def _track_again(root, name, masks):
+    """Write one mask per study as predictions ``preds_<name>`` and track them into
+    ``tracking_<name>`` (the studies, grids and mapping of the ``tracked`` fixture)."""
+    release = root / "release" / "imaging" / "patientId" / "P0001" / "studyId"
+    for sid, mask in zip(("S00001", "S00002", "S00003"), masks, strict=True):
+        ct1 = read_volume(release / sid / "CT1.nii.gz")
+        folder = root / f"preds_{name}" / "predictions" / "patientId" / "P0001" / "studyId"
+        write_volume(Volume(mask, ct1.affine), folder / sid / "mask.nii.gz", dtype=np.uint8)
+    res = _run(
+        "track",
+        "--data",
+        root / "release",
+        "--masks",
+        root / f"preds_{name}",
+        "--out",
+        root / f"tracking_{name}",
+        "--no-figures",
+    )
+    assert res.exit_code == 0, res.output
+
+
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """(root, tracking folder) of a tracked three-study patient ingested from DICOM."""
@@ -366,40 +387,11 @@ def _source_folder(root, sid):
 def split_merge(tracked):
     """The same studies tracked again with a bar that splits in two, then merges back."""
     root = tracked
-    masks = []
     bar = np.zeros(SHAPE, np.uint8)
     bar[4:17, 9:12, 4:7] = 1
     halves = bar.copy()
     halves[9:12] = 0  # a gap: two pieces, each inside the bar's old extent
-    masks = [bar, halves, bar]
-    release = root / "release" / "imaging" / "patientId" / "P0001" / "studyId"
-    for sid, mask in zip(("S00001", "S00002", "S00003"), masks, strict=True):
-        ct1 = read_volume(release / sid / "CT1.nii.gz")
-        write_volume(
-            Volume(mask, ct1.affine),
-            root
-            / "preds_sm"
-            / "predictions"
-            / "patientId"
-            / "P0001"
-            / "studyId"
-            / sid
-            / "mask.nii.gz",
-            dtype=np.uint8,
-        )
-    assert (
-        _run(
-            "track",
-            "--data",
-            root / "release",
-            "--masks",
-            root / "preds_sm",
-            "--out",
-            root / "tracking_sm",
-            "--no-figures",
-        ).exit_code
-        == 0
-    )
+    _track_again(root, "sm", [bar, halves, bar])
     res = _export(root, tracking="tracking_sm", out="out_sm")
     assert res.exit_code == 0, res.output
     return root, pd.read_csv(root / "out_sm" / "lesions.csv", dtype={"study_id": str})
@@ -436,35 +428,8 @@ def test_merged_lesion_keeps_the_linked_identity(split_merge):
 
 def test_a_study_with_every_lesion_resolved_gets_an_sr_and_no_seg(tracked):
     root = tracked
-    release = root / "release" / "imaging" / "patientId" / "P0001" / "studyId"
     ball = _ball((7, 7, 5), 6.0).astype(np.uint8)
-    for sid, mask in zip(("S00001", "S00002", "S00003"), (ball, ball, 0 * ball), strict=True):
-        ct1 = read_volume(release / sid / "CT1.nii.gz")
-        write_volume(
-            Volume(mask, ct1.affine),
-            root
-            / "preds_cr"
-            / "predictions"
-            / "patientId"
-            / "P0001"
-            / "studyId"
-            / sid
-            / "mask.nii.gz",
-            dtype=np.uint8,
-        )
-    assert (
-        _run(
-            "track",
-            "--data",
-            root / "release",
-            "--masks",
-            root / "preds_cr",
-            "--out",
-            root / "tracking_cr",
-            "--no-figures",
-        ).exit_code
-        == 0
-    )
+    _track_again(root, "cr", [ball, ball, 0 * ball])
     res = _export(root, tracking="tracking_cr", out="out_cr", extra=("--rtstruct",))
     assert res.exit_code == 0, res.output
     last = root / "out_cr" / "P0001" / "S00003"
