@@ -42,11 +42,16 @@ from scipy import ndimage
 
 from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
-from metstrack.errors import ConfigError, DatasetError, MetstrackError
+from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
 from metstrack.io import schema
 from metstrack.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from metstrack.io.nifti import read_volume, write_volume
-from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
+from metstrack.preprocess.brain import (
+    BRAIN_METHODS,
+    BrainMaskConfig,
+    estimate_brain_mask,
+    nonzero_mask,
+)
 from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
 from metstrack.preprocess.intensity import n4_correct, zscore_in_brain
 from metstrack.preprocess.mapping import (
@@ -104,8 +109,11 @@ class PreprocessConfig:
     Attributes:
         spacing_mm: Isotropic output voxel size.
         image_interpolation: ``linear`` or ``bspline`` (images; labels always nearest).
-        brain_mask: Compute the skull-on brain mask heuristic; False for skull-stripped
-            data (the brain is then the CT1's non-zero voxels).
+        brain_mask: Estimate the brain mask with ``brain_method``; False for
+            skull-stripped data (the brain is then the CT1's non-zero voxels).
+        brain_method: ``auto`` (non-zero voxels of a skull-stripped, zero-background
+            CT1, else deepbet's CNN), ``deepbet``, ``heuristic`` or ``nonzero``
+            (:func:`metstrack.preprocess.brain.estimate_brain_mask`).
         n4: Run N4 bias-field correction on every image (inside the head).
         n4_shrink_factor: Downsampling of N4's fitting grid.
         normalize: ``zscore`` (per channel inside the brain, 0 outside) or ``none``.
@@ -122,6 +130,7 @@ class PreprocessConfig:
     spacing_mm: float = 1.0
     image_interpolation: str = "linear"
     brain_mask: bool = True
+    brain_method: str = "auto"
     n4: bool = False
     n4_shrink_factor: int = 4
     normalize: str = "zscore"
@@ -143,6 +152,11 @@ class PreprocessConfig:
             )
         if self.spacing_mm <= 0:
             raise ConfigError(f"spacing_mm must be positive, found {self.spacing_mm}")
+        if self.brain_method not in BRAIN_METHODS:
+            raise ConfigError(
+                f"brain_method: {self.brain_method!r}; "
+                + did_you_mean(self.brain_method, BRAIN_METHODS)
+            )
 
 
 @dataclass(frozen=True)
@@ -310,7 +324,9 @@ def prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> BaselineReferen
     )
     vol = Volume(array=ct1, affine=grid.affine.copy(), path=path)
     # Only the through-time metric mask needs it here; each study masks its own CT1.
-    brain = brain_mask(vol, cfg.brain) if cfg.brain_mask and cfg.metric_mask_mm > 0 else None
+    brain = None
+    if cfg.brain_mask and cfg.metric_mask_mm > 0:
+        brain, _ = estimate_brain_mask(vol, cfg.brain_method, cfg.brain)
     return BaselineReference(study_id=base.study_id, grid=grid, ct1=vol, brain=brain)
 
 
@@ -422,12 +438,13 @@ def preprocess_study(
 
     # Brain mask on the CT1 of this study (already on the baseline grid).
     if cfg.brain_mask:
-        brain = brain_mask(ct1_vol, cfg.brain)
+        brain, used = estimate_brain_mask(ct1_vol, cfg.brain_method, cfg.brain)
         steps.append(
             {
                 "step": "brain_mask",
-                "method": "intensity_band_heuristic",
-                "params": to_dict(cfg.brain),
+                "method": used,
+                "requested": cfg.brain_method,
+                **({"params": to_dict(cfg.brain)} if used == "heuristic" else {}),
                 "voxels": int(brain.sum()),
             }
         )
