@@ -12,12 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
-from metstrack.errors import DatasetError, MetstrackError
+from metstrack.errors import DatasetError, MetstrackError, did_you_mean
 
 log = logging.getLogger(__name__)
 
 #: Resolved settings written beside the predictions.
 CONFIG_FILE = "predict_config.json"
+#: Sub-folder of --out holding the ingested / preprocessed copy of the input.
+INPUT_DIR = "input"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class PredictRun:
     sw_batch_size: int
     device: str
     output_grid: str
+    input_layout: str
+    preprocessed_input: str
+    brain_method: str
 
 
 def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
@@ -68,7 +73,14 @@ def _device(name: str):
 
 def predict(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")],
-    data: Annotated[Path, typer.Option("--data", help="Dataset in the release layout.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Input: release, BraTS-METS, BIDS, BrainMetShare, one study folder of NIfTI "
+            "sequences, a DICOM folder, or a `metstrack preprocess` output.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Prediction root folder.")],
     patients: Annotated[
         str | None, typer.Option("--patients", help="Comma-separated PatientIDs (default: all).")
@@ -89,6 +101,28 @@ def predict(
     device: Annotated[
         str, typer.Option("--device", help="Torch device (cpu, cuda, cuda:1).")
     ] = "cpu",
+    layout: Annotated[
+        str, typer.Option("--layout", help="Input layout (auto, dicom, or a layout name).")
+    ] = "auto",
+    intervals: Annotated[
+        Path | None,
+        typer.Option(
+            "--intervals",
+            help="CSV of StudyID,DaysFromBaselineScan for inputs without dates (BraTS-METS).",
+        ),
+    ] = None,
+    preprocess: Annotated[
+        str,
+        typer.Option(
+            "--preprocess",
+            help="auto: preprocess on the way in unless the input is a release dataset or "
+            "a preprocess output; always; never.",
+        ),
+    ] = "auto",
+    brain_method: Annotated[
+        str,
+        typer.Option("--brain-mask", help="Brain mask: auto, deepbet, heuristic, nonzero or none."),
+    ] = "auto",
     native: Annotated[
         bool,
         typer.Option(
@@ -100,16 +134,42 @@ def predict(
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.config import save_config, to_dict
+    from metstrack.infer.inputs import PREPROCESS_CHOICES, prepare_input
     from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
-    from metstrack.io.release import read_release
     from metstrack.models.checkpoint import load_checkpoint
+    from metstrack.preprocess.brain import BRAIN_METHODS
 
+    for value, choices, flag in (
+        (preprocess, PREPROCESS_CHOICES, "--preprocess"),
+        (brain_method, BRAIN_METHODS, "--brain-mask"),
+    ):
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r}; {did_you_mean(value, choices)}", param_hint=flag)
     roi_size = _parse_roi(roi)
     dev = _device(device)
     with guarded():
         model, cfg = load_checkpoint(checkpoint, map_location=dev)
         model.to(dev)
-        cohort = read_release(data)
+        with progress() as bar:
+            task = bar.add_task("preparing input", total=None)
+            prepared = prepare_input(
+                data,
+                out / INPUT_DIR,
+                layout=layout,
+                intervals=intervals,
+                preprocess=preprocess,
+                brain_method=brain_method,
+                on_start=lambda n: bar.update(task, total=n),
+                on_study=lambda o: bar.advance(task),
+            )
+        cohort = prepared.cohort
+        if prepared.unknown_intervals:
+            console.print(
+                f"note: intervals between studies are unknown for {len(prepared.unknown_intervals)} "
+                "patient(s) (the input carries no dates); studies are kept in timepoint order. "
+                "Give --intervals table.csv (StudyID,DaysFromBaselineScan) to set them.",
+                soft_wrap=True,
+            )
         if patients:
             wanted = [p.strip() for p in patients.split(",") if p.strip()]
             selected = [cohort.patient(p) for p in wanted]
@@ -117,10 +177,9 @@ def predict(
             selected = list(cohort.patients)
         if not selected:
             raise DatasetError(f"{data}: no patients to predict")
-    from metstrack.preprocess.mapping import TRANSFORMS_DIR
-
-    transforms_root = data if native and (data / TRANSFORMS_DIR).is_dir() else None
+    transforms_root = prepared.root if native and prepared.preprocessed else None
     options = PredictOptions(
+        brain_method=brain_method,
         roi_size=roi_size,
         overlap=overlap,
         tta_flips=tta,
@@ -138,6 +197,9 @@ def predict(
         sw_batch_size=sw_batch_size,
         device=str(dev),
         output_grid="native" if transforms_root is not None else "input",
+        input_layout=prepared.source_layout,
+        preprocessed_input=str(prepared.root) if prepared.preprocessed else "",
+        brain_method=brain_method,
     )
     save_config(run, out / CONFIG_FILE, model=to_dict(cfg))
     table = Table(title=f"predictions in {out}")

@@ -3,9 +3,16 @@
 Flow for one patient (studies in time order)::
 
     native study grids --resample (baseline_to_study)--> baseline grid
-        --z-score in brain--> (T, C, X, Y, Z) --predict_sequence--> (T, K, X, Y, Z)
-        --foreground probability, resample (inverse transform)--> each study's native grid
-        --threshold--> mask.nii.gz, prob.nii.gz, lesions.csv
+        --brain mask (given, or estimated on the T1 post)--> z-score in the brain
+        --crop to the brains' bounding box--> (T, C, x, y, z)
+        --predict_sequence--> (T, K, x, y, z)
+        --foreground probability, 0 outside the brain, resample (inverse transform)-->
+        each study's native grid --threshold--> mask.nii.gz, prob.nii.gz, lesions.csv
+
+No lesion lies outside the brain: the probability is set to 0 outside each
+study's brain mask (on the baseline grid and again on the output grid), and the
+network only sees the brains' bounding box plus a margin, so sliding-window
+edges in the empty background cannot create components.
 
 Transform convention (:mod:`metstrack.preprocess.spatial`): ``baseline_to_study``
 maps a baseline world point (RAS, mm) to the same anatomy in the study; the
@@ -42,9 +49,13 @@ from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import check_same_grid, write_volume
 from metstrack.metrics.lesions import lesion_table
 from metstrack.models.base import SequenceModel
+from metstrack.preprocess.brain import estimate_brain_mask
 from metstrack.preprocess.intensity import zscore_in_brain
 from metstrack.preprocess.spatial import resample_array
 from metstrack.types import Patient, Volume
+
+#: The sequence a brain mask is estimated on (T1 post).
+REFERENCE_SEQUENCE = "CT1"
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +93,9 @@ class StudyImages:
             ``None``: the images' own grid.
         output_transform: float64 (4, 4) baseline-world to output-grid-world
             transform used with ``output_grid``; ``None`` means identity.
+        brain_mask: bool (X, Y, Z) brain mask on the images' grid; ``None``: estimated
+            from the T1 post image (:func:`metstrack.preprocess.brain.estimate_brain_mask`
+            with ``PredictOptions.brain_method``).
     """
 
     study_id: str
@@ -89,6 +103,7 @@ class StudyImages:
     baseline_to_study: np.ndarray | None = None
     output_grid: tuple[tuple[int, int, int], np.ndarray] | None = None
     output_transform: np.ndarray | None = None
+    brain_mask: np.ndarray | None = None
 
     def output_geometry(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray | None]:
         """``(shape, affine, baseline_to_output)`` of the grid the outputs go on."""
@@ -111,6 +126,10 @@ class PredictOptions:
         tta_flips: Average over the 8 mirror flips.
         threshold: Foreground probability at or above which a voxel is lesion.
         skip_existing: Keep finished studies (all three outputs present) as they are.
+        brain_method: How a study without a given brain mask gets one (one of
+            :data:`metstrack.preprocess.brain.BRAIN_METHODS`).
+        crop_margin_mm: Margin kept around the brains' bounding box before the
+            sliding window runs.
     """
 
     roi_size: tuple[int, int, int] | None = None
@@ -120,6 +139,8 @@ class PredictOptions:
     tta_flips: bool = False
     threshold: float = 0.5
     skip_existing: bool = True
+    brain_method: str = "auto"
+    crop_margin_mm: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +218,12 @@ def _check_inputs(model: SequenceModel, patient_id: str, studies: Sequence[Study
             )
         for vol in st.images[1:]:
             check_same_grid(st.images[0], vol)
+        if st.brain_mask is not None and np.shape(st.brain_mask) != st.images[0].shape:
+            raise InvalidImageError(
+                f"patient {patient_id} study {st.study_id}: brain mask of shape "
+                f"{np.shape(st.brain_mask)} for images of shape {st.images[0].shape}; "
+                "give the mask on the images' grid"
+            )
         for name in ("baseline_to_study", "output_transform"):
             t = getattr(st, name)
             if t is None:
@@ -275,9 +302,18 @@ def predict_patient(
         log.info("patient %s: all %d studies already predicted; skipped", patient_id, len(studies))
         return results  # type: ignore[return-value]
     ref = studies[0].images[0]
-    x = np.stack([zscore_in_brain(_to_baseline(st, ref)) for st in studies])
+    channels = [_to_baseline(st, ref) for st in studies]
+    brains = [
+        _brain_on_baseline(model, st, ref, x, options)
+        for st, x in zip(studies, channels, strict=True)
+    ]
+    box = _crop_box(np.any(brains, axis=0), ref, options.crop_margin_mm)
+    x = np.stack(
+        [zscore_in_brain(c, b)[(slice(None), *box)] for c, b in zip(channels, brains, strict=True)]
+    )
+    del channels
     roi = options.roi_size if options.roi_size is not None else model.config.roi_size
-    roi = tuple(min(int(r), _fit(model, s)) for r, s in zip(roi, ref.shape, strict=True))
+    roi = tuple(min(int(r), _fit(model, s)) for r, s in zip(roi, x.shape[2:], strict=True))
     probs = predict_sequence(
         model,
         torch.from_numpy(x),
@@ -287,14 +323,57 @@ def predict_patient(
         sw_batch_size=options.sw_batch_size,
         tta_flips=options.tta_flips,
     )
-    foreground = (1.0 - probs[:, 0]).numpy()
     for i, st in enumerate(studies):
         if done[i]:
             continue
-        results[i] = _write_study(
-            out_root, patient_id, st, _to_native(foreground[i], ref, st), options
-        )
+        foreground = np.zeros(ref.shape, np.float32)
+        foreground[box] = (1.0 - probs[i, 0]).numpy()
+        foreground[~brains[i]] = 0.0
+        prob = _to_native(foreground, ref, st) * _mask_to_native(brains[i], ref, st)
+        results[i] = _write_study(out_root, patient_id, st, prob, options)
     return results  # type: ignore[return-value]
+
+
+def _brain_on_baseline(
+    model: SequenceModel, st: StudyImages, ref: Volume, x: np.ndarray, options: PredictOptions
+) -> np.ndarray:
+    """bool (X, Y, Z) brain mask of one study on the baseline grid (given or estimated)."""
+    if st.brain_mask is not None:
+        t = None if st.baseline_to_study is None else np.asarray(st.baseline_to_study, np.float64)
+        src = st.images[0]
+        m = np.asarray(st.brain_mask).astype(np.uint8)
+        if src.same_grid(ref) and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+            return m.astype(bool)
+        return resample_array(m, src.affine, ref.shape, ref.affine, transform=t, order=0) > 0
+    mods = tuple(model.config.modalities)
+    c = mods.index(REFERENCE_SEQUENCE) if REFERENCE_SEQUENCE in mods else 0
+    mask, used = estimate_brain_mask(ref.with_array(x[c]), options.brain_method)
+    log.info("study %s: brain mask estimated (%s), %d voxels", st.study_id, used, int(mask.sum()))
+    return mask
+
+
+def _crop_box(brain: np.ndarray, ref: Volume, margin_mm: float) -> tuple[slice, slice, slice]:
+    """Bounding box of ``brain`` grown by ``margin_mm`` (clipped to the grid)."""
+    idx = np.nonzero(brain)
+    if idx[0].size == 0:
+        return tuple(slice(0, n) for n in ref.shape)  # type: ignore[return-value]
+    pad = [int(np.ceil(margin_mm / s)) for s in ref.spacing_mm]
+    return tuple(
+        slice(max(0, int(i.min()) - p), min(n, int(i.max()) + 1 + p))
+        for i, p, n in zip(idx, pad, ref.shape, strict=True)
+    )  # type: ignore[return-value]
+
+
+def _mask_to_native(brain: np.ndarray, ref: Volume, st: StudyImages) -> np.ndarray:
+    """Baseline-grid brain mask -> the study's output grid (float32 0/1, nearest)."""
+    shape, affine, t = st.output_geometry()
+    t = None if t is None else np.asarray(t, np.float64)
+    same = tuple(shape) == ref.shape and np.allclose(affine, ref.affine, atol=1e-3, rtol=0)
+    if same and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+        return brain.astype(np.float32)
+    inv = None if t is None else np.linalg.inv(t)
+    m = resample_array(brain.astype(np.uint8), ref.affine, shape, affine, transform=inv, order=0)
+    return (m > 0).astype(np.float32)
 
 
 def _fit(model: SequenceModel, size: int) -> int:
@@ -347,7 +426,8 @@ def load_patient_studies(
         modalities: Sequences to stack, in the network's channel order.
         transforms_root: A ``metstrack preprocess`` output root: its studies are on
             the baseline grid and ``transforms/<P>/<S>.json`` gives each original
-            file's grid, onto which the outputs are mapped back.
+            file's grid, onto which the outputs are mapped back; the brain mask it
+            wrote (``preprocess/brain_masks/<P>/<S>.nii.gz``) is used when present.
 
     Raises:
         DatasetError: A modality the network needs has no file (names the study
@@ -378,6 +458,22 @@ def load_patient_studies(
                 images=tuple(vols),
                 output_grid=(tr.native_grid.shape, tr.native_grid.affine),
                 output_transform=tr.baseline_to_study,
+                brain_mask=_preprocessed_brain(
+                    transforms_root, patient.patient_id, st.study_id, vols[0]
+                ),
             )
         )
     return out
+
+
+def _preprocessed_brain(root: Path, patient_id: str, study_id: str, image: Volume):
+    """The brain mask ``metstrack preprocess`` wrote for a study (bool array), or None."""
+    from metstrack.io.nifti import read_label
+    from metstrack.preprocess.pipeline import brain_mask_path
+
+    path = brain_mask_path(root, patient_id, study_id)
+    if not path.is_file():
+        return None
+    mask = read_label(path, binary=True)
+    check_same_grid(image, mask)
+    return mask.array > 0

@@ -275,7 +275,7 @@ def template_mask(vol: Volume) -> np.ndarray:
 
 
 #: Brain-mask methods of :func:`estimate_brain_mask`.
-BRAIN_METHODS: tuple[str, ...] = ("auto", "deepbet", "heuristic", "nonzero")
+BRAIN_METHODS: tuple[str, ...] = ("auto", "deepbet", "heuristic", "nonzero", "none")
 #: ``auto``: below this share of exactly-zero voxels an image is taken as skull-on.
 STRIPPED_MIN_ZERO_FRACTION = 0.3
 #: ``auto``: a zero-background image is skull-stripped when its non-zero region is
@@ -321,7 +321,9 @@ def estimate_brain_mask(
 
     Methods: ``auto`` (default, :func:`auto_brain_method`): the non-zero voxels of a
     skull-stripped image with zero background, else deepbet's CNN; ``deepbet``;
-    ``heuristic`` (:func:`brain_mask`, no CNN); ``nonzero`` (:func:`nonzero_mask`).
+    ``heuristic`` (:func:`brain_mask`, no CNN); ``nonzero`` (:func:`nonzero_mask`);
+    ``none`` (every voxel: the input is masked already). ``auto`` on an image smaller
+    than a head whose heuristic finds no brain falls back to ``none`` (logged).
 
     Args:
         vol: The image, shape (X, Y, Z), any grid.
@@ -330,7 +332,7 @@ def estimate_brain_mask(
 
     Returns:
         ``(mask, method_used)``: bool (X, Y, Z) array on ``vol``'s grid and the method
-        that made it (``auto`` resolves to ``nonzero``, ``deepbet`` or ``heuristic``).
+        that made it (``auto`` resolves to ``nonzero``, ``deepbet``, ``heuristic`` or ``none``).
 
     Raises:
         ConfigError: Unknown method (with did-you-mean).
@@ -343,11 +345,20 @@ def estimate_brain_mask(
     cnn = None
     if method == "auto":
         method, cnn = auto_brain_method(vol)
+        if method == "heuristic":
+            try:
+                return brain_mask(vol, cfg), method
+            except InvalidImageError as exc:
+                # A small image that is not a head (a test phantom): nothing to mask.
+                log.warning("%s; the whole image is taken as brain", exc)
+                method = "none"
     used = method
     if method == "deepbet":
         mask = deepbet_mask(vol) if cnn is None else cnn
     elif method == "heuristic":
         mask = brain_mask(vol, cfg)
+    elif method == "none":
+        mask = np.ones(vol.shape, dtype=bool)
     else:
         mask = nonzero_mask(vol)
     if not mask.any():

@@ -722,6 +722,7 @@ def preprocess_dataset(
     catalog_path: str | Path | None = None,
     on_study: Callable[[StudyOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    intervals: str | Path | None = None,
 ) -> PreprocessReport:
     """Preprocess a release-layout dataset into a new one (see the module docstring).
 
@@ -739,6 +740,10 @@ def preprocess_dataset(
             every finished study in (one transaction per study).
         on_study: Called in the parent process after each study (progress bars).
         on_start: Called once with the number of studies before work starts.
+        intervals: Optional CSV of ``StudyID, DaysFromBaselineScan``
+            (:func:`metstrack.io.layouts.apply_intervals`); without it, studies whose
+            layout carries no dates keep their timepoint order and an empty
+            ``DaysFromBaselineScan`` (interval unknown).
 
     Returns:
         The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
@@ -746,7 +751,7 @@ def preprocess_dataset(
     Raises:
         DatasetError: Unreadable input tables, or ``out_root`` equal to ``src_root``.
     """
-    from metstrack.io.layouts import read_dataset
+    from metstrack.io.layouts import apply_intervals, read_dataset
     from metstrack.io.release import read_release
 
     cfg = cfg or PreprocessConfig()
@@ -755,10 +760,12 @@ def preprocess_dataset(
         raise DatasetError(f"{out_root}: the output folder must differ from the input dataset")
     t0 = time.perf_counter()
     cohort = read_dataset(src_root, layout)
+    if intervals is not None:
+        cohort = apply_intervals(cohort, intervals)
     classes = tuple(int(c) for c in cohort.label_classes)
     _check_same_config(out_root, cfg)
     out_root.mkdir(parents=True, exist_ok=True)
-    if cohort.layout == "release":
+    if cohort.layout == "release" and intervals is None:
         tables = _copy_tables(src_root, out_root)
     else:
         tables = _write_imaging_tables(cohort, out_root)
