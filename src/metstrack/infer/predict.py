@@ -96,6 +96,9 @@ class StudyImages:
         brain_mask: bool (X, Y, Z) brain mask on the images' grid; ``None``: estimated
             from the T1 post image (:func:`metstrack.preprocess.brain.estimate_brain_mask`
             with ``PredictOptions.brain_method``).
+        output_brain_mask: bool brain mask on the output grid (``output_grid``), e.g. the
+            one ``metstrack preprocess`` made on the original file; ``None``: the images'
+            brain mask (mapped there when the grids differ).
     """
 
     study_id: str
@@ -104,6 +107,7 @@ class StudyImages:
     output_grid: tuple[tuple[int, int, int], np.ndarray] | None = None
     output_transform: np.ndarray | None = None
     brain_mask: np.ndarray | None = None
+    output_brain_mask: np.ndarray | None = None
 
     def output_geometry(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray | None]:
         """``(shape, affine, baseline_to_output)`` of the grid the outputs go on."""
@@ -303,10 +307,8 @@ def predict_patient(
         return results  # type: ignore[return-value]
     ref = studies[0].images[0]
     channels = [_to_baseline(st, ref) for st in studies]
-    brains = [
-        _brain_on_baseline(model, st, ref, x, options)
-        for st, x in zip(studies, channels, strict=True)
-    ]
+    masks = [_study_brain(model, st, options) for st in studies]
+    brains = [_brain_to_baseline(m, st, ref) for m, st in zip(masks, studies, strict=True)]
     box = _crop_box(np.any(brains, axis=0), ref, options.crop_margin_mm)
     x = np.stack(
         [zscore_in_brain(c, b)[(slice(None), *box)] for c, b in zip(channels, brains, strict=True)]
@@ -329,27 +331,56 @@ def predict_patient(
         foreground = np.zeros(ref.shape, np.float32)
         foreground[box] = (1.0 - probs[i, 0]).numpy()
         foreground[~brains[i]] = 0.0
-        prob = _to_native(foreground, ref, st) * _mask_to_native(brains[i], ref, st)
+        prob = _to_native(foreground, ref, st) * _output_brain(masks[i], brains[i], ref, st)
         results[i] = _write_study(out_root, patient_id, st, prob, options)
     return results  # type: ignore[return-value]
 
 
-def _brain_on_baseline(
-    model: SequenceModel, st: StudyImages, ref: Volume, x: np.ndarray, options: PredictOptions
-) -> np.ndarray:
-    """bool (X, Y, Z) brain mask of one study on the baseline grid (given or estimated)."""
+def _study_brain(model: SequenceModel, st: StudyImages, options: PredictOptions) -> np.ndarray:
+    """bool brain mask of one study on its images' grid (given, or estimated on the T1 post)."""
     if st.brain_mask is not None:
-        t = None if st.baseline_to_study is None else np.asarray(st.baseline_to_study, np.float64)
-        src = st.images[0]
-        m = np.asarray(st.brain_mask).astype(np.uint8)
-        if src.same_grid(ref) and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
-            return m.astype(bool)
-        return resample_array(m, src.affine, ref.shape, ref.affine, transform=t, order=0) > 0
+        return np.asarray(st.brain_mask).astype(bool)
     mods = tuple(model.config.modalities)
     c = mods.index(REFERENCE_SEQUENCE) if REFERENCE_SEQUENCE in mods else 0
-    mask, used = estimate_brain_mask(ref.with_array(x[c]), options.brain_method)
+    mask, used = estimate_brain_mask(st.images[c], options.brain_method)
     log.info("study %s: brain mask estimated (%s), %d voxels", st.study_id, used, int(mask.sum()))
     return mask
+
+
+def _brain_to_baseline(mask: np.ndarray, st: StudyImages, ref: Volume) -> np.ndarray:
+    """A study's brain mask carried onto the baseline grid (linear, >= 0.5)."""
+    t = None if st.baseline_to_study is None else np.asarray(st.baseline_to_study, np.float64)
+    src = st.images[0]
+    if src.same_grid(ref) and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+        return mask
+    m = resample_array(mask.astype(np.float32), src.affine, ref.shape, ref.affine, transform=t)
+    return m >= 0.5
+
+
+def _output_brain(
+    mask: np.ndarray, baseline_mask: np.ndarray, ref: Volume, st: StudyImages
+) -> np.ndarray:
+    """float32 0/1 brain mask on the study's output grid."""
+    shape, affine, t = st.output_geometry()
+    if st.output_brain_mask is not None:
+        out = np.asarray(st.output_brain_mask).astype(bool)
+        if out.shape != tuple(shape):
+            raise InvalidImageError(
+                f"study {st.study_id}: output brain mask of shape {out.shape} for an output "
+                f"grid of shape {tuple(shape)}"
+            )
+        return out.astype(np.float32)
+    if st.output_grid is None:
+        return mask.astype(np.float32)
+    t = None if t is None else np.asarray(t, np.float64)
+    same = tuple(shape) == ref.shape and np.allclose(affine, ref.affine, atol=1e-3, rtol=0)
+    if same and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+        return baseline_mask.astype(np.float32)
+    inv = None if t is None else np.linalg.inv(t)
+    m = resample_array(
+        baseline_mask.astype(np.uint8), ref.affine, shape, affine, transform=inv, order=0
+    )
+    return (m > 0).astype(np.float32)
 
 
 def _crop_box(brain: np.ndarray, ref: Volume, margin_mm: float) -> tuple[slice, slice, slice]:
@@ -362,18 +393,6 @@ def _crop_box(brain: np.ndarray, ref: Volume, margin_mm: float) -> tuple[slice, 
         slice(max(0, int(i.min()) - p), min(n, int(i.max()) + 1 + p))
         for i, p, n in zip(idx, pad, ref.shape, strict=True)
     )  # type: ignore[return-value]
-
-
-def _mask_to_native(brain: np.ndarray, ref: Volume, st: StudyImages) -> np.ndarray:
-    """Baseline-grid brain mask -> the study's output grid (float32 0/1, nearest)."""
-    shape, affine, t = st.output_geometry()
-    t = None if t is None else np.asarray(t, np.float64)
-    same = tuple(shape) == ref.shape and np.allclose(affine, ref.affine, atol=1e-3, rtol=0)
-    if same and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
-        return brain.astype(np.float32)
-    inv = None if t is None else np.linalg.inv(t)
-    m = resample_array(brain.astype(np.uint8), ref.affine, shape, affine, transform=inv, order=0)
-    return (m > 0).astype(np.float32)
 
 
 def _fit(model: SequenceModel, size: int) -> int:
@@ -461,19 +480,29 @@ def load_patient_studies(
                 brain_mask=_preprocessed_brain(
                     transforms_root, patient.patient_id, st.study_id, vols[0]
                 ),
+                output_brain_mask=_preprocessed_brain(
+                    transforms_root, patient.patient_id, st.study_id, None, native=True
+                ),
             )
         )
     return out
 
 
-def _preprocessed_brain(root: Path, patient_id: str, study_id: str, image: Volume):
-    """The brain mask ``metstrack preprocess`` wrote for a study (bool array), or None."""
+def _preprocessed_brain(
+    root: Path, patient_id: str, study_id: str, image: Volume | None, *, native: bool = False
+):
+    """A brain mask ``metstrack preprocess`` wrote for a study (bool array), or None.
+
+    Without ``native`` the baseline-grid mask (checked against ``image``'s grid);
+    with it the mask on the original CT1 file's grid.
+    """
     from metstrack.io.nifti import read_label
     from metstrack.preprocess.pipeline import brain_mask_path
 
-    path = brain_mask_path(root, patient_id, study_id)
+    path = brain_mask_path(root, patient_id, study_id, native=native)
     if not path.is_file():
         return None
     mask = read_label(path, binary=True)
-    check_same_grid(image, mask)
+    if image is not None:
+        check_same_grid(image, mask)
     return mask.array > 0

@@ -249,9 +249,13 @@ def provenance_path(out_root: Path, patient_id: str, study_id: str) -> Path:
     return Path(out_root) / PREPROCESS_DIR / "provenance" / patient_id / f"{study_id}.json"
 
 
-def brain_mask_path(out_root: Path, patient_id: str, study_id: str) -> Path:
-    """``<out>/preprocess/brain_masks/<PatientID>/<StudyID>.nii.gz``."""
-    return Path(out_root) / PREPROCESS_DIR / "brain_masks" / patient_id / f"{study_id}.nii.gz"
+def brain_mask_path(
+    out_root: Path, patient_id: str, study_id: str, *, native: bool = False
+) -> Path:
+    """``<out>/preprocess/brain_masks/<PatientID>/<StudyID>.nii.gz`` (on the baseline grid),
+    or with ``native`` ``<StudyID>.native.nii.gz`` (on the grid of the original CT1 file)."""
+    name = f"{study_id}.native.nii.gz" if native else f"{study_id}.nii.gz"
+    return Path(out_root) / PREPROCESS_DIR / "brain_masks" / patient_id / name
 
 
 def is_study_done(out_root: Path, patient_id: str, study_id: str) -> bool:
@@ -436,27 +440,47 @@ def preprocess_study(
             {"step": "resample", "sequence": seq, "interpolation": cfg.image_interpolation}
         )
 
-    # Brain mask on the CT1 of this study (already on the baseline grid).
+    # Brain mask on this study's CT1 as stored (so it holds exactly on the grid the
+    # predictions are written on), carried onto the baseline grid (linear >= 0.5).
     if cfg.brain_mask:
-        brain, used = estimate_brain_mask(ct1_vol, cfg.brain_method, cfg.brain)
+        native_brain, used = estimate_brain_mask(ct1_ras, cfg.brain_method, cfg.brain)
         steps.append(
             {
                 "step": "brain_mask",
                 "method": used,
                 "requested": cfg.brain_method,
                 **({"params": to_dict(cfg.brain)} if used == "heuristic" else {}),
-                "voxels": int(brain.sum()),
+                "voxels_native": int(native_brain.sum()),
             }
         )
     else:
-        brain = nonzero_mask(ct1_vol)
+        native_brain = nonzero_mask(ct1_ras)
         steps.append(
             {
                 "step": "brain_mask",
                 "method": "nonzero (skull-stripped input)",
-                "voxels": int(brain.sum()),
+                "voxels_native": int(native_brain.sum()),
             }
         )
+    brain = (
+        resample_array(
+            native_brain.astype(np.float32),
+            ct1_ras.affine,
+            grid.shape,
+            grid.affine,
+            transform=b2s,
+            order=1,
+        )
+        >= 0.5
+    )
+    steps[-1]["voxels"] = int(brain.sum())
+    native_brain = resample_array(
+        native_brain.astype(np.uint8),
+        ct1_ras.affine,
+        ct1_native.shape,
+        ct1_native.affine,
+        order=0,
+    ).astype(bool)
     if not brain.any():
         raise DatasetError(f"{ct1_path}: empty brain mask; check the image or use --no-brain-mask")
 
@@ -521,6 +545,12 @@ def preprocess_study(
         brain.astype(np.uint8), brain_mask_path(out_root, pid, sid), affine=grid.affine
     )
     outputs.append(str(bp.relative_to(out_root)))
+    nbp = write_volume(
+        native_brain.astype(np.uint8),
+        brain_mask_path(out_root, pid, sid, native=True),
+        affine=ct1_native.affine,
+    )
+    outputs.append(str(nbp.relative_to(out_root)))
     pp = provenance_path(out_root, pid, sid)
     tp = transform_path(out_root, pid, sid)
     outputs += [str(pp.relative_to(out_root)), str(tp.relative_to(out_root))]
