@@ -284,7 +284,7 @@ STRIPPED_MAX_RATIO = 1.25
 #: ``auto``: the CNN (trained on adult heads) runs only on images whose two largest
 #: world extents reach this many mm; smaller ones (test phantoms, partial fields of
 #: view) get the heuristic, or the non-zero voxels when the background is zero.
-HEAD_MIN_EXTENT_MM = 120.0
+HEAD_MIN_EXTENT_MM = 160.0
 
 
 def _head_sized(vol: Volume) -> bool:
