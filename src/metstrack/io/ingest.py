@@ -171,6 +171,25 @@ def _load_mapping(path: Path) -> dict:
     return data
 
 
+def read_mapping(path: str | Path) -> dict:
+    """Read the private pseudonym mapping written by :func:`ingest_dicom`.
+
+    Returns:
+        ``{"patients": {original PatientID: pseudonym}, "studies": {original
+        StudyInstanceUID: {"study_id", "patient_id", "study_date", "series": {SEQ: uid}}}}``.
+
+    Raises:
+        DatasetError: Missing, unreadable or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: pseudonym mapping not found; give the mapping `metstrack ingest` wrote "
+            "(default <out>-pseudonyms.json beside the dataset)"
+        )
+    return _load_mapping(path)
+
+
 def _save_mapping(path: Path, mapping: dict) -> None:
     from metstrack.io.atomic import atomic_path
 
