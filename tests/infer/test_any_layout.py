@@ -197,3 +197,32 @@ def test_brain_mask_on_the_real_skull_on_thick_slice_scan(realdata) -> None:
     ref = read_volume(case / "t1c_brainmask_hdbet.nii.gz").array > 0
     assert used == "deepbet"
     assert dice(mask, ref) > 0.95
+
+
+@pytest.mark.parametrize(
+    ("name", "sequence"),
+    [
+        ("t1.nii.gz", "T1"),
+        ("T1w.nii", "T1"),
+        ("t1c.nii.gz", "CT1"),
+        ("sub-01_T1CE.nii.gz", "CT1"),
+        ("CT1.nii.gz", "CT1"),
+        ("t2w.nii.gz", "T2"),
+        ("BraTS-MET-00110-000-t2f.nii.gz", "FLAIR"),
+        ("seg.nii.gz", "RTSTRUCT_segmentation"),
+        ("t1c_brainmask_hdbet.nii.gz", None),
+    ],
+)
+def test_study_folder_file_names(name, sequence) -> None:
+    from metstrack.io.study_folder import sequence_of
+
+    assert sequence_of(name) == sequence
+
+
+@pytest.mark.realdata
+def test_the_real_clinical_study_folder_reads_as_one_study(realdata) -> None:
+    cohort = read_dataset(realdata / "tcga-fg-6692-raw")
+    assert cohort.layout == "study"
+    (study,) = cohort.studies
+    assert study.modalities_present == ("T1", "CT1", "T2", "FLAIR")
+    assert study.path("CT1").name == "t1c.nii.gz" and study.label_path is None
