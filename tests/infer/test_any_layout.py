@@ -226,3 +226,46 @@ def test_the_real_clinical_study_folder_reads_as_one_study(realdata) -> None:
     (study,) = cohort.studies
     assert study.modalities_present == ("T1", "CT1", "T2", "FLAIR")
     assert study.path("CT1").name == "t1c.nii.gz" and study.label_path is None
+
+
+def test_predict_and_evaluate_a_dicom_folder(cli, checkpoint, tmp_path) -> None:
+    from pydicom.uid import generate_uid
+
+    from metstrack.io.dicom_synth import write_rtstruct, write_series
+
+    export = tmp_path / "export"
+    for s, date in ((1, "20210104"), (2, "20210405")):
+        imgs, _, _ = _head(s)
+        common = dict(study_uid=generate_uid(), study_date=date, origin_lps=(-16.0, -16.0, 0.0))
+        base = export / "patient1" / f"study{s}"
+        for n, (key, desc, agent) in enumerate(
+            (
+                ("t1n", "AX T1", None),
+                ("t1c", "AX T1", "Gadobutrol"),
+                ("t2w", "AX T2 FSE", None),
+                ("t2f", "AX T2 FLAIR", None),
+            ),  # fmt: skip
+            start=1,
+        ):
+            arr = np.round(imgs[key][:, :, ::2]).astype(np.uint16)  # 2 mm slices
+            paths = write_series(base / key, arr, description=desc, contrast_agent=agent,
+                                 series_number=n, **common)  # fmt: skip
+        if s == 1:
+            t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+            ring = [np.column_stack([-16 + 20 + 3 * np.cos(t), -16 + 13 + 3 * np.sin(t),
+                                     np.full_like(t, 2.0 * k)]) for k in (5, 6, 7)]  # fmt: skip
+            write_rtstruct(base / "rtstruct" / "RS.dcm", paths, [("GTV_1", "GTV", ring)])
+    out = tmp_path / "preds"
+    args = ("--checkpoint", checkpoint, "--data", export, "--out", out)
+    res = cli("predict", *args, "--preprocess", "never", "--brain-mask", "none")
+    assert res.exit_code == 0, res.output
+    assert (
+        json.loads((out / "predict_config.json").read_text())["config"]["input_layout"] == "dicom"
+    )
+    masks = sorted((out / "predictions").rglob("mask.nii.gz"))
+    assert len(masks) == 2  # two studies, pseudonymised IDs
+    ev = cli(
+        "evaluate", "--pred", out, "--ref", export, "--out", tmp_path / "ev", "--bootstrap", "5"
+    )
+    assert ev.exit_code == 0, ev.output
+    assert len(pd.read_csv(tmp_path / "ev" / "studies.csv")) == 1  # the study with an RTSTRUCT

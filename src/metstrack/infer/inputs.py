@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from metstrack.errors import ConfigError, DatasetError, did_you_mean
@@ -142,9 +142,11 @@ def prepare_input(
         ingest_dicom(data, source, config=IngestConfig(), mapping_path=work / "pseudonyms.json")
         source_layout = "dicom"
     cohort = read_dataset(source, "auto" if source_layout == "dicom" else layout)
-    if source_layout in ("auto", "dicom") and source_layout != "dicom":
+    if source_layout == "auto":
         source_layout = cohort.layout
-    run_preprocess = preprocess == "always" or (preprocess == "auto" and cohort.layout != "release")
+    run_preprocess = preprocess == "always" or (
+        preprocess == "auto" and (source_layout == "dicom" or cohort.layout != "release")
+    )
     if not run_preprocess:
         if intervals is not None:
             cohort = apply_intervals(cohort, intervals)
@@ -175,8 +177,3 @@ def prepare_input(
 
 def _any_layout(root: Path) -> bool:
     return any(lay.detect(root) for lay in LAYOUTS.values())
-
-
-def with_label_classes(prepared: PreparedInput, cohort: Cohort) -> PreparedInput:
-    """``prepared`` with another cohort (used after selecting patients)."""
-    return replace(prepared, cohort=cohort)
