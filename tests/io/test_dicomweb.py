@@ -198,3 +198,10 @@ def test_wildcard_patient_is_refused(creds, tmp_path):
         )
     )
     assert "wildcards" in line
+
+
+def test_push_to_an_unreachable_server_is_one_line(orthanc, creds):
+    _, export = orthanc
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    line = _one_error_line(_run("push", export / "patient1" / "study2" / "t1", "--pacs", url))
+    assert "cannot connect while trying to store" in line

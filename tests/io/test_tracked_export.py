@@ -45,8 +45,23 @@ def _ball(centre, radius_mm):
 
 
 def _run(*args):
-    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return res
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _export(root, *, tracking="tracking", dicom=None, mapping=None, out="out", extra=()):
+    """Run ``metstrack export`` on the fixture's folders (any of them replaceable)."""
+    return _run(
+        "export",
+        "--tracking",
+        root / tracking,
+        "--dicom",
+        dicom or root / "export",
+        "--mapping",
+        mapping or root / "release-pseudonyms.json",
+        "--out",
+        root / out,
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +123,7 @@ def tracked(tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(tracked):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        root / "export",
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        root / "out",
-        "--rtstruct",
-    )
+    res = _export(root, extra=("--rtstruct",))
     assert res.exit_code == 0, res.output
     table = pd.read_csv(root / "out" / "lesions.csv", dtype={"study_id": str})
     return root, table
@@ -275,18 +279,13 @@ def test_source_identifiers_kept_by_default(exported):
 
 def test_pseudonymised_export_carries_no_identifier(tracked):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        root / "export",
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        root / "pseudo",
-        "--rtstruct",
-        "--pseudonymise",
+    res = _export(
+        root,
+        out="pseudo",
+        extra=(
+            "--rtstruct",
+            "--pseudonymise",
+        ),
     )
     assert res.exit_code == 0, res.output
     files = sorted((root / "pseudo").rglob("*.dcm"))
@@ -311,17 +310,7 @@ def test_tracking_uid_is_reproducible_across_exports(exported, tracked):
 
 def test_missing_mapping_is_one_line(tracked, tmp_path):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        root / "export",
-        "--mapping",
-        tmp_path / "nope.json",
-        "--out",
-        tmp_path / "o",
-    )
+    res = _export(root, mapping=tmp_path / "nope.json", out=tmp_path / "o")
     assert res.exit_code == 1
     assert "pseudonym mapping not found" in res.output
     assert len(res.output.strip().splitlines()) == 1
@@ -329,17 +318,7 @@ def test_missing_mapping_is_one_line(tracked, tmp_path):
 
 def test_not_a_tracking_folder_is_one_line(tracked, tmp_path):
     root = tracked
-    res = _run(
-        "export",
-        "--tracking",
-        tmp_path,
-        "--dicom",
-        root / "export",
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        tmp_path / "o",
-    )
+    res = _export(root, tracking=tmp_path, out=tmp_path / "o")  # root / absolute = absolute
     assert res.exit_code == 1
     assert "trajectories.csv not found" in res.output
 
@@ -348,17 +327,7 @@ def test_source_series_absent_is_one_line(tracked, tmp_path):
     root = tracked
     other = tmp_path / "other"
     write_series(other / "x", np.zeros((4, 4, 3), np.uint16))
-    res = _run(
-        "export",
-        "--tracking",
-        root / "tracking",
-        "--dicom",
-        other,
-        "--mapping",
-        root / "release-pseudonyms.json",
-        "--out",
-        tmp_path / "o",
-    )
+    res = _export(root, dicom=other, out=tmp_path / "o")
     assert res.exit_code == 1
     assert "is not there; point --dicom at the export that was ingested" in res.output
     assert SECRET_ID not in res.output
@@ -366,3 +335,75 @@ def test_source_series_absent_is_one_line(tracked, tmp_path):
 
 def _source_folder(root, sid):
     return root / "export" / f"study{int(sid[1:])}" / "t1post"
+
+
+@pytest.fixture(scope="module")
+def split_merge(tracked):
+    """The same studies tracked again with a bar that splits in two, then merges back."""
+    root = tracked
+    masks = []
+    bar = np.zeros(SHAPE, np.uint8)
+    bar[4:17, 9:12, 4:7] = 1
+    halves = bar.copy()
+    halves[9:12] = 0  # a gap: two pieces, each inside the bar's old extent
+    masks = [bar, halves, bar]
+    release = root / "release" / "imaging" / "patientId" / "P0001" / "studyId"
+    for sid, mask in zip(("S00001", "S00002", "S00003"), masks, strict=True):
+        ct1 = read_volume(release / sid / "CT1.nii.gz")
+        write_volume(
+            Volume(mask, ct1.affine),
+            root
+            / "preds_sm"
+            / "predictions"
+            / "patientId"
+            / "P0001"
+            / "studyId"
+            / sid
+            / "mask.nii.gz",
+            dtype=np.uint8,
+        )
+    assert (
+        _run(
+            "track",
+            "--data",
+            root / "release",
+            "--masks",
+            root / "preds_sm",
+            "--out",
+            root / "tracking_sm",
+            "--no-figures",
+        ).exit_code
+        == 0
+    )
+    res = _export(root, tracking="tracking_sm", out="out_sm")
+    assert res.exit_code == 0, res.output
+    return root, pd.read_csv(root / "out_sm" / "lesions.csv", dtype={"study_id": str})
+
+
+def test_split_fragment_gets_its_own_identity_and_names_its_parent(split_merge):
+    root, table = split_merge
+    s2 = table[table["study_id"] == "S00002"].set_index("tracking_id")
+    assert sorted(s2.index) == ["L1", "L2"]
+    assert s2.loc["L2", "split_from"] == 1
+    assert s2.loc["L1", "tracking_uid"] != s2.loc["L2", "tracking_uid"]
+    segs = read_seg_segments(root / "out_sm" / "P0001" / "S00002" / "SEG.dcm")
+    assert [s.tracking_id for s in segs] == ["L1", "L2"]
+    for f in sorted((root / "out_sm").rglob("*.dcm")):
+        assert dciodvfy(f)[0] == [], f
+
+
+def test_merged_lesion_keeps_the_linked_identity(split_merge):
+    root, table = split_merge
+    traj = pd.read_csv(root / "tracking_sm" / "trajectories.csv", dtype={"study_id": str})
+    merged = traj[(traj["study_id"] == "S00003") & (traj["event"].fillna("").str.contains("merge"))]
+    assert len(merged) == 1  # the tracker linked one source; the other's track ended
+    kept = f"L{int(merged['lesion_id'].iloc[0])}"
+    segs = read_seg_segments(root / "out_sm" / "P0001" / "S00003" / "SEG.dcm")
+    assert [s.tracking_id for s in segs] == [kept]
+    s2 = table[table["study_id"] == "S00002"].set_index("tracking_id")
+    assert segs[0].tracking_uid == s2.loc[kept, "tracking_uid"]  # same UID as before the merge
+    s3 = table[table["study_id"] == "S00003"]
+    assert s3.loc[s3["present"], "tracking_id"].tolist() == [kept]
+    rep = read_tracked_sr(root / "out_sm" / "P0001" / "S00003" / "SR.dcm")
+    assert {les.tracking_id for les in rep.lesions} == set(s3["tracking_id"])
+    assert rep.lesions[0].segment_number == 1

@@ -1,4 +1,4 @@
-"""``metstrack predict``: run a trained network over a release-layout dataset."""
+"""``metstrack predict``: run a trained network over a dataset in any layout (or DICOM)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
+from metstrack.cli.common import (
+    EXIT_DATA_ERROR,
+    console,
+    err_console,
+    guarded,
+    progress,
+    usage_error,
+)
 from metstrack.errors import DatasetError, MetstrackError, did_you_mean
+from metstrack.infer.resume import PREDICT_CONFIG
+from metstrack.io.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 
 #: Resolved settings written beside the predictions.
-CONFIG_FILE = "predict_config.json"
+CONFIG_FILE = PREDICT_CONFIG
 #: Sub-folder of --out holding the ingested / preprocessed copy of the input.
 INPUT_DIR = "input"
 
@@ -131,11 +140,26 @@ def predict(
             "original files' grids (default) or on the preprocessed grid.",
         ),
     ] = True,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace predictions in --out made with another checkpoint or settings "
+            "(by default the run refuses; the same run resumes).",
+        ),
+    ] = False,
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.config import save_config, to_dict
     from metstrack.infer.inputs import PREPROCESS_CHOICES, prepare_input
     from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
+    from metstrack.infer.resume import (
+        FINGERPRINT_KEY,
+        prepare_prediction_root,
+        run_fingerprint,
+        saved_fingerprint,
+    )
+    from metstrack.models.base import InputShapeError
     from metstrack.models.checkpoint import load_checkpoint
     from metstrack.preprocess.brain import BRAIN_METHODS
 
@@ -150,6 +174,12 @@ def predict(
     with guarded():
         model, cfg = load_checkpoint(checkpoint, map_location=dev)
         model.to(dev)
+    if roi_size is not None:
+        try:  # a window the network cannot take is refused before any work
+            model.check_spatial(roi_size)
+        except InputShapeError as exc:
+            usage_error(f"--roi {roi}: {exc}")
+    with guarded():
         with progress() as bar:
             task = bar.add_task("preparing input", total=None)
             prepared = prepare_input(
@@ -201,7 +231,24 @@ def predict(
         preprocessed_input=str(prepared.root) if prepared.preprocessed else "",
         brain_method=brain_method,
     )
-    save_config(run, out / CONFIG_FILE, model=to_dict(cfg))
+    # Everything that changes a study's outputs; device and batch size do not. The
+    # dataset is not part of it: a study is its StudyID, so a follow-up added to
+    # the dataset later is predicted alone on a rerun (its patient's memory rerun).
+    fingerprint = run_fingerprint(
+        file_sha256(checkpoint),
+        {
+            "roi_size": run.roi_size,
+            "overlap": overlap,
+            "tta_flips": tta,
+            "threshold": threshold,
+            "output_grid": run.output_grid,
+            "brain_method": brain_method,
+        },
+    )
+    with guarded():
+        prepare_prediction_root(out, fingerprint, overwrite=overwrite)
+    if saved_fingerprint(out) != fingerprint:  # a resumed run keeps the record it resumes
+        save_config(run, out / CONFIG_FILE, model=to_dict(cfg), **{FINGERPRINT_KEY: fingerprint})
     table = Table(title=f"predictions in {out}")
     for col in ("patient", "studies", "lesions", "status"):
         table.add_column(col)

@@ -171,6 +171,17 @@ def _call(fn, url: str, what: str, *args, **kwargs):
         raise _explain(exc, url, what) from None
 
 
+def _search(client: DICOMwebClient, url: str, filters: dict[str, str]) -> list[str]:
+    hits = _call(
+        client.search_for_studies,
+        url,
+        "search studies",
+        search_filters=filters,
+        fields=["StudyInstanceUID"],
+    )
+    return [str(pydicom.Dataset.from_json(h).StudyInstanceUID) for h in hits]
+
+
 def find_studies(
     client: DICOMwebClient, url: str, *, patient_id: str | None, study_uids: Sequence[str]
 ) -> list[str]:
@@ -186,28 +197,14 @@ def find_studies(
             "--patient must be one exact PatientID: wildcards (* ?) would match other patients"
         )
     if patient_id:
-        hits = _call(
-            client.search_for_studies,
-            url,
-            "search studies",
-            search_filters={"PatientID": patient_id},
-            fields=["StudyInstanceUID"],
-        )
-        found += [str(pydicom.Dataset.from_json(h).StudyInstanceUID) for h in hits]
+        found += _search(client, url, {"PatientID": patient_id})
         if not found and not study_uids:
             raise PacsError(
                 f"{server_label(url)}: no study matches the given --patient; check the "
                 "PatientID as the PACS stores it"
             )
     for uid in study_uids:
-        hits = _call(
-            client.search_for_studies,
-            url,
-            "search studies",
-            search_filters={"StudyInstanceUID": uid},
-            fields=["StudyInstanceUID"],
-        )
-        if not hits:
+        if not _search(client, url, {"StudyInstanceUID": uid}):
             raise PacsError(
                 f"{server_label(url)}: study {uid_suffix(uid)} not found; check the "
                 "StudyInstanceUID (metstrack pull --study UID)"

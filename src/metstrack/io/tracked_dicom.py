@@ -216,8 +216,15 @@ def _lesion_groups(les: LesionEntry, seg: pydicom.Dataset | None, frame_uid: str
     groups = [
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tid,
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
-                seg, segment_number=int(les.segment_number)
+            # built by hand: highdicom's from_segmentation() looks for per-frame segment
+            # identification, which a single-segment SEG keeps in the shared groups
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=str(seg.SOPClassUID),
+                sop_instance_uid=str(seg.SOPInstanceUID),
+                segment_number=int(les.segment_number),
+                source_series=hd.sr.SourceSeriesForSegmentation(
+                    str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+                ),
             ),
             finding_type=codes.SCT.Metastasis,
             finding_category=codes.SCT.MorphologicallyAbnormalStructure,

@@ -91,8 +91,8 @@ def _study_masks(study: Study, inputs: ReportInputs, image):
         )
         if p is not None:
             pred = read_label(p, reference=image).array
-    if study.label_path is not None:
-        ref = read_label(study.label_path, binary=False, reference=image).array > 0
+    if study.any_label_path is not None:  # the release label, else a synthetic truth label
+        ref = read_label(study.any_label_path, binary=False, reference=image).array > 0
     return pred, ref
 
 

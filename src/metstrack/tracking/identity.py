@@ -19,10 +19,11 @@ Rules for changes of identity (they follow the tracker's IDs):
 - a **resolved** lesion keeps its identity: it has no segment in the study's
   SEG (nothing to draw) but stays listed in the study's SR with volume 0 and
   status ``resolved``; if it reappears it carries the same identity again;
-- a **split**: the larger continuation keeps the parent's identity, each
-  fragment gets a new identity (the SR and ``lesions.csv`` name its parent);
-- a **merge**: the coalesced lesion keeps the identity of the lesion it was
-  linked to; the absorbed lesions' identities end (no further rows).
+- a **split**: the fragment the matching links to the parent keeps the
+  parent's identity, every other fragment gets a new identity (the export's
+  ``lesions.csv`` names its parent in ``split_from``);
+- a **merge**: the coalesced lesion keeps the identity of the lesion the
+  matching linked it to; the absorbed lesions' identities end (no further rows).
 """
 
 from __future__ import annotations
