@@ -180,8 +180,15 @@ def predict(
         except InputShapeError as exc:
             usage_error(f"--roi {roi}: {exc}")
     with guarded():
-        with progress() as bar:
-            task = bar.add_task("preparing input", total=None)
+        # The bar appears only when the input is preprocessed on the way in.
+        bar = progress()
+        tasks: list = []
+
+        def start(n: int) -> None:
+            bar.start()
+            tasks.append(bar.add_task("preprocessing input", total=n))
+
+        try:
             prepared = prepare_input(
                 data,
                 out / INPUT_DIR,
@@ -189,9 +196,11 @@ def predict(
                 intervals=intervals,
                 preprocess=preprocess,
                 brain_method=brain_method,
-                on_start=lambda n: bar.update(task, total=n),
-                on_study=lambda o: bar.advance(task),
+                on_start=start,
+                on_study=lambda o: bar.advance(tasks[0]),
             )
+        finally:
+            bar.stop()
         cohort = prepared.cohort
         if prepared.unknown_intervals:
             console.print(
