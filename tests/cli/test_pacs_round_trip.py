@@ -74,7 +74,13 @@ def round_trip(tmp_path_factory):
                     outputs.append(res.output)
             client = make_client(server.dicomweb)
             found = _query(client)
-            yield {"root": root, "found": found, "outputs": outputs, "timings": timings}
+            yield {
+                "root": root,
+                "found": found,
+                "outputs": outputs,
+                "timings": timings,
+                "server": server,
+            }
     finally:
         mp.undo()
     print("\nround-trip timings (s):", ", ".join(f"{n} {t:.2f}" for n, t in timings))
@@ -184,3 +190,31 @@ def test_report_lists_the_tracking_ids_of_the_seg(round_trip):
     }
     for tid in ids:
         assert f"<td class='l'>{tid}</td>" in page
+
+
+def test_exporting_and_pushing_again_adds_no_duplicate(round_trip):
+    root, server = round_trip["root"], round_trip["server"]
+    before = len(server.get("/instances"))
+    runner = CliRunner()
+    for args in (
+        [
+            "export",
+            "--tracking",
+            "tracking",
+            "--dicom",
+            "pulled",
+            "--mapping",
+            "release-pseudonyms.json",
+            "--out",
+            "dicom_again",
+            "--rtstruct",
+        ],
+        ["push", "dicom_again", "--pacs", server.dicomweb],
+    ):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(root)
+            mp.setenv(ENV_USER, USER)
+            mp.setenv(ENV_PASSWORD, PASSWORD)
+            res = runner.invoke(app, args, catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+    assert len(server.get("/instances")) == before

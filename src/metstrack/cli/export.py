@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import console, guarded, usage_error
+from metstrack.cli.common import console, guarded, progress, usage_error
 from metstrack.io.export import lesion_instances, write_rtstruct, write_seg
 from metstrack.io.export_tracked import export_tracked
 from metstrack.io.ingest import source_series_uid
@@ -89,7 +90,13 @@ def export(
     ] = None,
 ) -> None:
     """Write every tracked study's DICOM SEG + SR (+ RTSTRUCT) on its source series."""
-    with guarded():
+    with guarded(), contextlib.ExitStack() as stack:
+        bar: dict = {}
+
+        def start(n_studies: int) -> None:  # the bar appears once the inputs check out
+            bar["bar"] = stack.enter_context(progress())
+            bar["task"] = bar["bar"].add_task("export", total=n_studies)
+
         result = export_tracked(
             tracking,
             dicom,
@@ -99,6 +106,8 @@ def export(
             rtstruct=rtstruct,
             pseudonymise=pseudonymise,
             patients=tuple(patient or ()),
+            on_start=start,
+            on_study=lambda _s: bar["bar"].advance(bar["task"]),
         )
     table = Table(title="tracked lesions exported")
     for col in ("patient", "study", "lesions", "in SEG", "objects"):

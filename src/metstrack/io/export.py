@@ -133,6 +133,13 @@ PSEUDONYMISED_REMOVE = (
 )
 
 
+def fill_type2_context(ds: pydicom.Dataset) -> None:
+    """Add the patient/study type-2 attributes a source lacks, empty (derived objects copy them)."""
+    for key in _TYPE2_CONTEXT:
+        if key not in ds:
+            setattr(ds, key, "")
+
+
 def lesion_instances(mask: np.ndarray, *, instance_map: bool = False) -> np.ndarray:
     """One positive ID per lesion.
 
@@ -240,6 +247,7 @@ def write_rtstruct(
     series_uid: str | None = None,
     identity: PatientIdentity | None = None,
     instance_map: bool = False,
+    uids: tuple[str, str] | None = None,
 ) -> Path:
     """Write a lesion mask as an RTSTRUCT with one ROI per lesion.
 
@@ -253,6 +261,7 @@ def write_rtstruct(
         series_uid: Pick this series when ``series`` is a folder holding several.
         identity: Write these identifiers instead of the source's (pseudonymised export).
         instance_map: Each positive value is one lesion (see :func:`lesion_instances`).
+        uids: ``(SeriesInstanceUID, SOPInstanceUID)`` to use (default: new random UIDs).
 
     Returns:
         ``out``.
@@ -275,7 +284,8 @@ def write_rtstruct(
     out = Path(out)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    series_uid_out, sop_uid = uids or (generate_uid(), generate_uid())
+    meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(out), {}, file_meta=meta, preamble=b"\0" * 128)
     now = dt.datetime.now()
@@ -290,7 +300,7 @@ def write_rtstruct(
     ds.PositionReferenceIndicator = ref.get("PositionReferenceIndicator", "")
     ds.Modality = "RTSTRUCT"
     ds.OperatorsName = ""
-    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid_out
     ds.SeriesNumber = 9901
     ds.SeriesDescription = f"{label} lesions"
     ds.InstanceNumber = 1
@@ -388,6 +398,7 @@ def write_seg(
     identity: PatientIdentity | None = None,
     series_description: str = "metstrack lesions",
     instance_map: bool = False,
+    uids: tuple[str, str] | None = None,
 ) -> Path:
     """Write a lesion mask as a DICOM SEG (highdicom, BINARY, one segment per lesion).
 
@@ -402,6 +413,7 @@ def write_seg(
         identity: Write these identifiers instead of the source's (pseudonymised export).
         series_description: SeriesDescription of the SEG.
         instance_map: Each positive value is one lesion (see :func:`lesion_instances`).
+        uids: ``(SeriesInstanceUID, SOPInstanceUID)`` to use (default: new random UIDs).
 
     Returns:
         ``out``.
@@ -434,9 +446,7 @@ def write_seg(
     frames = relabel[inst].transpose(2, 1, 0)  # (slices, rows, columns) in source order
     sources = [pydicom.dcmread(i.path) for i in geo.instances]
     for ds in sources:  # highdicom copies these type-2 attributes; empty when absent
-        for key in _TYPE2_CONTEXT:
-            if key not in ds:
-                setattr(ds, key, "")
+        fill_type2_context(ds)
         if identity is not None:
             identity.apply(ds)
     algo = hd.AlgorithmIdentificationSequence(
@@ -460,9 +470,9 @@ def write_seg(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=uids[0] if uids else hd.UID(),
         series_number=9902,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=uids[1] if uids else hd.UID(),
         instance_number=1,
         manufacturer="metstrack",
         manufacturer_model_name="metstrack",

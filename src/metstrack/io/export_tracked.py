@@ -30,6 +30,7 @@ still reference their source images).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -44,7 +45,13 @@ import pydicom
 from metstrack import __version__
 from metstrack.errors import DatasetError, DicomSeriesError, GeometryMismatchError, did_you_mean
 from metstrack.io.atomic import write_csv_atomic, write_json_atomic
-from metstrack.io.dicom import DicomScan, scan_dicom, series_geometry, uid_suffix
+from metstrack.io.dicom import (
+    DicomScan,
+    DicomSeriesInfo,
+    scan_dicom,
+    series_geometry,
+    uid_suffix,
+)
 from metstrack.io.export import GRID_ATOL_MM, PatientIdentity, write_rtstruct, write_seg
 from metstrack.io.ingest import read_mapping
 from metstrack.io.nifti import read_label
@@ -53,7 +60,7 @@ from metstrack.metrics.bidimensional import bidimensional_mm
 from metstrack.preprocess.grid import Grid
 from metstrack.preprocess.mapping import map_to_native
 from metstrack.tracking.cohort import read_transforms, tracked_map_path
-from metstrack.tracking.identity import tracking_id, tracking_uid
+from metstrack.tracking.identity import derived_uid, tracking_id, tracking_uid
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)
@@ -210,6 +217,7 @@ def export_tracked(
     rtstruct: bool = False,
     pseudonymise: bool = False,
     patients: tuple[str, ...] = (),
+    on_start: Callable[[int], None] | None = None,
     on_study: Callable[[StudyExport], None] | None = None,
 ) -> TrackedExport:
     """Write every tracked study's SEG + SR (+ RTSTRUCT) on its source series.
@@ -223,6 +231,7 @@ def export_tracked(
         rtstruct: Also write an RTSTRUCT per study.
         pseudonymise: Write the mapping's pseudonyms instead of the source identifiers.
         patients: Only these patient pseudonyms (all when empty).
+        on_start: Called with the number of studies once the inputs are read (progress).
         on_study: Called after each study (progress).
 
     Returns:
@@ -248,35 +257,38 @@ def export_tracked(
                 + did_you_mean(unknown[0], set(traj["patient_id"]))
             )
         traj = traj[traj["patient_id"].isin(patients)]
+    run = _Run(
+        scan=scan,
+        tracking=tracking,
+        out=out,
+        sequence=sequence,
+        rtstruct=rtstruct,
+        pseudonymise=pseudonymise,
+        mapping_path=Path(mapping_path),
+        transforms=transforms,
+    )
+    for sid in traj["study_id"].unique():  # every input checked before anything is written
+        if sid not in studies:
+            raise DatasetError(
+                f"{mapping_path}: study {sid} is not in the mapping; give the mapping file "
+                "of the ingest that produced the tracked dataset"
+            )
+        _source_series(run, sid, studies[sid][1])
     results: list[StudyExport] = []
     rows: list[dict] = []
+    if on_start is not None:
+        on_start(int(traj.drop_duplicates(["patient_id", "study_id"]).shape[0]))
     for pid, ptraj in traj.groupby("patient_id", sort=True):
         order = ptraj.drop_duplicates("study_id").sort_values("study_index")["study_id"].tolist()
-        missing = [s for s in order if s not in studies]
-        if missing:
-            raise DatasetError(
-                f"{mapping_path}: study {missing[0]} of patient {pid} is not in the mapping; "
-                "give the mapping file of the ingest that produced the tracked dataset"
-            )
         anchor = studies[order[0]][0]
         for sid in order:
             study_uid, entry = studies[sid]
             res = _export_study(
-                pid,
-                sid,
-                study_uid,
+                run,
+                StudyKey(pid, sid, study_uid, anchor),
                 entry,
                 ptraj[ptraj["study_id"] == sid].sort_values("lesion_id"),
                 resp[(resp["patient_id"] == pid) & (resp["study_id"] == sid)],
-                anchor=anchor,
-                scan=scan,
-                tracking=tracking,
-                transform=transforms.get((pid, sid)) if transforms else None,
-                out=out,
-                sequence=sequence,
-                rtstruct=rtstruct,
-                identity=PatientIdentity(pid, sid) if pseudonymise else None,
-                mapping_path=Path(mapping_path),
             )
             results.append(res)
             trows = ptraj[ptraj["study_id"] == sid].set_index("lesion_id")
@@ -337,40 +349,106 @@ def _tracking_transforms(tracking: Path) -> dict | None:
     return read_transforms(src)
 
 
-def _export_study(
-    pid: str,
-    sid: str,
-    study_uid: str,
-    entry: dict,
-    rows: pd.DataFrame,
-    resp: pd.DataFrame,
-    *,
+def _object_uids(
     anchor: str,
-    scan: DicomScan,
-    tracking: Path,
-    transform,
-    out: Path,
-    sequence: str,
-    rtstruct: bool,
+    study_uid: str,
+    series_uid: str,
     identity: PatientIdentity | None,
-    mapping_path: Path,
-) -> StudyExport:
-    series = entry.get("series", {})
-    if sequence not in series:
-        raise DatasetError(
-            f"{mapping_path}: study {sid} has no ingested {sequence}; "
-            + did_you_mean(sequence, series)
+    native: np.ndarray,
+    lesions: list[LesionEntry],
+    resp: pd.DataFrame,
+) -> dict[str, tuple[str, str]]:
+    """(SeriesInstanceUID, SOPInstanceUID) of each object of one study, derived, not random.
+
+    The series UID depends on the study and the identifier mode only, so every
+    export of a study lands in the same three series; the SOP instance UID also
+    hashes the content (voxels, lesion table, response, version), so exporting
+    the same result again gives the same instances (a PACS keeps one copy) while
+    a changed result gets new ones.
+    """
+    mode = "pseudonymised" if identity is not None else "identified"
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(native).tobytes())
+    table = [
+        (les.tracking_uid, les.status, les.volume_mm3, les.long_axis_mm, les.short_axis_mm)
+        for les in lesions
+    ]
+    extra = resp.to_json(orient="records") if len(resp) else ""
+    digest.update(json.dumps([__version__, series_uid, mode, table, extra]).encode())
+    key = digest.hexdigest()
+    return {
+        kind: (
+            derived_uid("metstrack-series", kind, anchor, study_uid, mode),
+            derived_uid("metstrack-instance", kind, study_uid, key),
         )
-    series_uid = str(series[sequence])
-    info = scan.find(series_uid)
+        for kind in ("SEG", "SR", "RTSTRUCT")
+    }
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Settings and inputs shared by every study of one export."""
+
+    scan: DicomScan
+    tracking: Path
+    out: Path
+    sequence: str
+    rtstruct: bool
+    pseudonymise: bool
+    mapping_path: Path
+    transforms: dict | None
+
+
+@dataclass(frozen=True)
+class StudyKey:
+    """Which study is exported: pseudonyms, its original UID and its patient's anchor.
+
+    Attributes:
+        patient_id: Patient pseudonym.
+        study_id: Study pseudonym.
+        study_uid: Original StudyInstanceUID.
+        anchor: Original StudyInstanceUID of the patient's baseline (seeds TrackingUIDs).
+    """
+
+    patient_id: str
+    study_id: str
+    study_uid: str
+    anchor: str
+
+
+def _source_series(run: _Run, sid: str, entry: dict) -> tuple[str, DicomSeriesInfo]:
+    """The source series a study's objects go on (from the mapping, found in the scan).
+
+    Raises:
+        DatasetError: The mapping has no such sequence for the study.
+        DicomSeriesError: The series is not in the scanned export.
+    """
+    series = entry.get("series", {})
+    if run.sequence not in series:
+        raise DatasetError(
+            f"{run.mapping_path}: study {sid} has no ingested {run.sequence}; "
+            + did_you_mean(run.sequence, series)
+        )
+    series_uid = str(series[run.sequence])
+    info = run.scan.find(series_uid)
     if info is None or not info.is_image:
         raise DicomSeriesError(
-            f"{scan.root}: the source series {uid_suffix(series_uid)} of study {sid} "
-            f"({sequence}) is not there; point --dicom at the export that was ingested "
+            f"{run.scan.root}: the source series {uid_suffix(series_uid)} of study {sid} "
+            f"({run.sequence}) is not there; point --dicom at the export that was ingested "
             "(or `metstrack pull` it again)"
         )
+    return series_uid, info
+
+
+def _export_study(
+    run: _Run, key: StudyKey, entry: dict, rows: pd.DataFrame, resp: pd.DataFrame
+) -> StudyExport:
+    pid, sid, study_uid, anchor = key.patient_id, key.study_id, key.study_uid, key.anchor
+    transform = run.transforms.get((pid, sid)) if run.transforms else None
+    identity = PatientIdentity(pid, sid) if run.pseudonymise else None
+    series_uid, info = _source_series(run, sid, entry)
     geo = series_geometry(info.instances, where=info.where)
-    tracked = read_label(tracked_map_path(tracking, pid, sid), binary=False)
+    tracked = read_label(tracked_map_path(run.tracking, pid, sid), binary=False)
     native = _native_map(tracked, geo.shape, geo.affine, transform, info.where)
     voxel_mm3 = float(abs(np.linalg.det(geo.affine[:3, :3])))
     present_ids = [int(v) for v in np.unique(native) if v > 0]
@@ -406,10 +484,11 @@ def _export_study(
                 segment_number=seg_no[lid],
             )
         )
-    folder = out / pid / sid
+    folder = run.out / pid / sid
     vol = Volume(array=native, affine=geo.affine)
+    uids = _object_uids(anchor, study_uid, series_uid, identity, native, lesions, resp)
     labels = [tracking_id(i) for i in present_ids]
-    uids = [tracking_uid(anchor, i) for i in present_ids]
+    seg_tracking_uids = [tracking_uid(anchor, i) for i in present_ids]
     seg_path = rt_path = None
     if present_ids:
         seg_path = write_seg(
@@ -417,12 +496,13 @@ def _export_study(
             info,
             folder / "SEG.dcm",
             segment_labels=labels,
-            tracking_uids=uids,
+            tracking_uids=seg_tracking_uids,
             identity=identity,
             series_description="metstrack tracked lesions",
             instance_map=True,
+            uids=uids["SEG"],
         )
-        if rtstruct:
+        if run.rtstruct:
             rt_path = write_rtstruct(
                 vol,
                 info,
@@ -430,6 +510,7 @@ def _export_study(
                 roi_names=labels,
                 identity=identity,
                 instance_map=True,
+                uids=uids["RTSTRUCT"],
             )
     sr_path = write_tracked_sr(
         folder / "SR.dcm",
@@ -439,6 +520,7 @@ def _export_study(
         response=_response(resp.iloc[0] if len(resp) else None),
         response_anchor=f"{anchor}/{study_uid}",
         identity=identity,
+        uids=uids["SR"],
     )
     return StudyExport(
         patient_id=pid,

@@ -50,7 +50,7 @@ from metstrack import __version__
 from metstrack.errors import DicomSeriesError
 from metstrack.io.atomic import atomic_path
 from metstrack.io.dicom import uid_suffix
-from metstrack.io.export import PatientIdentity
+from metstrack.io.export import PatientIdentity, fill_type2_context
 from metstrack.tracking.identity import derived_uid, lesion_id_of
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ def write_tracked_sr(
     response: StudyResponse | None,
     response_anchor: str,
     identity: PatientIdentity | None = None,
+    uids: tuple[str, str] | None = None,
 ) -> Path:
     """Write one study's TID 1500 Measurement Report as a Comprehensive 3D SR.
 
@@ -311,14 +312,15 @@ def write_tracked_sr(
         response_anchor: Seeds the response groups' TrackingUIDs (the patient's anchor
             plus the study), so a re-export gives the same UIDs.
         identity: Write these identifiers instead of the source's.
+        uids: ``(SeriesInstanceUID, SOPInstanceUID)`` to use (default: new random UIDs).
 
     Returns:
         ``out``.
     """
-    headers = list(source_headers)
-    if identity is not None:
-        headers = [copy.deepcopy(ds) for ds in headers]
-        for ds in headers:
+    headers = [copy.deepcopy(ds) for ds in source_headers]
+    for ds in headers:  # the SR copies its patient and study modules from these
+        fill_type2_context(ds)
+        if identity is not None:
             identity.apply(ds)
     seg = pydicom.dcmread(seg_path) if seg_path is not None else None
     if seg is not None and identity is not None:
@@ -333,7 +335,9 @@ def write_tracked_sr(
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="metstrack", manufacturer_name="metstrack"
+            uid=derived_uid("metstrack-device-observer"),
+            name="metstrack",
+            manufacturer_name="metstrack",
         ),
     )
     report = hd.sr.MeasurementReport(
@@ -345,9 +349,9 @@ def write_tracked_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=uids[0] if uids else hd.UID(),
         series_number=9903,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=uids[1] if uids else hd.UID(),
         instance_number=1,
         manufacturer="metstrack",
         is_complete=True,
