@@ -195,8 +195,16 @@ def acquire(
             ]
         )
         inst = resample_array(instances, base_affine, acq.shape, acq.affine, order=0)
-        vmask = resample_array(vessel_mask.astype(np.uint8), base_affine, acq.shape, acq.affine, order=0) > 0
-        bmask = resample_array(brain_mask.astype(np.uint8), base_affine, acq.shape, acq.affine, order=0) > 0
+        vmask = (
+            resample_array(
+                vessel_mask.astype(np.uint8), base_affine, acq.shape, acq.affine, order=0
+            )
+            > 0
+        )
+        bmask = (
+            resample_array(brain_mask.astype(np.uint8), base_affine, acq.shape, acq.affine, order=0)
+            > 0
+        )
     out_img = out_img * acq.intensity_scale.astype(np.float32)[:, None, None, None]
     if acq.skull_stripped:
         out_img *= bmask[None]

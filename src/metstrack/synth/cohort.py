@@ -43,8 +43,6 @@ from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import write_volume
 from metstrack.synth.acquisition import Acquisition, acquire, draw_acquisition
 from metstrack.synth.anatomy import Anatomy, build_phantom
-from metstrack.synth.contrast import draw_appearance, draw_table
-from metstrack.synth.head import build_template_anatomy
 from metstrack.synth.clinical import (
     GT_CONFIG,
     GT_INSTANCES,
@@ -59,6 +57,8 @@ from metstrack.synth.clinical import (
     write_tables,
 )
 from metstrack.synth.config import SynthConfig
+from metstrack.synth.contrast import draw_appearance, draw_table
+from metstrack.synth.head import build_template_anatomy
 from metstrack.synth.render import (
     BakedAnatomy,
     Geometry,

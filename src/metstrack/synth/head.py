@@ -58,8 +58,13 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
 class _Warp:
     """Patient world (mm) -> template mm, with the displacement sampled on the patient grid."""
 
-    def __init__(self, rng: np.random.Generator, affine: np.ndarray, shape: tuple[int, int, int],
-                 head_scale: float) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        affine: np.ndarray,
+        shape: tuple[int, int, int],
+        head_scale: float,
+    ) -> None:
         self.affine = affine
         self.head_scale = head_scale
         scale = rng.uniform(0.86, 0.96) * rng.uniform(0.97, 1.03, 3)
@@ -91,7 +96,9 @@ class _Warp:
                 + lin[a, 2] * idx[2][None, None, :]
                 + off[a]
             )
-            out[a] += tinv[a, 0] * self.disp[0] + tinv[a, 1] * self.disp[1] + tinv[a, 2] * self.disp[2]
+            out[a] += (
+                tinv[a, 0] * self.disp[0] + tinv[a, 1] * self.disp[1] + tinv[a, 2] * self.disp[2]
+            )
         return out
 
     def to_patient_mm(self, q_mm: np.ndarray) -> np.ndarray:
@@ -231,4 +238,3 @@ def _trunks(warp: _Warp, T: tpl.TemplateMaps) -> tuple[VesselTrunk, ...]:
             )
         )
     return tuple(out)
-

@@ -61,6 +61,9 @@ class Geometry:
         core_fraction: float64 (n_lesions,) core radius relative to the lesion (0: solid).
         core_offset: float64 (n_lesions, 3) core centre offset relative to the lesion radius.
         core_cystic: bool (n_lesions,) the core is a cyst (fluid) rather than necrosis.
+        core_lobe_amp: float64 (n_lesions, N_LOBES) the core's own radial harmonics.
+        core_wave_phase: float64 (n_lesions, N_WAVES) the core's own outline noise phases,
+            so the enhancing rim is thick and uneven.
         oedema_gain: float64 (n_lesions,) oedema extent relative to the lesion radius.
         oedema_lobe_amp: float64 (n_lesions, N_LOBES) lobulation of the oedema outline.
         vessels: The vessel segments.
@@ -77,6 +80,8 @@ class Geometry:
     core_fraction: np.ndarray
     core_offset: np.ndarray
     core_cystic: np.ndarray
+    core_lobe_amp: np.ndarray
+    core_wave_phase: np.ndarray
     oedema_gain: np.ndarray
     oedema_lobe_amp: np.ndarray
     vessels: VesselSegments
@@ -194,16 +199,21 @@ def place_geometry(
     axes /= np.cbrt(axes.prod(axis=1))[:, None]
     lobe_dirs = rng.standard_normal((n, N_LOBES, 3))
     lobe_dirs /= np.linalg.norm(lobe_dirs, axis=2, keepdims=True)
-    lobe_amp = rng.normal(0.0, 1.0, (n, N_LOBES)) * (0.05 + 0.10 * big)[:, None]
-    wave_vecs = rng.standard_normal((n, N_WAVES, 3)) * rng.uniform(2.0, 5.0, (n, N_WAVES, 1))
+    lobe_amp = rng.normal(0.0, 1.0, (n, N_LOBES)) * (0.1 + 0.25 * big)[:, None]
+    wave_vecs = rng.standard_normal((n, N_WAVES, 3))
+    wave_vecs *= rng.uniform(1.5, 4.0, (n, N_WAVES, 1)) / np.linalg.norm(
+        wave_vecs, axis=2, keepdims=True
+    )
     wave_phase = rng.uniform(0, 2 * np.pi, (n, N_WAVES))
-    wave_amp = (0.03 + 0.09 * big) * rng.uniform(0.5, 1.2, n)
+    wave_amp = (0.05 + 0.2 * big) * rng.uniform(0.6, 1.3, n)
     necrotic = rng.random(n) < 0.75
     core = np.where(necrotic, rng.uniform(0.35, 0.75, n), 0.0)
     core_dir = rng.standard_normal((n, 3))
     core_dir /= np.maximum(np.linalg.norm(core_dir, axis=1, keepdims=True), 1e-9)
     core_offset = core_dir * rng.uniform(0.0, 0.3, (n, 1)) * (core > 0)[:, None]
     cystic = (rng.random(n) < 0.3) & (core > 0)
+    core_lobe_amp = rng.normal(0.0, 0.3, (n, N_LOBES))
+    core_wave_phase = rng.uniform(0, 2 * np.pi, (n, N_WAVES))
     oedema = rng.uniform(0.8, 2.8, n)
     oedema_lobes = rng.normal(0.0, 0.25, (n, N_LOBES))
 
@@ -225,6 +235,8 @@ def place_geometry(
         core_fraction=core,
         core_offset=core_offset,
         core_cystic=cystic,
+        core_lobe_amp=core_lobe_amp,
+        core_wave_phase=core_wave_phase,
         oedema_gain=oedema,
         oedema_lobe_amp=oedema_lobes,
         vessels=segs,
@@ -308,16 +320,25 @@ def _wm_in_box(anatomy: Anatomy, box: tuple[slice, ...], inv: np.ndarray | None)
     return out.reshape(tuple(len(a) for a in axes)).astype(np.float32)
 
 
-def _outline(geometry: Geometry, i: int, d: np.ndarray, r: float) -> np.ndarray:
-    """Normalised radius ``rho`` (1 on the outline) of lesion ``i`` at baseline-frame offsets ``d``."""
+def _outline(
+    geometry: Geometry, i: int, d: np.ndarray, r: float, *, core: bool = False
+) -> np.ndarray:
+    """Normalised radius ``rho`` (1 on the outline) of lesion ``i`` at baseline-frame offsets ``d``.
+
+    The outline radius in direction ``u`` is ``r (1 + sum_k a_k c_k |c_k| + w)``
+    with ``c_k = u . dir_k`` (lobulation) and ``w`` a band of 3D cosine noise in
+    units of the lesion radius (irregularity); the core has its own terms.
+    """
     e = (d @ geometry.orientations[i]) / geometry.axes[i]
     norm = np.linalg.norm(e, axis=-1)
     u = e / np.maximum(norm, 1e-9)[..., None]
     cosines = u @ geometry.lobe_dirs[i].T
-    lobes = 1.0 + (cosines * cosines * np.sign(cosines)) @ geometry.lobe_amp[i]
-    waves = np.cos((d / max(r, 1e-6)) @ geometry.wave_vecs[i].T + geometry.wave_phase[i])
-    lobes += geometry.wave_amp[i] * waves.mean(axis=-1) * 2.0
-    return norm / (r * np.maximum(lobes, 0.45))
+    amp = geometry.core_lobe_amp[i] if core else geometry.lobe_amp[i]
+    phase = geometry.core_wave_phase[i] if core else geometry.wave_phase[i]
+    lobes = 1.0 + (cosines * np.abs(cosines)) @ amp
+    waves = np.cos((d / max(r, 1e-6)) @ geometry.wave_vecs[i].T + phase)
+    lobes += geometry.wave_amp[i] * waves.sum(axis=-1) / np.sqrt(N_WAVES / 2.0)
+    return norm / (r * np.maximum(lobes, 0.35))
 
 
 def render_study(
@@ -402,11 +423,13 @@ def render_study(
         if geometry.core_fraction[i] > 0 and r >= NECROSIS_MIN_RADIUS_MM:
             cf = geometry.core_fraction[i] * rho_thr
             dc = d - geometry.core_offset[i] * r
-            rho_c = _outline(geometry, i, dc * 1.15, r) / 1.15
+            rho_c = _outline(geometry, i, dc, r, core=True)
             core_map = np.clip((cf - rho_c) * r / spacing + 0.5, 0.0, 1.0).astype(np.float32)
             core_map *= alpha
         # Enhancement is uneven: a smooth +-15% modulation of the solid part.
-        hetero = 1.0 + 0.15 * np.cos(d @ geometry.wave_vecs[i, 0] / max(r, 1.0) * 1.7)
+        hetero = 1.0 + 0.1 * np.cos(
+            (d / max(r, 1.0)) @ geometry.wave_vecs[i, :3].T * 1.7 + geometry.core_wave_phase[i, :3]
+        ).sum(axis=-1)
         lesion_alpha.append(
             (box, alpha, core_map, bool(geometry.core_cystic[i]), hetero.astype(np.float32))
         )
@@ -423,7 +446,9 @@ def render_study(
             dist = dn / (np.float32(r_oed) * np.clip(outline, 0.5, 1.8))
             strength = np.float32(min(1.0, v / 400.0) * 0.9)
             ed = strength * np.exp(-(dist**4))
-            ed *= np.clip(_wm_in_box(anatomy, ebox, inv if moved else None) * np.float32(1.15), 0, 1)
+            ed *= np.clip(
+                _wm_in_box(anatomy, ebox, inv if moved else None) * np.float32(1.15), 0, 1
+            )
             np.maximum(oedema[ebox], ed, out=oedema[ebox])
 
     if oedema.any():
