@@ -138,7 +138,8 @@ def test_runs_resume_and_record_without_duplicates(tmp_path):
         assert cat.begin_run("preprocess", cfg, output="out") == r1  # unfinished: resumed
         assert cat.begin_run("preprocess", {"spacing_mm": 2.0}, output="out") != r1
         cat.finish_run(r1)
-        assert cat.begin_run("preprocess", cfg, output="out") != r1  # finished: new run
+        assert cat.begin_run("preprocess", cfg, output="out") == r1  # finished: the same run
+        assert cat.begin_run("preprocess", cfg, source="other", output="out") != r1
         assert cat.done_studies("preprocess") == {"P00S1"}
         assert cat.done_studies("predict") == set()
         assert cat.counts()["outputs"] == 2

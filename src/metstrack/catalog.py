@@ -9,8 +9,8 @@ predict, track...), ``run_studies`` (which study a run finished), ``outputs``
 Every write method runs in one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)
 and upserts on natural keys, so a run killed at any moment leaves the catalog
 consistent (SQLite's WAL journal rolls back the unfinished transaction) and a
-rerun adds nothing twice. A resumed run (:meth:`Catalog.begin_run` with the same
-kind, config and output) continues the unfinished run's id.
+rerun adds nothing twice. A rerun (:meth:`Catalog.begin_run` with the same kind,
+config, source and output, interrupted or finished) continues that run's id.
 
 Schema versions are applied in order by :data:`MIGRATIONS`; opening an older
 file upgrades it in place (each migration is one transaction).
@@ -372,15 +372,19 @@ class Catalog:
         output: str = "",
         resume: bool = True,
     ) -> int:
-        """Start a run (or resume the unfinished one with the same kind, config and output).
+        """Start a run, or continue the run with the same kind, config, source and output.
+
+        The same command over the same input into the same output is the same run,
+        whether it was interrupted (``running``/``failed``) or finished: its id is
+        reused, so its studies and outputs (upserted on natural keys) are never
+        counted twice however often it is repeated.
 
         Args:
             kind: ``ingest``, ``preprocess``, ``predict``, ``track``...
             config: The resolved config dataclass (or a plain dict); stored as JSON.
             source: Input location.
             output: Output location.
-            resume: Reuse an unfinished (``running`` or ``failed``) run with the
-                same kind, config fingerprint and output instead of starting a new one.
+            resume: Reuse the matching run (any status) instead of starting a new one.
 
         Returns:
             The run id.
@@ -389,9 +393,9 @@ class Catalog:
         with self._tx() as c:
             if resume:
                 row = c.execute(
-                    "SELECT run_id FROM runs WHERE kind=? AND config_fingerprint=? AND output=? "
-                    "AND status IN ('running', 'failed') ORDER BY run_id DESC LIMIT 1",
-                    (kind, fp, output),
+                    "SELECT run_id FROM runs WHERE kind=? AND config_fingerprint=? AND source=? "
+                    "AND output=? ORDER BY run_id DESC LIMIT 1",
+                    (kind, fp, source, output),
                 ).fetchone()
                 if row is not None:
                     c.execute(

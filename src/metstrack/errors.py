@@ -47,6 +47,10 @@ class CheckpointError(MetstrackError):
     """A checkpoint does not fit the requested architecture or cannot be read."""
 
 
+class PacsError(MetstrackError):
+    """A DICOMweb server is unreachable, refuses the request, or lacks what was asked for."""
+
+
 class SurvivalDataError(MetstrackError):
     """Survival data cannot support the requested fit (no events, separation, bad times)."""
 

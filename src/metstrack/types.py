@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 #: The four MRI contrasts of a study, in the default channel order.
@@ -75,7 +76,19 @@ class Volume:
         """One-line description of the grid for error messages."""
         sp = ", ".join(f"{s:.3g}" for s in self.spacing_mm)
         origin = ", ".join(f"{o:.3g}" for o in np.asarray(self.affine)[:3, 3])
-        return f"shape {self.shape}, spacing ({sp}) mm, origin ({origin}) mm"
+        return (
+            f"shape {self.shape}, spacing ({sp}) mm, origin ({origin}) mm, "
+            f"axes {axis_codes(self.affine)}"
+        )
+
+
+def axis_codes(affine: np.ndarray) -> str:
+    """Orientation codes of an affine's voxel axes, e.g. ``"RAS"`` or ``"LPS"`` (``"?"``
+    for a degenerate affine)."""
+    try:
+        return "".join(nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+    except Exception:  # noqa: BLE001 - only decorates messages
+        return "?"
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,9 @@ class Study:
         labelled: The release flags a lesion label as available for this study.
         expert_adjusted: The label was adjusted by an expert (release flag).
         split: ``"train"``, ``"val"``, ``"test"`` or ``None`` when unsplit.
+        truth_label: The ground-truth binary label of a synthetic cohort
+            (``ground_truth/labels/<P>/<S>.nii.gz``), present also where the
+            release hides the label, or ``None``.
     """
 
     study_id: str
@@ -116,6 +132,7 @@ class Study:
     labelled: bool = False
     expert_adjusted: bool = False
     split: str | None = None
+    truth_label: Path | None = None
 
     def path(self, sequence: str) -> Path | None:
         """File of ``sequence`` in this study, or ``None`` when it is missing."""
@@ -128,6 +145,11 @@ class Study:
     def label_path(self) -> Path | None:
         """The lesion mask file, or ``None``."""
         return self.path(LABEL_SEQUENCE)
+
+    @property
+    def any_label_path(self) -> Path | None:
+        """The release label file, else the ground-truth label, else ``None``."""
+        return self.label_path or self.truth_label
 
     @property
     def modalities_present(self) -> tuple[str, ...]:

@@ -109,7 +109,7 @@ def test_bad_inputs_are_clear_errors() -> None:
     with pytest.raises(InputShapeError, match="image channels"):
         predict_sequence(net, torch.zeros(1, 3, 32, 32, 32), roi_size=None)
     with pytest.raises(InputShapeError, match="multiple of 16"):
-        predict_sequence(net, torch.zeros(1, 4, 32, 32, 32), roi_size=(24, 32, 32))
+        predict_sequence(net, torch.zeros(1, 4, 32, 32, 32), roi_size=(40, 32, 32))
     with pytest.raises(InputShapeError, match="prior-mask"):
         predict_sequence(
             net,

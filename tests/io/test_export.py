@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from tests.pacs_tools import dciodvfy
 
 from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
 from metstrack.io.dicom import read_dicom_series, scan_dicom
@@ -131,3 +132,14 @@ def test_rtstruct_from_enhanced_multiframe_source(tmp_path):
     np.testing.assert_array_equal(back.binary.array, mask)
     with pytest.raises(DicomSeriesError, match="multi-frame"):
         write_seg(vol.with_array(mask), tmp_path / "e", tmp_path / "seg.dcm")
+
+
+def test_exported_objects_pass_dciodvfy(tmp_path, src):
+    folder, vol = src
+    mask = vol.with_array(_lesions(vol.shape))
+    for path in (
+        write_rtstruct(mask, folder, tmp_path / "rs.dcm"),
+        write_seg(mask, folder, tmp_path / "seg.dcm"),
+    ):
+        errors, _ = dciodvfy(path)
+        assert errors == [], f"{path.name}: {errors}"

@@ -264,3 +264,15 @@ def test_no_matching_roi_keeps_planning_scan(tmp_path, export):
     assert any("no ROI matches" in p and "GTV_1" in p for p in report.problems)
     first = pd.read_csv(report.imaging_table).iloc[0]
     assert (first.RTSTRUCT_MRI, first.RTSTRUCT_segmentation) == (1, 0)
+
+
+def test_rerunning_ingest_adds_nothing_to_the_catalog(tmp_path, export):
+    out, db = tmp_path / "release", tmp_path / "catalog.sqlite"
+    ingest_dicom(export, out, catalog_path=db)
+    with Catalog.open(db) as cat:
+        first = cat.counts()
+    for _ in range(2):
+        ingest_dicom(export, out, catalog_path=db)
+    with Catalog.open(db) as cat:
+        assert cat.counts() == first
+        assert first["runs"] == 1

@@ -102,9 +102,9 @@ def test_touching_lesions_depend_on_connectivity():
     assert label_map(ref, connectivity=18).n == 2
 
 
-def test_hungarian_maximises_number_of_matches():
-    # p1 overlaps r1 most (IoU 7/13) and r2 a little; p2 overlaps only r1. Greedy or a
-    # plain max-total-IoU assignment keeps p1-r1 alone; the best matching has two pairs.
+def test_pairs_objective_maximises_number_of_matches():
+    # p1 overlaps r1 most (IoU 7/13) and r2 a little; p2 overlaps only r1. The default
+    # max-total-IoU assignment keeps p1-r1 alone; objective "pairs" has two pairs.
     ref = empty()
     ref[2:12, 2:6, 2:6] = True  # r1
     ref[14:16, 2:6, 2:6] = True  # r2
@@ -113,9 +113,11 @@ def test_hungarian_maximises_number_of_matches():
     pred[2:4, 2:6, 2:6] = True  # p2
     pm, rm = label_map(pred), label_map(ref)
     assert pm.n == 2 and rm.n == 2
-    m = match_lesions(pm, rm, voxel_volume_mm3=1.0)
+    m = match_lesions(pm, rm, voxel_volume_mm3=1.0, options=MatchingOptions(objective="pairs"))
     assert all(m.unit_pred) and m.false_positive_pred == ()
     assert m.unit_score[0] == pytest.approx(2 / 10)  # r1 matched to p2
+    best = match_lesions(pm, rm, voxel_volume_mm3=1.0)
+    assert best.unit_score[0] == pytest.approx(7 / 13) and best.unit_pred[1] == ()
 
 
 def test_threshold_and_criterion():

@@ -48,7 +48,7 @@ def pipeline(tmp_path_factory):
     pred = tmp / "pred"
     dropped = 0
     for study in cohort.studies:
-        lab = read_label(study.label_path)
+        lab = read_label(study.any_label_path)
         mask = lab.array.copy()
         labels, n = label_components(mask)
         if n >= 2 and dropped == 0:  # miss the smallest lesion once: a reference-only contour
@@ -142,6 +142,12 @@ def test_numbers_match_the_tables(pipeline):
     assert f"<div class='v'>{n_ids}</div><div class='k'>lesion identities" in index
     for pid, pf in facts["patients"].items():
         assert pf["lesion_rows"] == int((traj["patient_id"] == pid).sum())
+        # each lesion listed by the TrackingID its DICOM SEG/SR carry ("L3")
+        ids = sorted(traj.loc[traj["patient_id"] == pid, "lesion_id"].unique())
+        assert pf["tracking_ids"] == [f"L{i}" for i in ids]
+        page = (rep / "patients" / f"{pid}.html").read_text()
+        for i in ids:
+            assert f"<td class='l'>L{i}</td>" in page
     # the deliberately missed lesion shows as a reference-only contour somewhere
     assert pipeline["dropped"] == 1
     assert (

@@ -36,12 +36,19 @@ def test_missing_values_are_reported_by_column_and_imputed_on_request(cohort):
     assert any("imputed 5 missing kps" in n for n in ti.notes)
 
 
-def test_patient_without_imaging_is_dropped_and_reported(cohort):
+def test_patient_without_imaging_is_named_and_refused_unless_allowed(cohort):
     clin, burden, _ = cohort
     burden = burden[burden["PatientID"] != "P0000"]
-    t = build_analysis_table(clin, burden)
+    with pytest.raises(SurvivalDataError) as exc:
+        build_analysis_table(clin, burden, clinical_source="c.csv", burden_source="b.csv")
+    msg = str(exc.value)
+    assert msg.startswith("c.csv: 1 patient(s) have no rows in b.csv")
+    assert "P0000" in msg and "--allow-missing-imaging" in msg
+    allowed = SurvivalConfig(allow_missing_imaging=True)
+    t = build_analysis_table(clin, burden, config=allowed)
     assert t.dropped["no imaging"] == 1
     assert "P0000" not in set(t.frame["PatientID"])
+    assert any("P0000" in n for n in t.notes)
 
 
 def test_one_study_patients_have_undefined_rate(cohort):

@@ -57,8 +57,14 @@ def test_every_flagged_file_exists_and_grids_agree(small_cohort):
                 assert vol.array.dtype == np.int16
                 affines.append(vol.affine)
             assert (folder / f"{PLANNING_SEQUENCE}.nii.gz").exists() == bool(row["RTSTRUCT_MRI"])
-            # Labels exist for every study; the flag only says which are released.
-            label = read_label(folder / f"{LABEL_SEQUENCE}.nii.gz", binary=True)
+            # The release label file exists exactly where flagged; the ground truth
+            # holds every study's label.
+            released = folder / f"{LABEL_SEQUENCE}.nii.gz"
+            assert released.exists() == bool(row["RTSTRUCT_segmentation"])
+            truth = schema.truth_label_path(small_cohort, pid, row["StudyID"])
+            label = read_label(truth, binary=True)
+            if released.exists():
+                assert released.read_bytes() == truth.read_bytes()
             inst = read_label(
                 small_cohort / "ground_truth" / "instances" / pid / f"{row['StudyID']}.nii.gz",
                 binary=False,

@@ -61,6 +61,12 @@ def progress() -> Progress:
     )
 
 
+#: Libraries whose failures metstrack catches and reports itself in one line; their
+#: own log records (pydicom logs a decoder's traceback before raising) are shown
+#: only with --verbose.
+QUIET_LIBRARIES: tuple[str, ...] = ("pydicom", "highdicom")
+
+
 def setup_logging(verbose: bool) -> None:
     """Route the library's log records to stderr through Rich."""
     logging.basicConfig(
@@ -69,3 +75,5 @@ def setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=err_console, show_path=False)],
         force=True,
     )
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)

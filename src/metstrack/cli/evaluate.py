@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import console, guarded, progress
-from metstrack.errors import did_you_mean
-from metstrack.metrics.matching import CRITERIA, MATCH_MODES
+from metstrack.cli.common import console, guarded, progress, usage_error
+from metstrack.errors import ConfigError, did_you_mean
+from metstrack.io.labels import parse_label_values
+from metstrack.metrics.matching import CRITERIA, MATCH_MODES, OBJECTIVES
 
 #: Rows of the printed table: (metric name in the summary, label).
 HEADLINE_ROWS: tuple[tuple[str, str], ...] = (
@@ -40,6 +41,15 @@ def _choice(value: str | None, options: tuple[str, ...], flag: str) -> str | Non
     return value
 
 
+def _label_values(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return parse_label_values(text)
+    except ConfigError as exc:
+        usage_error(exc)
+
+
 def evaluate(
     pred: Annotated[
         Path,
@@ -62,6 +72,14 @@ def evaluate(
         float | None,
         typer.Option("--match-threshold", help="overlap mode: score must exceed this (0)."),
     ] = None,
+    match_objective: Annotated[
+        str | None,
+        typer.Option(
+            "--match-objective",
+            help="overlap mode: overlap (largest total overlap, default) or pairs "
+            "(most pairs first).",
+        ),
+    ] = None,
     criterion: Annotated[
         str | None, typer.Option("--criterion", help="overlap mode score: iou (default) or ior.")
     ] = None,
@@ -74,6 +92,14 @@ def evaluate(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Bootstrap seed (0).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels",
+            help="Reference values that are lesion: brats-tc (1,3), brats-et (3), brats-wt "
+            "(1,2,3) or integers such as 2,3 (default: binary references only).",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file of evaluation settings.")
     ] = None,
@@ -89,6 +115,8 @@ def evaluate(
     """
     _choice(mode, MATCH_MODES, "--mode")
     _choice(criterion, CRITERIA, "--criterion")
+    _choice(match_objective, OBJECTIVES, "--match-objective")
+    label_values = _label_values(labels)
     with guarded():
         from metstrack.config import load_config
         from metstrack.metrics.runner import EvaluationConfig, evaluate_cohort, write_outputs
@@ -97,11 +125,13 @@ def evaluate(
         given = {
             "mode": None if mode is None else f'"{mode}"',
             "criterion": None if criterion is None else f'"{criterion}"',
+            "match_objective": None if match_objective is None else f'"{match_objective}"',
             "match_threshold": match_threshold,
             "min_ref_volume_mm3": min_volume_mm3,
             "prob_threshold": threshold,
             "n_bootstrap": bootstrap,
             "seed": seed,
+            "label_values": None if label_values is None else list(label_values),
         }
         sets += [f"{k}={v}" for k, v in given.items() if v is not None]
         cfg = load_config(EvaluationConfig, config, sets)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
 from metstrack.config import load_config
+from metstrack.errors import DicomSeriesError
 from metstrack.io.dicom import scan_dicom, uid_suffix
 from metstrack.io.dicom_classify import classify_series, load_rules
 from metstrack.io.ingest import IngestConfig, StudyOutcome, ingest_dicom
@@ -94,6 +95,10 @@ def dicom_scan(
     with guarded():
         cfg = load_config(IngestConfig, config)
         scan = scan_dicom(src)
+        if not scan.series:
+            raise DicomSeriesError(
+                f"{src}: no DICOM files found; point dicom-scan at the folder of the DICOM export"
+            )
     table = Table(title=f"DICOM series under {src}")
     for col in ("folder", "series", "modality", "description", "files", "sequence"):
         table.add_column(col, overflow="fold")

@@ -15,6 +15,7 @@ from metstrack.cli import evaluate as evaluate_cmd
 from metstrack.cli import export as export_cmd
 from metstrack.cli import info as info_cmd
 from metstrack.cli import ingest as ingest_cmd
+from metstrack.cli import pacs as pacs_cmd
 from metstrack.cli import predict as predict_cmd
 from metstrack.cli import preprocess as preprocess_cmd
 from metstrack.cli import pretrain as pretrain_cmd
@@ -58,6 +59,9 @@ app.command("info")(info_cmd.info)
 app.command("ingest")(ingest_cmd.ingest)
 app.command("dicom-scan")(ingest_cmd.dicom_scan)
 app.command("export-rtstruct")(export_cmd.export_rtstruct)
+app.command("export")(export_cmd.export)
+app.command("pull")(pacs_cmd.pull)
+app.command("push")(pacs_cmd.push)
 app.command("preprocess")(preprocess_cmd.preprocess)
 app.command("catalog")(catalog_cmd.catalog)
 app.command("validate")(validate_cmd.validate)

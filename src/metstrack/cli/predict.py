@@ -11,13 +11,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
+from metstrack.cli.common import (
+    EXIT_DATA_ERROR,
+    console,
+    err_console,
+    guarded,
+    progress,
+    usage_error,
+)
 from metstrack.errors import DatasetError, MetstrackError
+from metstrack.infer.resume import PREDICT_CONFIG
+from metstrack.io.fingerprint import file_sha256
 
 log = logging.getLogger(__name__)
 
 #: Resolved settings written beside the predictions.
-CONFIG_FILE = "predict_config.json"
+CONFIG_FILE = PREDICT_CONFIG
 
 
 @dataclass(frozen=True)
@@ -97,11 +106,26 @@ def predict(
             "original files' grids (default) or on the preprocessed grid.",
         ),
     ] = True,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace predictions in --out made with another checkpoint or settings "
+            "(by default the run refuses; the same run resumes).",
+        ),
+    ] = False,
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.config import save_config, to_dict
     from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
+    from metstrack.infer.resume import (
+        FINGERPRINT_KEY,
+        prepare_prediction_root,
+        run_fingerprint,
+        saved_fingerprint,
+    )
     from metstrack.io.release import read_release
+    from metstrack.models.base import InputShapeError
     from metstrack.models.checkpoint import load_checkpoint
 
     roi_size = _parse_roi(roi)
@@ -109,6 +133,12 @@ def predict(
     with guarded():
         model, cfg = load_checkpoint(checkpoint, map_location=dev)
         model.to(dev)
+    if roi_size is not None:
+        try:  # a window the network cannot take is refused before any work
+            model.check_spatial(roi_size)
+        except InputShapeError as exc:
+            usage_error(f"--roi {roi}: {exc}")
+    with guarded():
         cohort = read_release(data)
         if patients:
             wanted = [p.strip() for p in patients.split(",") if p.strip()]
@@ -139,7 +169,23 @@ def predict(
         device=str(dev),
         output_grid="native" if transforms_root is not None else "input",
     )
-    save_config(run, out / CONFIG_FILE, model=to_dict(cfg))
+    # Everything that changes a study's outputs; device and batch size do not. The
+    # dataset is not part of it: a study is its StudyID, so a follow-up added to
+    # the dataset later is predicted alone on a rerun (its patient's memory rerun).
+    fingerprint = run_fingerprint(
+        file_sha256(checkpoint),
+        {
+            "roi_size": run.roi_size,
+            "overlap": overlap,
+            "tta_flips": tta,
+            "threshold": threshold,
+            "output_grid": run.output_grid,
+        },
+    )
+    with guarded():
+        prepare_prediction_root(out, fingerprint, overwrite=overwrite)
+    if saved_fingerprint(out) != fingerprint:  # a resumed run keeps the record it resumes
+        save_config(run, out / CONFIG_FILE, model=to_dict(cfg), **{FINGERPRINT_KEY: fingerprint})
     table = Table(title=f"predictions in {out}")
     for col in ("patient", "studies", "lesions", "status"):
         table.add_column(col)

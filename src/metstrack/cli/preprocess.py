@@ -6,8 +6,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
+from metstrack.cli.common import (
+    EXIT_DATA_ERROR,
+    console,
+    err_console,
+    guarded,
+    progress,
+    usage_error,
+)
+from metstrack.errors import ConfigError
+from metstrack.io.labels import parse_label_values
 
 
 def preprocess(
@@ -30,6 +40,14 @@ def preprocess(
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="Register the run in this catalog file.")
     ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels",
+            help="Label values that are lesion: brats-tc (1,3), brats-et (3), brats-wt (1,2,3) "
+            "or integers such as 2,3 (default: binary labels; the layout's classes).",
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
     ] = None,
@@ -38,6 +56,12 @@ def preprocess(
     from metstrack.config import load_config
     from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
 
+    label_values = None
+    if labels is not None:
+        try:
+            label_values = parse_label_values(labels)
+        except ConfigError as exc:
+            usage_error(exc)
     overrides = list(set_ or [])
     if no_brain_mask:
         overrides.append("brain_mask=false")
@@ -58,13 +82,20 @@ def preprocess(
                 catalog_path=catalog,
                 on_study=lambda o: bar.advance(task),
                 on_start=lambda n: bar.update(task, total=n),
+                label_values=label_values,
             )
         console.print(
             f"preprocessed {data} -> {out}: {report.count('done')} done, "
             f"{report.count('skipped')} already finished, {report.count('failed')} failed "
             f"in {report.seconds:.1f} s"
         )
+        # One line per problem: a bad baseline fails every study of its patient.
+        by_message: dict[str, list[str]] = {}
         for o in report.failed:
-            err_console.print(f"[bold red]failed:[/] {o.patient_id}/{o.study_id}: {o.message}")
+            by_message.setdefault(o.message, []).append(f"{o.patient_id}/{o.study_id}")
+        for message, studies in by_message.items():
+            err_console.print(
+                f"[bold red]failed:[/] {', '.join(studies)}: {escape(message)}", soft_wrap=True
+            )
         if report.failed:
             raise typer.Exit(EXIT_DATA_ERROR)

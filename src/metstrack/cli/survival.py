@@ -58,6 +58,13 @@ def survival(
     time_varying: Annotated[
         bool | None, typer.Option("--time-varying/--no-time-varying", help="Time-varying fit.")
     ] = None,
+    allow_missing_imaging: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-imaging",
+            help="Drop clinical patients without burden rows (named) instead of refusing.",
+        ),
+    ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
     ] = None,
@@ -77,6 +84,8 @@ def survival(
         if covariates:
             items = ", ".join(repr(c.strip()) for c in covariates.split(",") if c.strip())
             overrides.append(f"covariates=[{items}]")
+        if allow_missing_imaging:
+            overrides.append("allow_missing_imaging=true")
         if time_varying is not None:
             overrides.append(f"time_varying={'true' if time_varying else 'false'}")
         cfg = load_config(SurvivalConfig, config, overrides)

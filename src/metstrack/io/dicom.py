@@ -576,7 +576,7 @@ def load_series(
             except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad pixels
                 raise DicomSeriesError(
                     f"{info.where}: cannot decode pixel data of {inst.name} "
-                    f"({type(exc).__name__}); the file is corrupt or uses an unsupported "
+                    f"({_one_line_reason(exc)}); the file is corrupt or uses an unsupported "
                     "compression"
                 ) from exc
             if inst.frame_index is None:
@@ -640,3 +640,10 @@ def read_headers(info: DicomSeriesInfo, geometry: SeriesGeometry | None = None) 
     """Header datasets (no pixel data) of an image series in slice order."""
     geo = geometry or series_geometry(info.instances, where=info.where)
     return [pydicom.dcmread(i.path, stop_before_pixels=True) for i in geo.instances]
+
+
+def _one_line_reason(exc: BaseException) -> str:
+    """A decoder's failure in one short line (pydicom lists every plugin's error)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = "; ".join(lines[1:] if len(lines) > 1 else lines) or type(exc).__name__
+    return reason if len(reason) <= 160 else reason[:157] + "..."

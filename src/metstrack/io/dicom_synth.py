@@ -11,14 +11,19 @@ The default patient name, ID and birth date are obviously fake marker values
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from metstrack.io.nifti import read_volume
+from metstrack.types import Volume
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -324,3 +329,110 @@ def write_demo_export(root: Path, *, seed: int = 0) -> Path:
                 ],
             )
     return root
+
+
+def write_volume_series(folder: Path, volume: Volume, *, description: str, **kwargs) -> list[Path]:
+    """Write a RAS+ :class:`~metstrack.types.Volume` as a single-frame MR series.
+
+    The affine's axes become the DICOM row, column and slice directions (LPS);
+    intensities are stored as uint16 with RescaleSlope/RescaleIntercept so a
+    reader gets the float values back to within one quantum.
+
+    Args:
+        folder: Folder to write ``IM*.dcm`` into.
+        volume: (X, Y, Z) image on a grid whose slice axis is orthogonal to its
+            first two axes.
+        description: SeriesDescription.
+        **kwargs: Passed to :func:`write_series` (study_uid, study_date, patient_id, ...).
+
+    Returns:
+        The written paths in slice order.
+    """
+    aff = np.asarray(volume.affine, dtype=np.float64)
+    flip = np.array([-1.0, -1.0, 1.0])
+    sp = np.linalg.norm(aff[:3, :3], axis=0)
+    row = flip * aff[:3, 0] / sp[0]
+    col = flip * aff[:3, 1] / sp[1]
+    normal = np.cross(row, col)
+    sdir = flip * aff[:3, 2] / sp[2]
+    sign = float(np.sign(sdir @ normal))
+    if abs(abs(sdir @ normal) - 1.0) > 1e-6:
+        raise ValueError("the slice axis must be orthogonal to the in-plane axes")
+    arr = np.asarray(volume.array, dtype=np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    stored = np.round((arr - lo) / slope).astype(np.uint16)
+    nz = arr.shape[2]
+    return write_series(
+        Path(folder),
+        stored,
+        row_dir=row,
+        col_dir=col,
+        origin_lps=flip * aff[:3, 3],
+        pixel_spacing=(float(sp[1]), float(sp[0])),
+        step_mm=float(sp[2]),
+        positions_mm=[sign * k * float(sp[2]) for k in range(nz)],
+        description=description,
+        slope=slope,
+        intercept=lo,
+        **kwargs,
+    )
+
+
+#: Series written per release sequence by :func:`write_release_as_dicom`.
+RELEASE_SERIES = {
+    "T1": ("AX T1 MPRAGE", None, 1),
+    "CT1": ("AX T1 MPRAGE", "Gadobutrol", 2),
+    "T2": ("AX T2 FSE", None, 3),
+    "FLAIR": ("AX T2 FLAIR", None, 4),
+}
+
+
+def write_release_as_dicom(
+    release: Path,
+    out: Path,
+    *,
+    patient_id: str = SECRET_ID,
+    patient_name: str = SECRET_NAME,
+    first_date: str = "20210104",
+) -> Path:
+    """Write a release-layout dataset's images (T1, CT1, T2, FLAIR) as a DICOM export.
+
+    Every patient of ``release`` becomes one DICOM patient (``patient_id``, with
+    the patient's index appended after the first), every study one
+    StudyInstanceUID dated ``first_date`` + DaysFromBaselineScan. Layout:
+    ``out/patient<i>/study<j>/<seq>/IM*.dcm``.
+
+    Returns:
+        ``out``.
+    """
+    release, out = Path(release), Path(out)
+    table = pd.read_csv(
+        release / "tables" / "imaging.csv", dtype={"PatientID": str, "StudyID": str}
+    )
+    start = dt.date(int(first_date[:4]), int(first_date[4:6]), int(first_date[6:]))
+    for i, (pid, rows) in enumerate(table.groupby("PatientID", sort=True), start=1):
+        ident = patient_id if i == 1 else f"{patient_id}-{i}"
+        for j, (_, row) in enumerate(rows.sort_values("DaysFromBaselineScan").iterrows(), start=1):
+            date = start + dt.timedelta(days=int(row["DaysFromBaselineScan"]))
+            common = dict(
+                study_uid=generate_uid(),
+                frame_uid=generate_uid(),
+                study_date=date.strftime("%Y%m%d"),
+                patient_id=ident,
+                patient_name=patient_name,
+            )
+            folder = release / "imaging" / "patientId" / pid / "studyId" / str(row["StudyID"])
+            for seq, (desc, agent, number) in RELEASE_SERIES.items():
+                f = folder / f"{seq}.nii.gz"
+                if not f.exists():
+                    continue
+                write_volume_series(
+                    out / f"patient{i}" / f"study{j}" / seq.lower(),
+                    read_volume(f),
+                    description=desc,
+                    contrast_agent=agent,
+                    series_number=number,
+                    **common,
+                )
+    return out

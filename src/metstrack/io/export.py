@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +77,71 @@ _TYPE2_CONTEXT = (
 )
 
 
-def lesion_instances(mask: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class PatientIdentity:
+    """Patient and study identifiers written into exported objects instead of the source's.
+
+    Used to pseudonymise an export: every attribute named here replaces the
+    source's value; the other patient-identifying attributes
+    (:data:`PSEUDONYMISED_BLANK`) are emptied. UIDs are kept, so the objects
+    still reference their source images.
+
+    Attributes:
+        patient_id: PatientID and PatientName to write (e.g. the pseudonym ``"P0001"``).
+        study_id: StudyID to write (e.g. ``"S00001"``; at most 16 characters).
+    """
+
+    patient_id: str
+    study_id: str = ""
+
+    def apply(self, ds: pydicom.Dataset) -> None:
+        """Overwrite ``ds``'s identifiers in place."""
+        ds.PatientID = self.patient_id
+        ds.PatientName = f"{self.patient_id}^"  # one component, unambiguous
+        ds.StudyID = self.study_id[:16]
+        for key in PSEUDONYMISED_BLANK:
+            if key in ds:
+                setattr(ds, key, "")
+        for key in PSEUDONYMISED_REMOVE:
+            if key in ds:
+                delattr(ds, key)
+
+
+#: Type-2 attributes emptied when pseudonymising (they must stay present).
+PSEUDONYMISED_BLANK = (
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "OperatorsName",
+    "PerformingPhysicianName",
+)
+#: Optional identifying attributes removed when pseudonymising.
+PSEUDONYMISED_REMOVE = (
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "InstitutionName",
+    "InstitutionAddress",
+    "PatientAge",
+    "PatientWeight",
+    "PatientSize",
+)
+
+
+def lesion_instances(mask: np.ndarray, *, instance_map: bool = False) -> np.ndarray:
     """One positive ID per lesion.
 
     Args:
         mask: (X, Y, Z) integer mask. A binary mask is split into 26-connected
             components; a mask with values above 1 is taken as an instance map
             (each positive value one lesion).
+        instance_map: Take every positive value as one lesion even when the
+            mask holds only 0 and 1 (a tracked map whose only lesion is ID 1).
 
     Returns:
         int32 (X, Y, Z) instance map.
@@ -95,7 +154,7 @@ def lesion_instances(mask: np.ndarray) -> np.ndarray:
         raise LabelError("mask holds non-integer values; threshold the probability map first")
     if arr.size and arr.min() < 0:
         raise LabelError("mask holds negative values")
-    if arr.size and arr.max() > 1:
+    if arr.size and (arr.max() > 1 or instance_map):
         return arr.astype(np.int32)
     labels, _ = label_components(arr > 0, connectivity=26)
     return labels.astype(np.int32)
@@ -179,6 +238,9 @@ def write_rtstruct(
     roi_type: str = "GTV",
     label: str = "metstrack",
     series_uid: str | None = None,
+    identity: PatientIdentity | None = None,
+    instance_map: bool = False,
+    uids: tuple[str, str] | None = None,
 ) -> Path:
     """Write a lesion mask as an RTSTRUCT with one ROI per lesion.
 
@@ -190,6 +252,9 @@ def write_rtstruct(
         roi_type: RTROIInterpretedType of every ROI.
         label: StructureSetLabel.
         series_uid: Pick this series when ``series`` is a folder holding several.
+        identity: Write these identifiers instead of the source's (pseudonymised export).
+        instance_map: Each positive value is one lesion (see :func:`lesion_instances`).
+        uids: ``(SeriesInstanceUID, SOPInstanceUID)`` to use (default: new random UIDs).
 
     Returns:
         ``out``.
@@ -200,7 +265,7 @@ def write_rtstruct(
     """
     info, geo = _source_geometry(series, series_uid)
     _check_grid(mask, info, geo)
-    inst = lesion_instances(mask.array)
+    inst = lesion_instances(mask.array, instance_map=instance_map)
     ids = [int(v) for v in np.unique(inst) if v > 0]
     if not ids:
         raise LabelError(f"{mask.path or 'mask'}: holds no lesion; nothing to export")
@@ -212,7 +277,8 @@ def write_rtstruct(
     out = Path(out)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    series_uid_out, sop_uid = uids or (generate_uid(), generate_uid())
+    meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(out), {}, file_meta=meta, preamble=b"\0" * 128)
     now = dt.datetime.now()
@@ -220,10 +286,14 @@ def write_rtstruct(
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     _copy_context(ds, ref)
+    if identity is not None:
+        identity.apply(ds)
     frame_uid = str(ref.get("FrameOfReferenceUID", "")) or generate_uid()
     ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ref.get("PositionReferenceIndicator", "")
     ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = generate_uid()
+    ds.OperatorsName = ""
+    ds.SeriesInstanceUID = series_uid_out
     ds.SeriesNumber = 9901
     ds.SeriesDescription = f"{label} lesions"
     ds.InstanceNumber = 1
@@ -317,6 +387,11 @@ def write_seg(
     *,
     segment_labels: Sequence[str] | None = None,
     series_uid: str | None = None,
+    tracking_uids: Sequence[str] | None = None,
+    identity: PatientIdentity | None = None,
+    series_description: str = "metstrack lesions",
+    instance_map: bool = False,
+    uids: tuple[str, str] | None = None,
 ) -> Path:
     """Write a lesion mask as a DICOM SEG (highdicom, BINARY, one segment per lesion).
 
@@ -326,6 +401,12 @@ def write_seg(
         out: The SEG file to write (atomically).
         segment_labels: One label per lesion (default ``"lesion_1"``...).
         series_uid: Pick this series when ``series`` is a folder holding several.
+        tracking_uids: One TrackingUID per lesion (in increasing mask value order); each
+            segment then carries its label as TrackingID and this UID as TrackingUID.
+        identity: Write these identifiers instead of the source's (pseudonymised export).
+        series_description: SeriesDescription of the SEG.
+        instance_map: Each positive value is one lesion (see :func:`lesion_instances`).
+        uids: ``(SeriesInstanceUID, SOPInstanceUID)`` to use (default: new random UIDs).
 
     Returns:
         ``out``.
@@ -344,13 +425,15 @@ def write_seg(
             f"{info.where}: SEG export from a multi-frame (enhanced) source series is not "
             "supported; export an RTSTRUCT instead"
         )
-    inst = lesion_instances(mask.array)
+    inst = lesion_instances(mask.array, instance_map=instance_map)
     ids = [int(v) for v in np.unique(inst) if v > 0]
     if not ids:
         raise LabelError(f"{mask.path or 'mask'}: holds no lesion; nothing to export")
     labels = list(segment_labels) if segment_labels is not None else [f"lesion_{i}" for i in ids]
     if len(labels) != len(ids):
         raise LabelError(f"{len(labels)} segment labels given for {len(ids)} lesions")
+    if tracking_uids is not None and len(tracking_uids) != len(ids):
+        raise LabelError(f"{len(tracking_uids)} tracking UIDs given for {len(ids)} lesions")
     relabel = np.zeros(int(inst.max()) + 1, dtype=np.uint16)
     relabel[ids] = np.arange(1, len(ids) + 1)
     frames = relabel[inst].transpose(2, 1, 0)  # (slices, rows, columns) in source order
@@ -359,6 +442,8 @@ def write_seg(
         for key in _TYPE2_CONTEXT:
             if key not in ds:
                 setattr(ds, key, "")
+        if identity is not None:
+            identity.apply(ds)
     algo = hd.AlgorithmIdentificationSequence(
         name="metstrack", family=codes.cid7162.ArtificialIntelligence, version=__version__
     )
@@ -370,6 +455,8 @@ def write_seg(
             segmented_property_type=codes.SCT.Metastasis,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algo,
+            tracking_id=lab[:64] if tracking_uids is not None else None,
+            tracking_uid=tracking_uids[n - 1] if tracking_uids is not None else None,
         )
         for n, lab in enumerate(labels, start=1)
     ]
@@ -378,15 +465,15 @@ def write_seg(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=uids[0] if uids else hd.UID(),
         series_number=9902,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=uids[1] if uids else hd.UID(),
         instance_number=1,
         manufacturer="metstrack",
         manufacturer_model_name="metstrack",
         software_versions=__version__,
         device_serial_number="0",
-        series_description="metstrack lesions",
+        series_description=series_description[:64],
     )
     out = Path(out)
     with atomic_path(out) as tmp:

@@ -26,7 +26,10 @@ reuses the pseudonyms.
 The series an RTSTRUCT references is the planning scan: it is written as
 ``RTSTRUCT_MRI`` and the selected ROIs as ``RTSTRUCT_segmentation`` on its
 grid; when no other series of the study is classified ``CT1`` the planning
-scan (a T1 post) is also written as ``CT1``.
+scan (a T1 post) is also written as ``CT1``. A planning series that is not MR
+(a planning CT) is never filed as ``RTSTRUCT_MRI`` or ``CT1``: it is reported
+and its contours are not written. Classification rules match MR series only
+(``ClassificationRule.modality``), so a CT series is never filed as T1/CT1.
 
 Bad input never stops the cohort: a series that fails a geometry check, an
 RTSTRUCT whose referenced series is absent, unclassified series and skipped
@@ -56,7 +59,7 @@ import pandas as pd
 from metstrack.config import config_fingerprint, save_config
 from metstrack.errors import DatasetError, DicomSeriesError, LabelError
 from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+from metstrack.io.atomic import sweep_stale_temps, write_csv_atomic, write_json_atomic
 from metstrack.io.dicom import (
     SPACING_RTOL,
     DicomScan,
@@ -171,6 +174,25 @@ def _load_mapping(path: Path) -> dict:
     return data
 
 
+def read_mapping(path: str | Path) -> dict:
+    """Read the private pseudonym mapping written by :func:`ingest_dicom`.
+
+    Returns:
+        ``{"patients": {original PatientID: pseudonym}, "studies": {original
+        StudyInstanceUID: {"study_id", "patient_id", "study_date", "series": {SEQ: uid}}}}``.
+
+    Raises:
+        DatasetError: Missing, unreadable or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: pseudonym mapping not found; give the mapping `metstrack ingest` wrote "
+            "(default <out>-pseudonyms.json beside the dataset)"
+        )
+    return _load_mapping(path)
+
+
 def _save_mapping(path: Path, mapping: dict) -> None:
     from metstrack.io.atomic import atomic_path
 
@@ -261,6 +283,11 @@ def ingest_dicom(
     by_study: dict[str, list[DicomSeriesInfo]] = defaultdict(list)
     for s in scan.series:
         by_study[_home_study(s, scan)].append(s)
+    catalog = run_id = None
+    if catalog_path is not None:  # an unusable catalog is refused before anything is written
+        from metstrack.catalog import Catalog
+
+        catalog = Catalog.open(catalog_path)
     mapping = _load_mapping(mapping_path)
     problems += _assign_pseudonyms(by_study, mapping, cfg)
     _save_mapping(mapping_path, mapping)  # pseudonyms fixed before any study is written
@@ -269,11 +296,7 @@ def ingest_dicom(
     _clean_partials(out)
     outcomes, unclassified = [], []
     order = sorted(by_study, key=lambda u: mapping["studies"][u]["study_id"])
-    catalog = run_id = None
-    if catalog_path is not None:
-        from metstrack.catalog import Catalog
-
-        catalog = Catalog.open(catalog_path)
+    if catalog is not None:
         run_id = catalog.begin_run("ingest", cfg, source=str(src), output=str(out))
     try:
         for uid in order:
@@ -285,8 +308,8 @@ def ingest_dicom(
                 _save_mapping(mapping_path, mapping)
             unclassified += uncl
             problems += probs
-            for m in uncl + probs:
-                log.warning(m)
+            for m in uncl + probs:  # returned in the report (the CLI prints each once)
+                log.info(m)
             if catalog is not None and outcome.status != "failed":
                 folder = schema.study_dir(out, outcome.patient_id, outcome.study_id)
                 catalog.record_study_done(
@@ -334,6 +357,7 @@ def _home_study(s: DicomSeriesInfo, scan: DicomScan) -> str:
 
 
 def _clean_partials(out: Path) -> None:
+    sweep_stale_temps(out)  # temporary files of a killed run
     base = out / schema.IMAGING_DIR / "patientId"
     if base.exists():
         for p in base.glob("*/studyId/.*.partial*"):
@@ -417,6 +441,15 @@ def _ingest_study(
             problems.append(
                 f"{f}: RTSTRUCT references series {uid_suffix(ref_uid) if ref_uid else '(none)'}, "
                 f"which is absent from {scan.root}; no lesion mask written for study {sid}"
+            )
+            continue
+        if ref.modality != "MR":
+            # A CT (or other) planning series is no T1 post-contrast MRI: never file it
+            # as RTSTRUCT_MRI or CT1, and its contours belong to its own grid.
+            problems.append(
+                f"{ref.where}: RTSTRUCT {f.name} references a {ref.modality or 'non-MR'} series, "
+                f"not MR; it is not filed as {PLANNING_SEQUENCE} or CT1 and no lesion mask is "
+                f"written for study {sid}; export the plan's MR series (or contours on it) instead"
             )
             continue
         if label is not None:

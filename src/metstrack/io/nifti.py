@@ -199,8 +199,12 @@ def check_same_grid(a: Volume, b: Volume, *, atol_mm: float = 1e-3) -> None:
     """Raise :class:`GeometryMismatchError` naming both files unless they share a grid."""
     if a.same_grid(b, atol_mm=atol_mm):
         return
+    da, db = a.describe_grid(), b.describe_grid()
+    if da == db:  # same summary: say what differs (direction cosines or shear)
+        delta = float(np.abs(np.asarray(a.affine) - np.asarray(b.affine)).max())
+        db += f", its affine differing by up to {delta:.3g} (direction)"
     raise GeometryMismatchError(
-        f"grids differ: {a.path} has {a.describe_grid()}; {b.path} has {b.describe_grid()}; "
+        f"grids differ: {a.path} has {da}; {b.path} has {db}; "
         "resample one onto the other (metstrack preprocess) before combining them"
     )
 

@@ -42,7 +42,7 @@ import pandas as pd
 
 from metstrack.errors import DatasetError, did_you_mean
 from metstrack.io import schema
-from metstrack.io.nifti import NIFTI_SUFFIXES, is_nifti
+from metstrack.io.nifti import NIFTI_SUFFIXES, find_nifti, is_nifti
 from metstrack.io.problems import (
     ERROR,
     WARNING,
@@ -402,9 +402,16 @@ def _read_imaging(root: Path, path: Path, found: _Found) -> dict[str, _Row] | No
             sequences_flagged=flagged,
             labelled=flags.get(LABEL_SEQUENCE, False),
             expert_adjusted=expert,
+            truth_label=_truth_label(root, pid, sid),
         )
         studies[sid] = _Row(study=study, line=line, flags=flags)
     return studies
+
+
+def _truth_label(root: Path, pid: str, sid: str) -> Path | None:
+    """The synthetic ground truth's label of a study (``.nii.gz`` or ``.nii``), or ``None``."""
+    path = schema.truth_label_path(root, pid, sid)
+    return find_nifti(path.parent, sid) if path.parent.is_dir() else None
 
 
 def _study_series(
@@ -492,13 +499,15 @@ def _check_unlisted_folders(root: Path, studies: dict[str, _Row], found: _Found)
     """Record study folders on disk that the imaging table does not list."""
     base = root / schema.IMAGING_DIR / "patientId"
     if not base.is_dir():
-        if studies:
+        # A clinical-only table (every sequence flag 0) needs no imaging folder.
+        flagged = sum(any(r.flags.values()) for r in studies.values())
+        if flagged:
             found.record(
                 ERROR,
                 base,
                 "table-vs-files",
-                f"imaging folder not found although {schema.IMAGING_TABLE} lists "
-                f"{len(studies)} studies; expected "
+                f"imaging folder not found although {schema.IMAGING_TABLE} flags files for "
+                f"{flagged} studies; expected "
                 "imaging/patientId/<PatientID>/studyId/<StudyID>/",
             )
         return

@@ -11,6 +11,9 @@ the validator and the analysis commands agree::
       tables/clinical_patients.csv PATIENT_COLUMNS, one row per patient
       tables/radiosurgery_targets.csv TARGET_COLUMNS, one row per target
       ground_truth/                only for synthetic cohorts (see metstrack.synth)
+      ground_truth/labels/<PatientID>/<StudyID>.nii.gz
+                                   every study's binary lesion mask, including the
+                                   studies whose release label is flagged off
 
 Days in the imaging table count from the patient's first scan
 (``DaysFromBaselineScan``); days in the clinical tables count from the first
@@ -91,6 +94,18 @@ def prediction_dir(pred_root: str | Path, patient_id: str, study_id: str) -> Pat
 def study_dir(root: str | Path, patient_id: str, study_id: str) -> Path:
     """Folder of one study: ``root/imaging/patientId/<PatientID>/studyId/<StudyID>``."""
     return Path(root) / IMAGING_DIR / "patientId" / patient_id / "studyId" / study_id
+
+
+#: Folder of every study's true binary lesion mask (synthetic cohorts and their
+#: preprocessed copies): ``<root>/ground_truth/labels/<PatientID>/<StudyID>.nii.gz``.
+#: The release ``RTSTRUCT_segmentation`` file exists only where the imaging table
+#: flags it; the labels the release hides from training live here.
+TRUTH_LABELS_DIR = "labels"
+
+
+def truth_label_path(root: str | Path, patient_id: str, study_id: str) -> Path:
+    """Where a study's ground-truth binary label is written (see :data:`TRUTH_LABELS_DIR`)."""
+    return Path(root) / GROUND_TRUTH_DIR / TRUTH_LABELS_DIR / patient_id / f"{study_id}.nii.gz"
 
 
 def table_path(root: str | Path, name: str) -> Path:

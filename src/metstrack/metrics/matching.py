@@ -13,7 +13,11 @@ lesion pair.
     the reference ``|P & R| / |R|`` (``criterion="ior"``). Pairs whose score is
     strictly above ``threshold`` (default 0: any overlap) are candidates. The
     Hungarian method (``scipy.optimize.linear_sum_assignment``) picks the
-    matching with the most pairs and, among those, the largest total score.
+    one-to-one matching with the largest total score (``objective="overlap"``,
+    default, as panoptica's and greedy matchers do: a prediction goes to the
+    reference it overlaps most, so a sliver never displaces a real match), or
+    the one with the most pairs and, among those, the largest total score
+    (``objective="pairs"``, which may trade one large overlap for two slivers).
     A split lesion (two predictions on one reference) gives one TP and one FP;
     a merged prediction (one prediction over two references) gives one TP and
     one FN.
@@ -52,6 +56,8 @@ from metstrack.metrics.lesions import LabelMap
 
 MATCH_MODES: tuple[str, ...] = ("overlap", "brats")
 CRITERIA: tuple[str, ...] = ("iou", "ior")
+#: What the one-to-one ``overlap`` matching maximises.
+OBJECTIVES: tuple[str, ...] = ("overlap", "pairs")
 #: Dilation iterations of the BraTS-METS 2023 convention (BraTS-MET challenge parameters).
 BRATS_METS_DILATION_VOXELS = 1
 #: Minimum reference lesion volume (mm3) the BraTS-METS 2023 evaluation scored.
@@ -69,6 +75,8 @@ class MatchingOptions:
         dilation_voxels: Dilation iterations of the reference in ``brats`` mode.
         min_ref_volume_mm3: Reference lesions at or below this volume are ignored
             (``brats`` mode only; 0 keeps every lesion).
+        objective: ``overlap`` mode: maximise the total score (``"overlap"``) or
+            the number of pairs first (``"pairs"``).
     """
 
     mode: str = "overlap"
@@ -76,8 +84,14 @@ class MatchingOptions:
     threshold: float = 0.0
     dilation_voxels: int = BRATS_METS_DILATION_VOXELS
     min_ref_volume_mm3: float = 0.0
+    objective: str = "overlap"
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"unknown matching objective {self.objective!r}; "
+                + did_you_mean(self.objective, OBJECTIVES)
+            )
         if self.mode not in MATCH_MODES:
             raise ValueError(
                 f"unknown matching mode {self.mode!r}; {did_you_mean(self.mode, MATCH_MODES)}"
@@ -213,8 +227,9 @@ def _match_overlap(
         rs = sorted({c[1] for c in cands})
         pi = {p: i for i, p in enumerate(ps)}
         ri = {r: i for i, r in enumerate(rs)}
-        # Weight = big + score: the most pairs first, then the largest total overlap.
-        big = float(min(len(ps), len(rs)) + 1)
+        # "pairs": weight = big + score, the most pairs first, then the largest total
+        # overlap; "overlap": weight = score, the largest total overlap.
+        big = float(min(len(ps), len(rs)) + 1) if options.objective == "pairs" else 0.0
         w = np.zeros((len(ps), len(rs)))
         for p, r, s in cands:
             w[pi[p], ri[r]] = big + s

@@ -1,8 +1,10 @@
 """Evaluate a folder of predictions against a dataset in the release layout.
 
 The reference is a dataset root read with :func:`metstrack.io.release.read_release`;
-every study with a reference label file (``RTSTRUCT_segmentation.nii[.gz]``) is
-evaluated. The prediction of a study is looked up, in order, at
+every study with a reference label is evaluated: its release label file
+(``RTSTRUCT_segmentation.nii[.gz]``), else, in a synthetic cohort, its
+ground-truth label (``ground_truth/labels/<P>/<S>.nii.gz``, present also for the
+studies the release flags unlabelled). The prediction of a study is looked up, in order, at
 
 1. ``<pred>/predictions/patientId/<P>/studyId/<S>/mask.nii[.gz]``
    (:func:`metstrack.io.schema.prediction_dir`, what ``metstrack predict`` writes),
@@ -37,6 +39,7 @@ import numpy as np
 
 from metstrack.errors import DatasetError, LabelError
 from metstrack.io import schema
+from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_volume
 from metstrack.metrics.cohort import CohortSummary, summarize_cohort
 from metstrack.metrics.detection import BRATS_HD95_PENALTY_MM, DEFAULT_VOLUME_BINS_MM3
@@ -59,6 +62,8 @@ class EvaluationConfig:
         mode: Matching mode, ``"overlap"`` or ``"brats"``.
         criterion: Overlap score of the ``overlap`` mode, ``"iou"`` or ``"ior"``.
         match_threshold: Candidate pairs need a score strictly above this.
+        match_objective: ``overlap`` mode: ``"overlap"`` (largest total score,
+            default) or ``"pairs"`` (most pairs first).
         dilation_voxels: Reference dilation of the ``brats`` mode.
         min_ref_volume_mm3: ``brats`` mode: reference lesions at or below are ignored.
         connectivity: 6, 18 or 26.
@@ -73,11 +78,15 @@ class EvaluationConfig:
         n_bootstrap: Patient-level bootstrap resamples.
         confidence: Coverage of the bootstrap interval.
         seed: Bootstrap seed.
+        label_values: Reference label values that are lesion (``--labels``); empty
+            requires binary reference files, so a multi-class file is refused
+            rather than read as "anything non-zero" (see :mod:`metstrack.io.labels`).
     """
 
     mode: str = "overlap"
     criterion: str = "iou"
     match_threshold: float = 0.0
+    match_objective: str = "overlap"
     dilation_voxels: int = BRATS_METS_DILATION_VOXELS
     min_ref_volume_mm3: float = 0.0
     connectivity: int = 26
@@ -91,12 +100,14 @@ class EvaluationConfig:
     n_bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    label_values: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         MatchingOptions(
             mode=self.mode,
             criterion=self.criterion,
             threshold=self.match_threshold,
+            objective=self.match_objective,
             dilation_voxels=self.dilation_voxels,
             min_ref_volume_mm3=self.min_ref_volume_mm3,
         )
@@ -183,7 +194,7 @@ def plan_jobs(
         prev: Path | None = None
         prev_inst: Path | None = None
         for study in patient.studies:
-            lab = study.label_path
+            lab = study.any_label_path
             if lab is None:
                 continue
             pred = find_prediction(
@@ -240,6 +251,7 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         GeometryMismatchError: Prediction and reference grids differ (both named).
     """
     ref = read_label(job.ref_path, binary=False)
+    ref = ref.with_array(lesion_mask(ref.array, job.ref_path, config.label_values))
     pred_arr = None
     if job.pred_path is not None:
         pred = read_volume(job.pred_path, dtype=np.float32)
@@ -251,6 +263,7 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         prev_inst = read_label(job.previous_instances_path, binary=False).array
     elif job.previous_ref_path is not None:
         prev = read_label(job.previous_ref_path, binary=False)
+        prev = prev.with_array(lesion_mask(prev.array, job.previous_ref_path, config.label_values))
         if prev.same_grid(ref, atol_mm=config.affine_atol_mm):
             prev_arr = prev.array != 0
         else:
@@ -262,6 +275,7 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         mode=config.mode,
         criterion=config.criterion,
         match_threshold=config.match_threshold,
+        match_objective=config.match_objective,
         dilation_voxels=config.dilation_voxels,
         min_ref_volume_mm3=config.min_ref_volume_mm3,
         connectivity=config.connectivity,

@@ -237,6 +237,7 @@ def evaluate_study(
     mode: str = "overlap",
     criterion: str = "iou",
     match_threshold: float = 0.0,
+    match_objective: str = "overlap",
     dilation_voxels: int = BRATS_METS_DILATION_VOXELS,
     min_ref_volume_mm3: float = 0.0,
     connectivity: int = 26,
@@ -263,6 +264,8 @@ def evaluate_study(
         mode: ``"overlap"`` (one-to-one Hungarian) or ``"brats"`` (BraTS-METS).
         criterion: ``"iou"`` or ``"ior"`` for the ``overlap`` mode.
         match_threshold: Candidate pairs need a score strictly above this.
+        match_objective: ``overlap`` mode: ``"overlap"`` (largest total score) or
+            ``"pairs"`` (most pairs first), see :mod:`metstrack.metrics.matching`.
         dilation_voxels: Reference dilation of the ``brats`` mode.
         min_ref_volume_mm3: ``brats`` mode: ignore reference lesions at or below this.
         connectivity: 6, 18 or 26 for the connected components.
@@ -304,6 +307,7 @@ def evaluate_study(
         threshold=match_threshold,
         dilation_voxels=dilation_voxels,
         min_ref_volume_mm3=min_ref_volume_mm3,
+        objective=match_objective,
     )
     pm = label_map(p, connectivity=connectivity)
     rm = label_map(r, connectivity=connectivity)

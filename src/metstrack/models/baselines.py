@@ -43,6 +43,8 @@ class DynUNetSeq(PerStudyModel):
     """
 
     size_divisor = 16
+    # Instance norm at the 1/16 bottleneck needs more than one voxel per axis.
+    min_size = 32
 
     def __init__(self, config: ModelConfig) -> None:
         strides = [1, 2, 2, 2, 2]

@@ -35,13 +35,16 @@ Every key must match: a missing, unexpected or differently shaped tensor is a
 
 from __future__ import annotations
 
+import argparse
 import logging
+import pathlib
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from metstrack import __version__
@@ -60,6 +63,9 @@ CHECKPOINT_FORMAT = "metstrack-checkpoint/1"
 #: Prefix of the network's keys in a Lightning checkpoint (``self.net``).
 NET_PREFIX = "net."
 _SHOWN = 12
+#: numpy dtypes whose class a pickled numpy scalar or array may name.
+_NUMPY_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+                 "uint16", "uint32", "uint64", "bool")  # fmt: skip
 
 
 def published_layout(
@@ -188,21 +194,83 @@ def load_checkpoint(
     return model, cfg
 
 
+#: The only Python types a checkpoint may hold besides tensors and plain containers
+#: (dict, list, tuple, str, numbers): what Lightning 1.x/2.x and the published STT
+#: checkpoints store in ``hyper_parameters`` and callback states. Each entry is
+#: ``(type, "module.qualified.Name")`` as it appears in the pickle.
+TRUSTED_GLOBALS: tuple[tuple[Any, str], ...] = (
+    # Lightning's AttributeDict (hyper-parameters) is read back as a plain dict.
+    *(
+        (dict, name)
+        for name in (
+            "lightning.fabric.utilities.data.AttributeDict",
+            "lightning_fabric.utilities.data.AttributeDict",
+            "lightning.pytorch.utilities.parsing.AttributeDict",
+            "pytorch_lightning.utilities.parsing.AttributeDict",
+        )
+    ),
+    (argparse.Namespace, "argparse.Namespace"),
+    (pathlib.PosixPath, "pathlib.PosixPath"),
+    (pathlib.PurePosixPath, "pathlib.PurePosixPath"),
+    (pathlib.WindowsPath, "pathlib.WindowsPath"),
+    (pathlib.PureWindowsPath, "pathlib.PureWindowsPath"),
+    (np.dtype, "numpy.dtype"),
+    (np.ndarray, "numpy.ndarray"),
+    *(
+        (getattr(np._core.multiarray, fn), f"{mod}.multiarray.{fn}")
+        for fn in ("scalar", "_reconstruct")
+        for mod in ("numpy.core", "numpy._core")
+    ),
+    *((type(np.dtype(t)), f"numpy.dtypes.{type(np.dtype(t)).__name__}") for t in _NUMPY_DTYPES),
+    (ModelConfig, "metstrack.models.config.ModelConfig"),
+)
+
+
 def _read(path: Path, map_location: str | torch.device) -> Any:
+    """Unpickle with ``weights_only=True`` and the :data:`TRUSTED_GLOBALS` allow-list only.
+
+    Nothing outside the allow-list is ever constructed, so a checkpoint cannot
+    run code while loading; a file that needs anything else is refused, naming
+    the type(s) it asks for.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(list(TRUSTED_GLOBALS)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        refused = ", ".join(_untrusted_globals(path)) or _unpickler_reason(exc)
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint holds Python object(s) of type "
+            f"{refused} that could run code when loaded; only tensors, "
+            "plain containers and Lightning hyper-parameters are trusted. Re-save just the "
+            "weights (torch.save({'state_dict': model.state_dict()}, ...)) where the file is "
+            "trusted"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - a corrupt pickle fails in many ways
-        if not (isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc)):
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
-    # Lightning files may pickle config objects in hyper_parameters; full unpickling
-    # is used only after the safe loader refused them, and it is logged.
-    log.warning("%s: holds non-tensor Python objects; loading it with full unpickling", path)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc!r})") from exc
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one-line reason of torch's weights-only refusal (its message spans a page)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = text.split(marker, 1)[1].strip()
+        return rest.splitlines()[0].strip() if rest else "unknown"
+    return "unknown"
+
+
+def _untrusted_globals(path: Path) -> list[str]:
+    """The global names a checkpoint's pickle asks for beyond the allow-list (read, never run)."""
+    trusted = {name for _, name in TRUSTED_GLOBALS}
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any failure of a corrupt pickle
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only decorates the refusal message
+        return []
+    return sorted(n for n in names if n not in trusted)
 
 
 def _network_state(path: Path, payload: Any) -> OrderedDict[str, torch.Tensor]:

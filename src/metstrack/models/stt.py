@@ -91,6 +91,8 @@ class BasicUNetSeq(SequenceModel):
 
     temporal = False
     size_divisor = 16
+    # Instance norm at the 1/16 bottleneck needs more than one voxel per axis.
+    min_size = 32
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

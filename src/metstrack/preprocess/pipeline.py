@@ -44,7 +44,14 @@ from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
 from metstrack.io import schema
-from metstrack.io.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from metstrack.io.atomic import (
+    sweep_stale_temps,
+    write_bytes_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+)
+from metstrack.io.fingerprint import file_sha256
+from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
 from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
@@ -212,21 +219,15 @@ class PreprocessReport:
         }
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def study_fingerprint(study: Study) -> str:
     """SHA-256 over the study's input files (names and bytes), first 16 hex digits."""
     h = hashlib.sha256()
     for s in sorted(study.series, key=lambda s: s.sequence):
         h.update(s.sequence.encode())
         h.update(file_sha256(s.path).encode())
+    if study.truth_label is not None:
+        h.update(b"truth_label")
+        h.update(file_sha256(study.truth_label).encode())
     return h.hexdigest()[:16]
 
 
@@ -473,27 +474,37 @@ def preprocess_study(
             }
         )
 
-    outputs: list[str] = []
+    # The release label, and a synthetic cohort's ground-truth label (also of the
+    # studies the release hides), each mapped the same way; read and checked
+    # before anything of the study is written. The release label must be binary
+    # unless ``label_classes`` says which values are lesion.
     folder = schema.study_dir(out_root, pid, sid)
-    for seq, arr in images.items():
-        p = write_volume(arr.astype(np.float32), folder / f"{seq}.nii.gz", affine=grid.affine)
-        outputs.append(str(p.relative_to(out_root)))
-    lab_path = study.label_path
-    if lab_path is not None:
+    labels_out = []
+    for lab_path, target, step_name, values in (
+        (study.label_path, folder / f"{LABEL_SEQUENCE}.nii.gz", "label", label_classes),
+        (study.truth_label, schema.truth_label_path(out_root, pid, sid), "truth_label", ()),
+    ):
+        if lab_path is None:
+            continue
         _, lab_ras, rec = _read_ras(lab_path, label=True)
-        if label_classes:
-            # Multi-class labels (BraTS-METS seg): the metastasis mask is their union.
-            classes = np.asarray(label_classes)
-            lab_ras = lab_ras.with_array(np.isin(lab_ras.array, classes).astype(np.uint8))
-            rec = {**rec, "label_classes": [int(c) for c in label_classes]}
+        lab_ras = lab_ras.with_array(lesion_mask(lab_ras.array, lab_path, values))
+        if values:
+            rec = {**rec, "label_classes": [int(c) for c in values]}
         lab = resample_array(
             lab_ras.array, lab_ras.affine, grid.shape, grid.affine, transform=b2s, order=0
         )
-        p = write_volume(lab, folder / f"{LABEL_SEQUENCE}.nii.gz", affine=grid.affine)
+        labels_out.append((lab, target, step_name, rec))
+
+    outputs: list[str] = []
+    for seq, arr in images.items():
+        p = write_volume(arr.astype(np.float32), folder / f"{seq}.nii.gz", affine=grid.affine)
+        outputs.append(str(p.relative_to(out_root)))
+    for lab, target, step_name, rec in labels_out:
+        p = write_volume(lab, target, affine=grid.affine)
         outputs.append(str(p.relative_to(out_root)))
         steps.append(
             {
-                "step": "label",
+                "step": step_name,
                 "reorient": rec,
                 "interpolation": "nearest",
                 "dtype": str(lab.dtype),
@@ -582,7 +593,7 @@ def preprocess_patient(
     try:
         baseline = prepare_baseline(patient, cfg)
     except MetstrackError as exc:
-        log.error("patient %s: %s", patient.patient_id, exc)
+        log.info("patient %s failed: %s", patient.patient_id, exc)
         return outcomes + [
             StudyOutcome(
                 patient.patient_id, s.study_id, "failed", str(exc), time.perf_counter() - t0
@@ -601,7 +612,7 @@ def preprocess_patient(
                 )
             )
         except MetstrackError as exc:
-            log.error("study %s/%s: %s", patient.patient_id, study.study_id, exc)
+            log.info("study %s/%s failed: %s", patient.patient_id, study.study_id, exc)
             outcomes.append(
                 StudyOutcome(
                     patient.patient_id, study.study_id, "failed", str(exc), time.perf_counter() - ts
@@ -635,6 +646,8 @@ def _output_kind(rel_path: str) -> str:
         return "transform"
     if parts[0] == PREPROCESS_DIR:
         return "brain_mask" if parts[1] == "brain_masks" else parts[1]
+    if parts[0] == schema.GROUND_TRUTH_DIR:
+        return "truth_label"
     return "label" if Path(rel_path).name.startswith(LABEL_SEQUENCE) else "image"
 
 
@@ -705,6 +718,7 @@ def preprocess_dataset(
     catalog_path: str | Path | None = None,
     on_study: Callable[[StudyOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    label_values: tuple[int, ...] | None = None,
 ) -> PreprocessReport:
     """Preprocess a release-layout dataset into a new one (see the module docstring).
 
@@ -722,6 +736,10 @@ def preprocess_dataset(
             every finished study in (one transaction per study).
         on_study: Called in the parent process after each study (progress bars).
         on_start: Called once with the number of studies before work starts.
+        label_values: Label values that are lesion (``--labels``), replacing the
+            layout's ``label_classes``; ``None`` keeps the layout's (empty for
+            the release layout: label files must be binary, a multi-class file
+            fails its study with the fix named).
 
     Returns:
         The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
@@ -738,9 +756,14 @@ def preprocess_dataset(
         raise DatasetError(f"{out_root}: the output folder must differ from the input dataset")
     t0 = time.perf_counter()
     cohort = read_dataset(src_root, layout)
-    classes = tuple(int(c) for c in cohort.label_classes)
+    classes = tuple(
+        int(c) for c in (cohort.label_classes if label_values is None else label_values)
+    )
     _check_same_config(out_root, cfg)
+    # An unusable catalog is refused before anything is written.
+    catalog = Catalog.open(catalog_path) if catalog_path is not None else None
     out_root.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out_root)  # temporary files of a killed run
     if cohort.layout == "release":
         tables = _copy_tables(src_root, out_root)
     else:
@@ -757,9 +780,8 @@ def preprocess_dataset(
         workers=int(workers),
         config_fingerprint=config_fingerprint(cfg),
     )
-    catalog = run_id = None
-    if catalog_path is not None:
-        catalog = Catalog.open(catalog_path)
+    run_id = None
+    if catalog is not None:
         catalog.register_dataset(cohort)
         run_id = catalog.begin_run("preprocess", cfg, source=str(src_root), output=str(out_root))
 

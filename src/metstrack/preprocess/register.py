@@ -181,7 +181,24 @@ def _initial_rigid(fixed: sitk.Image, moving: sitk.Image, init: str) -> sitk.Eul
     return sitk.Euler3DTransform(sitk.CenteredTransformInitializer(fixed, moving, tx, mode))
 
 
-def _method(cfg: RegistrationConfig, iterations: int) -> sitk.ImageRegistrationMethod:
+#: Fewest voxels along any axis a pyramid level keeps (ITK fails below a few voxels).
+MIN_LEVEL_VOXELS = 8
+
+
+def pyramid_shrink_factors(shrink_factors: tuple[int, ...], shape: tuple[int, ...]) -> list[int]:
+    """The shrink factors actually used for an image of ``shape`` voxels.
+
+    Each level is capped so that it keeps at least :data:`MIN_LEVEL_VOXELS` voxels
+    along the shortest axis (1 for images smaller than that), so a small grid
+    registers at full resolution instead of failing inside ITK.
+    """
+    cap = max(1, min(int(n) for n in shape) // MIN_LEVEL_VOXELS)
+    return [max(1, min(int(s), cap)) for s in shrink_factors]
+
+
+def _method(
+    cfg: RegistrationConfig, iterations: int, shape: tuple[int, ...]
+) -> sitk.ImageRegistrationMethod:
     r = sitk.ImageRegistrationMethod()
     r.SetNumberOfThreads(int(cfg.threads))
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(cfg.histogram_bins))
@@ -200,7 +217,7 @@ def _method(cfg: RegistrationConfig, iterations: int) -> sitk.ImageRegistrationM
         gradientMagnitudeTolerance=1e-8,
     )
     r.SetOptimizerScalesFromPhysicalShift()
-    r.SetShrinkFactorsPerLevel([int(s) for s in cfg.shrink_factors])
+    r.SetShrinkFactorsPerLevel(pyramid_shrink_factors(cfg.shrink_factors, shape))
     r.SetSmoothingSigmasPerLevel([float(s) for s in cfg.smoothing_sigmas_mm])
     r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return r
@@ -231,7 +248,8 @@ def register(
         (RAS, mm) to moving world points.
 
     Raises:
-        InvalidImageError: An image is constant (nothing to register on).
+        InvalidImageError: An image is constant (nothing to register on), or ITK fails
+            on the pair (one line naming both files).
     """
     cfg = cfg or RegistrationConfig()
     for name, v in (("fixed", fixed), ("moving", moving)):
@@ -241,6 +259,13 @@ def register(
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(cfg.threads))
     try:
         return _register(fixed, moving, cfg, fixed_mask, initial)
+    except RuntimeError as exc:  # ITK's own failures: one line naming both files
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InvalidImageError(
+            f"{moving.path or 'moving'}: registration to {fixed.path or 'fixed'} failed "
+            f"(grids {fixed.shape} and {moving.shape}; ITK: {reason}); check that both images "
+            "show the head, or skip this registration in the preprocess settings"
+        ) from None
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(prev_threads)
 
@@ -265,7 +290,8 @@ def _register(
     if fixed_mask is not None:
         mv = Volume(array=np.asarray(fixed_mask).astype(np.uint8), affine=fixed.affine)
         mask_img = to_sitk(mv, dtype=sitk.sitkUInt8)
-    r = _method(cfg, cfg.iterations)
+    shape = tuple(min(a, b) for a, b in zip(fixed.shape, moving.shape, strict=True))
+    r = _method(cfg, cfg.iterations, shape)
     if mask_img is not None:
         r.SetMetricFixedMask(mask_img)
     if pre is not None:
@@ -279,7 +305,7 @@ def _register(
         aff.SetCenter(rigid.GetCenter())
         aff.SetMatrix(rigid.GetMatrix())
         aff.SetTranslation(rigid.GetTranslation())
-        ra = _method(cfg, cfg.affine_iterations)
+        ra = _method(cfg, cfg.affine_iterations, shape)
         if mask_img is not None:
             ra.SetMetricFixedMask(mask_img)
         if pre is not None:

@@ -30,6 +30,7 @@ from metstrack.io.nifti import find_nifti, read_label, read_volume
 from metstrack.metrics.lesions import lesion_table
 from metstrack.report.figures import StripLesion, lesion_strip
 from metstrack.report.html import cards, esc, figure, fmt, page, table
+from metstrack.tracking.identity import lesion_id_of, tracking_id
 from metstrack.types import Cohort, Patient, Study
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,8 @@ def _study_masks(study: Study, inputs: ReportInputs, image):
         )
         if p is not None:
             pred = read_label(p, reference=image).array
-    if study.label_path is not None:
-        ref = read_label(study.label_path, binary=False, reference=image).array > 0
+    if study.any_label_path is not None:  # the release label, else a synthetic truth label
+        ref = read_label(study.any_label_path, binary=False, reference=image).array > 0
     return pred, ref
 
 
@@ -423,8 +424,10 @@ def _patient_page(p: Patient, inputs: ReportInputs, out: Path, *, traj, max_lesi
     if traj is not None:
         t = traj[traj["patient_id"] == pid]
         if len(t):
+            # the TrackingID metstrack export writes into the SEG segments and SR groups
+            t = t.assign(TrackingID=t["lesion_id"].map(tracking_id))
             cols = [
-                "lesion_id",
+                "TrackingID",
                 "study_id",
                 "days_from_baseline",
                 "volume_mm3",
@@ -433,14 +436,17 @@ def _patient_page(p: Patient, inputs: ReportInputs, out: Path, *, traj, max_lesi
                 "event",
             ]
             parts.append(
-                "<h2>Lesions</h2>"
+                "<h2>Lesions</h2><p class='note'>TrackingID: the lesion's identity as the DICOM "
+                "SEG segments and SR measurement groups written by <code>metstrack export</code> "
+                "carry it (TrackingID, with a TrackingUID that is the same in every study)</p>"
                 + table(
                     t[cols].fillna(""),
-                    left=["study_id", "status", "event"],
+                    left=["TrackingID", "study_id", "status", "event"],
                     classes={"status": "status-"},
                 )
             )
             facts["lesion_rows"] = len(t)
+            facts["tracking_ids"] = sorted(set(t["TrackingID"]), key=lesion_id_of)
     write_text_atomic(
         out / "patients" / f"{pid}.html", page(f"Patient {pid}", "".join(parts), nav=nav)
     )

@@ -47,6 +47,8 @@ class SurvivalConfig:
             the origin is fitted too.
         time_varying: Also fit a time-varying Cox model with the rate updated at each scan.
         seed: Seed recorded with the outputs (the fits are deterministic).
+        allow_missing_imaging: Drop clinical patients without burden rows (named
+            in a note) instead of refusing the analysis.
     """
 
     origin: Literal["first_srs", "first_scan"] = "first_srs"
@@ -58,3 +60,4 @@ class SurvivalConfig:
     landmark_days: float | None = None
     time_varying: bool = True
     seed: int = 0
+    allow_missing_imaging: bool = False

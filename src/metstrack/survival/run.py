@@ -11,6 +11,7 @@ import pandas as pd
 
 from metstrack.config import save_config
 from metstrack.errors import SurvivalDataError
+from metstrack.io import schema
 from metstrack.io.atomic import write_csv_atomic, write_json_atomic
 from metstrack.survival.config import SurvivalConfig
 from metstrack.survival.cox import CoxAnalysis
@@ -88,7 +89,12 @@ def run_survival(
     """
     cfg = config or SurvivalConfig()
     burden = check_burden(burden)
-    table = build_analysis_table(clinical, burden, events=events, config=cfg)
+    sources = {}
+    if inputs and inputs.get("data"):
+        sources["clinical_source"] = str(schema.table_path(inputs["data"], schema.PATIENTS_TABLE))
+    if inputs and inputs.get("burden"):
+        sources["burden_source"] = str(inputs["burden"])
+    table = build_analysis_table(clinical, burden, events=events, config=cfg, **sources)
     cox = CoxAnalysis(penalizer=cfg.penalizer).fit(table.frame, covariates=table.covariates)
     lm = None
     if cfg.landmark_days is not None:

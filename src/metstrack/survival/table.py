@@ -198,6 +198,8 @@ def build_analysis_table(
     *,
     events: Sequence[ClinicalEvent] = (),
     config: SurvivalConfig | None = None,
+    clinical_source: str = "the clinical patient table",
+    burden_source: str = "the burden table",
 ) -> AnalysisTable:
     """Join clinical records and burden dynamics into one row per patient.
 
@@ -207,13 +209,16 @@ def build_analysis_table(
         burden: Per-study burden (see :data:`BURDEN_COLUMNS`).
         events: Clinical events, for ``n_treatments`` and ``wbrt``.
         config: Analysis settings (origin, covariates, imputation, rate method).
+        clinical_source: The clinical table's file, named in messages.
+        burden_source: The burden table's file, named in messages.
 
     Returns:
         The analysis table, with patients dropped per reason reported.
 
     Raises:
         SurvivalDataError: Missing columns, zero or negative survival times,
-            unknown covariates, no patients left.
+            unknown covariates, no patients left, or clinical patients without
+            burden rows (unless ``config.allow_missing_imaging``; they are named).
     """
     cfg = config or SurvivalConfig()
     if clinical.empty:
@@ -243,11 +248,21 @@ def build_analysis_table(
     imaging_ids = set(rates["PatientID"])
     no_img = ~clin["PatientID"].isin(imaging_ids)
     if no_img.any():
-        dropped["no imaging"] = int(no_img.sum())
-        notes.append(
-            f"{int(no_img.sum())} patient(s) in the clinical table have no imaging/burden rows"
+        missing = sorted(clin.loc[no_img, "PatientID"].astype(str))
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
-        log.warning("%d clinical patients have no burden rows; they are dropped", int(no_img.sum()))
+        if not cfg.allow_missing_imaging:
+            raise SurvivalDataError(
+                f"{clinical_source}: {len(missing)} patient(s) have no rows in {burden_source} "
+                f"(no imaging): {shown}; add their burden rows, remove them from the clinical "
+                "table, or pass --allow-missing-imaging to drop them"
+            )
+        dropped["no imaging"] = len(missing)
+        notes.append(
+            f"{len(missing)} patient(s) of {clinical_source} have no rows in {burden_source} "
+            f"and are dropped (--allow-missing-imaging): {shown}"
+        )
     extra = imaging_ids - set(clin["PatientID"])
     if extra:
         notes.append(f"{len(extra)} patient(s) with imaging are absent from the clinical table")

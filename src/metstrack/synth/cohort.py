@@ -11,16 +11,21 @@ every study on the baseline grid.
 
 Layout written by :func:`generate_cohort`::
 
-    <out>/imaging/patientId/<P>/studyId/<S>/{T1,CT1,T2,FLAIR,RTSTRUCT_segmentation}.nii.gz
-        (+ RTSTRUCT_MRI.nii.gz for radiosurgery-planning studies)
+    <out>/imaging/patientId/<P>/studyId/<S>/{T1,CT1,T2,FLAIR}.nii.gz
+        (+ RTSTRUCT_MRI.nii.gz for radiosurgery-planning studies,
+         + RTSTRUCT_segmentation.nii.gz for the studies the release flags labelled)
     <out>/tables/{imaging,split,clinical_events,clinical_patients,radiosurgery_targets}.csv
+    <out>/ground_truth/labels/<P>/<S>.nii.gz        uint8 lesion mask of every study
     <out>/ground_truth/instances/<P>/<S>.nii.gz     int16 lesion IDs, same ID across studies
     <out>/ground_truth/{transforms,lesion_trajectories,burden,patient_truth,vessels}.csv
     <out>/ground_truth/{survival_truth,config}.json
 
-The label file is written for every study (``RTSTRUCT_segmentation = instances > 0``);
-the imaging table's ``RTSTRUCT_segmentation`` flag marks only the studies the
-``labelled`` policy releases (default: radiosurgery planning studies).
+Every study's label (``instances > 0``) is in the ground truth; the release file
+``RTSTRUCT_segmentation`` exists exactly where the imaging table flags it (the
+studies the ``labelled`` policy releases, default: radiosurgery planning
+studies), so the cohort validates clean. Training with ``use_all_labels`` and
+evaluation read the hidden labels from the ground truth
+(:attr:`metstrack.types.Study.any_label_path`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import pandas as pd
 
 from metstrack.errors import DatasetError
 from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic
+from metstrack.io.atomic import staging_prefix, sweep_stale_staging, write_csv_atomic
 from metstrack.io.nifti import write_volume
 from metstrack.synth.acquisition import Acquisition, acquire, draw_acquisition
 from metstrack.synth.anatomy import Anatomy, build_phantom
@@ -319,7 +324,10 @@ def _write_patient(cfg: SynthConfig, index: int, out: Path) -> _Written:
             write_volume(images[c], folder / f"{m}.nii.gz", affine=aff)
         if st.planning:
             write_volume(images[1], folder / f"{PLANNING_SEQUENCE}.nii.gz", affine=aff)
-        write_volume(st.label, folder / f"{LABEL_SEQUENCE}.nii.gz", affine=aff)
+        if st.labelled:  # the release file only where the imaging table flags it
+            write_volume(st.label, folder / f"{LABEL_SEQUENCE}.nii.gz", affine=aff)
+        truth = schema.truth_label_path(out, plan.patient_id, st.study_id)
+        write_volume(st.label, truth, affine=aff)
         gt = out / schema.GROUND_TRUTH_DIR / GT_INSTANCES / plan.patient_id
         write_volume(st.instances, gt / f"{st.study_id}.nii.gz", affine=aff)
         vols[:, j] = st.lesion_volume_mm3
@@ -388,7 +396,8 @@ def prepare_output(out_dir: str | Path, *, overwrite: bool) -> Path:
                 "choose a new --out or pass --overwrite to replace it"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    sweep_stale_staging(out.parent, out.name)  # left by a killed run
+    return Path(tempfile.mkdtemp(prefix=staging_prefix(out.name), dir=out.parent))
 
 
 def publish_output(staging: Path, out_dir: str | Path) -> Path:

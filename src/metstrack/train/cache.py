@@ -85,15 +85,16 @@ class StudyArrays:
 def study_label_path(study: Study, *, use_all_labels: bool) -> Path | None:
     """The label file that trains this study, or ``None``.
 
-    With ``use_all_labels`` any label on disk is used; otherwise only studies
-    the release flags as ``labelled``.
+    With ``use_all_labels`` any label on disk is used (the release file, else a
+    synthetic cohort's ground-truth label of a study the release hides);
+    otherwise only studies the release flags as ``labelled``.
 
     Raises:
         DatasetError: The release flags the study as labelled but no label file exists.
     """
-    path = study.label_path
     if use_all_labels:
-        return path
+        return study.any_label_path
+    path = study.label_path
     if not study.labelled:
         return None
     if path is None:
