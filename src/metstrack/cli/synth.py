@@ -42,7 +42,7 @@ def synth(
     ] = None,
     contrast: Annotated[
         str | None,
-        typer.Option("--contrast", help="clinical (default) or randomized (domain randomisation)."),
+        typer.Option("--contrast", help="clinical (default), randomized (domain randomisation) or mixed."),
     ] = None,
     acquisition: Annotated[
         str | None,

@@ -176,7 +176,10 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
     )
     anat_ss, geo_ss, motion_ss, study_ss, acq_ss, table_ss = img_ss.spawn(6)
     table_rng = np.random.default_rng(table_ss)
-    table = draw_table(table_rng, cfg.contrast)
+    contrast = cfg.contrast
+    if contrast == "mixed":
+        contrast = "randomized" if table_rng.random() < 0.5 else "clinical"
+    table = draw_table(table_rng, contrast)
     anat_rng = np.random.default_rng(anat_ss)
     if cfg.anatomy == "template":
         anatomy = build_template_anatomy(anat_rng, cfg.shape, cfg.spacing_mm, table)
@@ -219,7 +222,7 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
         labelled=labelled_flags(tl, cfg.labelled_fraction(), flag_ss),
         study_seeds=tuple(study_ss.spawn(tl.n_written)),
         acquisitions=acquisitions,
-        contrast=cfg.contrast,
+        contrast=contrast,
     )
 
 

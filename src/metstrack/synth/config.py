@@ -124,8 +124,9 @@ class SynthConfig:
             and short tubes): false-positive bait, never labelled.
         anatomy: ``template`` (default: the MNI ICBM152 2009 brain deformed per
             patient) or ``phantom`` (procedural head, for tiny unit-test volumes).
-        contrast: ``clinical`` (plausible per-tissue intensities) or ``randomized``
-            (SynthSeg-style domain randomisation, for training robust models).
+        contrast: ``clinical`` (plausible per-tissue intensities), ``randomized``
+            (SynthSeg-style domain randomisation, for training robust models) or
+            ``mixed`` (each patient at random, half and half).
         acquisition: ``clinical`` (follow-ups on their own grids: voxel size, thick
             oblique slices, per-study scanner scale) or ``fixed`` (every study on
             the baseline grid, scale 1).
@@ -201,7 +202,7 @@ class SynthConfig:
             raise ConfigError(f"workers must be >= 1, found {self.workers}")
         for name, options in (
             ("anatomy", ("template", "phantom")),
-            ("contrast", ("clinical", "randomized")),
+            ("contrast", ("clinical", "randomized", "mixed")),
             ("acquisition", ("clinical", "fixed")),
             ("skull", ("on", "stripped", "mixed")),
         ):
