@@ -42,7 +42,9 @@ def synth(
     ] = None,
     contrast: Annotated[
         str | None,
-        typer.Option("--contrast", help="clinical (default), randomized (domain randomisation) or mixed."),
+        typer.Option(
+            "--contrast", help="clinical (default), randomized (domain randomisation) or mixed."
+        ),
     ] = None,
     acquisition: Annotated[
         str | None,
