@@ -169,7 +169,7 @@ def _blocks(lang: str) -> list[str]:
 
 
 def test_docs_cli_example_runs(cli, dataset, tmp_path, monkeypatch):
-    (line,) = [ln for b in _blocks("console") for ln in b.splitlines() if "metstrack" in ln]
+    line = [ln for b in _blocks("console") for ln in b.splitlines() if "metstrack" in ln][0]
     args = line.removeprefix("$ ").split()
     assert args[:2] == ["metstrack", "evaluate"]
     monkeypatch.chdir(tmp_path)  # the fixture wrote data/ and preds/ here
@@ -180,9 +180,20 @@ def test_docs_cli_example_runs(cli, dataset, tmp_path, monkeypatch):
 
 
 def test_docs_python_example_runs(capsys):
-    (code,) = _blocks("python")
+    code = _blocks("python")[0]
     exec(compile(code, str(DOC), "exec"), {})  # the block asserts its own results
     assert "HeadlineMetrics(lesion_f1=0.5" in capsys.readouterr().out
+
+
+def test_docs_plain_folders_example_runs(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(_blocks("python")[1], str(DOC), "exec"), {})
+    line = [ln for b in _blocks("console") for ln in b.splitlines() if "metstrack" in ln][1]
+    r = cli(*line.removeprefix("$ metstrack ").split())
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "results_plain" / "summary.json").read_text())
+    assert summary["n_studies"] == 3 and summary["n_missing_predictions"] == 1
+    assert summary["metrics"]["lesion_sensitivity"]["value"] == pytest.approx(1 / 3)
 
 
 def test_synthetic_cohort_uses_ground_truth_identities(cli, tmp_path):

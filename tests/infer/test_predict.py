@@ -30,6 +30,9 @@ from metstrack.preprocess.spatial import (
 )
 from metstrack.types import Volume
 
+#: The phantoms are boxes of noise, not heads: no brain to find, every voxel counts.
+NO_MASK = PredictOptions(brain_method="none")
+
 
 class BrightSpotOracle(SequenceModel):
     """Test double: foreground where the contrast-enhanced channel's z-score exceeds 2."""
@@ -103,7 +106,11 @@ def test_predictions_land_on_the_native_grid_of_oblique_anisotropic_studies(
         StudyImages("S1", tuple(f_imgs), baseline_to_study=t),
     ]
     res = predict_patient(
-        BrightSpotOracle(), "P", studies, tmp_path, options=PredictOptions(roi_size=(32, 32, 16))
+        BrightSpotOracle(),
+        "P",
+        studies,
+        tmp_path,
+        options=PredictOptions(roi_size=(32, 32, 16), brain_method="none"),
     )
     assert [r.study_id for r in res] == ["S0", "S1"] and not any(r.skipped for r in res)
     for st, truth in ((studies[0], b_sphere), (studies[1], f_sphere)):
@@ -125,6 +132,7 @@ def test_predictions_land_on_the_native_grid_of_oblique_anisotropic_studies(
     # without its transform the follow-up's prediction is misplaced
     wrong = predict_patient(
         FirstStudyOracle(), "Q", [studies[0], StudyImages("S1", tuple(f_imgs))], tmp_path / "w",
+        options=NO_MASK,
     )  # fmt: skip
     mask_w = np.asarray(nib.load(output_paths(tmp_path / "w", "Q", "S1")[0]).dataobj).astype(bool)
     assert wrong[1].n_lesions == 1 and dice(mask_w, f_sphere) < 0.5
@@ -135,7 +143,7 @@ def test_one_study_patient_with_stt(tmp_path: Path, rng) -> None:
     net = build_model(ModelConfig(width=0.25, roi_size=(32, 32, 32)))
     aff = oblique_affine((0.0, 0.0, 10.0), (1.0, 1.0, 1.5), (0.0, 0.0, 0.0))
     imgs, _ = phantom((30, 34, 20), aff, (15.0, 15.0, 15.0), 4.0, rng)
-    res = predict_patient(net, "P1", [StudyImages("S", tuple(imgs))], tmp_path)
+    res = predict_patient(net, "P1", [StudyImages("S", tuple(imgs))], tmp_path, options=NO_MASK)
     assert len(res) == 1 and is_finished(tmp_path, "P1", "S")
     prob = nib.load(output_paths(tmp_path, "P1", "S")[1])
     data = np.asarray(prob.dataobj)
@@ -150,15 +158,15 @@ def test_rerun_skips_finished_studies(tmp_path: Path, rng) -> None:
         imgs, _ = phantom((32, 32, 32), aff, (16.0, 16.0, 16.0), 4.0, rng)
         studies.append(StudyImages(s, tuple(imgs)))
     oracle = BrightSpotOracle()
-    first = predict_patient(oracle, "P", studies, tmp_path)
+    first = predict_patient(oracle, "P", studies, tmp_path, options=NO_MASK)
     paths = [output_paths(tmp_path, "P", s.study_id) for s in studies]
     stamps = [[p.stat().st_mtime_ns for p in ps] for ps in paths]
-    again = predict_patient(oracle, "P", studies, tmp_path)
+    again = predict_patient(oracle, "P", studies, tmp_path, options=NO_MASK)
     assert all(r.skipped for r in again)
     assert [r.n_lesions for r in again] == [r.n_lesions for r in first] == [1, 1]
     assert [[p.stat().st_mtime_ns for p in ps] for ps in paths] == stamps
     paths[1][2].unlink()  # an interrupted run: S1 unfinished
-    third = predict_patient(oracle, "P", studies, tmp_path)
+    third = predict_patient(oracle, "P", studies, tmp_path, options=NO_MASK)
     assert [r.skipped for r in third] == [True, False]
     assert [p.stat().st_mtime_ns for p in paths[0]] == stamps[0]
     assert is_finished(tmp_path, "P", "S1")
@@ -204,7 +212,7 @@ def test_preprocessed_studies_map_back_to_their_original_grid(tmp_path: Path, rn
         StudyImages("S0", tuple(b_imgs)),
         StudyImages("S1", on_baseline, output_grid=((36, 28, 18), native_aff), output_transform=t),
     ]
-    predict_patient(BrightSpotOracle(), "P", studies, tmp_path)
+    predict_patient(BrightSpotOracle(), "P", studies, tmp_path, options=NO_MASK)
     img = nib.load(output_paths(tmp_path, "P", "S1")[0])
     assert img.shape == (36, 28, 18)
     np.testing.assert_allclose(img.affine, native_aff, atol=1e-5)

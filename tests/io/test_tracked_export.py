@@ -355,6 +355,7 @@ def test_source_series_absent_is_one_line(tracked, tmp_path):
     assert res.exit_code == 1
     assert "is not there; point --dicom at the export that was ingested" in res.output
     assert SECRET_ID not in res.output
+    assert not (tmp_path / "o").exists()  # checked before anything was written
 
 
 def _source_folder(root, sid):
@@ -431,3 +432,55 @@ def test_merged_lesion_keeps_the_linked_identity(split_merge):
     rep = read_tracked_sr(root / "out_sm" / "P0001" / "S00003" / "SR.dcm")
     assert {les.tracking_id for les in rep.lesions} == set(s3["tracking_id"])
     assert rep.lesions[0].segment_number == 1
+
+
+def test_a_study_with_every_lesion_resolved_gets_an_sr_and_no_seg(tracked):
+    root = tracked
+    release = root / "release" / "imaging" / "patientId" / "P0001" / "studyId"
+    ball = _ball((7, 7, 5), 6.0).astype(np.uint8)
+    for sid, mask in zip(("S00001", "S00002", "S00003"), (ball, ball, 0 * ball), strict=True):
+        ct1 = read_volume(release / sid / "CT1.nii.gz")
+        write_volume(
+            Volume(mask, ct1.affine),
+            root
+            / "preds_cr"
+            / "predictions"
+            / "patientId"
+            / "P0001"
+            / "studyId"
+            / sid
+            / "mask.nii.gz",
+            dtype=np.uint8,
+        )
+    assert (
+        _run(
+            "track",
+            "--data",
+            root / "release",
+            "--masks",
+            root / "preds_cr",
+            "--out",
+            root / "tracking_cr",
+            "--no-figures",
+        ).exit_code
+        == 0
+    )
+    res = _export(root, tracking="tracking_cr", out="out_cr", extra=("--rtstruct",))
+    assert res.exit_code == 0, res.output
+    last = root / "out_cr" / "P0001" / "S00003"
+    assert sorted(p.name for p in last.iterdir()) == ["SR.dcm"]
+    rep = read_tracked_sr(last / "SR.dcm")
+    assert [(les.tracking_id, les.status, les.volume_mm3) for les in rep.lesions] == [
+        ("L1", "resolved", 0.0)
+    ]
+    assert rep.seg_sop_uid == "" and rep.response.rano_bm == "CR"
+    assert dciodvfy(last / "SR.dcm")[0] == []
+
+
+def test_unknown_patient_or_sequence_is_one_line_with_a_hint(tracked, tmp_path):
+    root = tracked
+    res = _export(root, out=tmp_path / "o", extra=("--patient", "P0010"))
+    assert res.exit_code == 1 and "did you mean 'P0001'" in res.output
+    res = _export(root, out=tmp_path / "o", extra=("--sequence", "CT2"))
+    assert res.exit_code == 1 and "has no ingested CT2" in res.output and "CT1" in res.output
+    assert not (tmp_path / "o" / "lesions.csv").exists()

@@ -58,7 +58,12 @@ def evaluate(
         ),
     ],
     ref: Annotated[
-        Path, typer.Option("--ref", help="Reference dataset root in the release layout.")
+        Path,
+        typer.Option(
+            "--ref",
+            help="Reference: a dataset in any layout (release, BraTS-METS, BIDS, BrainMetShare, "
+            "study folder), a DICOM folder with RTSTRUCT, or a plain folder of masks.",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Output folder for the tables.")],
     mode: Annotated[
@@ -110,6 +115,9 @@ def evaluate(
 ) -> None:
     """Evaluate predictions against a labelled dataset: per-study, per-lesion and summary tables.
 
+    --pred is what `metstrack predict` wrote (or a plain folder of mask files, then
+    paired by file name with the plain folder --ref).
+
     Writes studies.csv, lesions.csv, longitudinal.csv, summary.csv, summary.json and
     config.json to --out, and prints the headline metrics with 95% bootstrap intervals.
     """
@@ -119,7 +127,13 @@ def evaluate(
     label_values = _label_values(labels)
     with guarded():
         from metstrack.config import load_config
-        from metstrack.metrics.runner import EvaluationConfig, evaluate_cohort, write_outputs
+        from metstrack.infer.inputs import prepare_input
+        from metstrack.metrics.runner import (
+            EvaluationConfig,
+            evaluate_cohort,
+            is_mask_folder,
+            write_outputs,
+        )
 
         sets = list(overrides or [])
         given = {
@@ -135,11 +149,15 @@ def evaluate(
         }
         sets += [f"{k}={v}" for k, v in given.items() if v is not None]
         cfg = load_config(EvaluationConfig, config, sets)
+        ref_root = ref
+        if pred.is_dir() and not is_mask_folder(pred):
+            # A DICOM reference is ingested (RTSTRUCT rasterised) into <out>/input first.
+            ref_root = prepare_input(ref, out / "input", preprocess="never").root
         with progress() as bar:
             task = bar.add_task("evaluate", total=None)
             result = evaluate_cohort(
                 pred,
-                ref,
+                ref_root,
                 cfg,
                 workers=workers,
                 on_start=lambda n: bar.update(task, total=n),

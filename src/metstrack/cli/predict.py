@@ -1,4 +1,4 @@
-"""``metstrack predict``: run a trained network over a release-layout dataset."""
+"""``metstrack predict``: run a trained network over a dataset in any layout (or DICOM)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from metstrack.cli.common import (
     progress,
     usage_error,
 )
-from metstrack.errors import DatasetError, MetstrackError
+from metstrack.errors import DatasetError, MetstrackError, did_you_mean
 from metstrack.infer.resume import PREDICT_CONFIG
 from metstrack.io.fingerprint import file_sha256
 
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Resolved settings written beside the predictions.
 CONFIG_FILE = PREDICT_CONFIG
+#: Sub-folder of --out holding the ingested / preprocessed copy of the input.
+INPUT_DIR = "input"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class PredictRun:
     sw_batch_size: int
     device: str
     output_grid: str
+    input_layout: str
+    preprocessed_input: str
+    brain_method: str
 
 
 def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
@@ -77,7 +82,14 @@ def _device(name: str):
 
 def predict(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")],
-    data: Annotated[Path, typer.Option("--data", help="Dataset in the release layout.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Input: release, BraTS-METS, BIDS, BrainMetShare, one study folder of NIfTI "
+            "sequences, a DICOM folder, or a `metstrack preprocess` output.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Prediction root folder.")],
     patients: Annotated[
         str | None, typer.Option("--patients", help="Comma-separated PatientIDs (default: all).")
@@ -98,6 +110,28 @@ def predict(
     device: Annotated[
         str, typer.Option("--device", help="Torch device (cpu, cuda, cuda:1).")
     ] = "cpu",
+    layout: Annotated[
+        str, typer.Option("--layout", help="Input layout (auto, dicom, or a layout name).")
+    ] = "auto",
+    intervals: Annotated[
+        Path | None,
+        typer.Option(
+            "--intervals",
+            help="CSV of StudyID,DaysFromBaselineScan for inputs without dates (BraTS-METS).",
+        ),
+    ] = None,
+    preprocess: Annotated[
+        str,
+        typer.Option(
+            "--preprocess",
+            help="auto: preprocess on the way in unless the input is a release dataset or "
+            "a preprocess output; always; never.",
+        ),
+    ] = "auto",
+    brain_method: Annotated[
+        str,
+        typer.Option("--brain-mask", help="Brain mask: auto, deepbet, heuristic, nonzero or none."),
+    ] = "auto",
     native: Annotated[
         bool,
         typer.Option(
@@ -117,6 +151,7 @@ def predict(
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.config import save_config, to_dict
+    from metstrack.infer.inputs import PREPROCESS_CHOICES, prepare_input
     from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
     from metstrack.infer.resume import (
         FINGERPRINT_KEY,
@@ -124,10 +159,16 @@ def predict(
         run_fingerprint,
         saved_fingerprint,
     )
-    from metstrack.io.release import read_release
     from metstrack.models.base import InputShapeError
     from metstrack.models.checkpoint import load_checkpoint
+    from metstrack.preprocess.brain import BRAIN_METHODS
 
+    for value, choices, flag in (
+        (preprocess, PREPROCESS_CHOICES, "--preprocess"),
+        (brain_method, BRAIN_METHODS, "--brain-mask"),
+    ):
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r}; {did_you_mean(value, choices)}", param_hint=flag)
     roi_size = _parse_roi(roi)
     dev = _device(device)
     with guarded():
@@ -139,7 +180,35 @@ def predict(
         except InputShapeError as exc:
             usage_error(f"--roi {roi}: {exc}")
     with guarded():
-        cohort = read_release(data)
+        # The bar appears only when the input is preprocessed on the way in.
+        bar = progress()
+        tasks: list = []
+
+        def start(n: int) -> None:
+            bar.start()
+            tasks.append(bar.add_task("preprocessing input", total=n))
+
+        try:
+            prepared = prepare_input(
+                data,
+                out / INPUT_DIR,
+                layout=layout,
+                intervals=intervals,
+                preprocess=preprocess,
+                brain_method=brain_method,
+                on_start=start,
+                on_study=lambda o: bar.advance(tasks[0]),
+            )
+        finally:
+            bar.stop()
+        cohort = prepared.cohort
+        if prepared.unknown_intervals:
+            console.print(
+                f"note: intervals between studies are unknown for {len(prepared.unknown_intervals)} "
+                "patient(s) (the input carries no dates); studies are kept in timepoint order. "
+                "Give --intervals table.csv (StudyID,DaysFromBaselineScan) to set them.",
+                soft_wrap=True,
+            )
         if patients:
             wanted = [p.strip() for p in patients.split(",") if p.strip()]
             selected = [cohort.patient(p) for p in wanted]
@@ -147,10 +216,9 @@ def predict(
             selected = list(cohort.patients)
         if not selected:
             raise DatasetError(f"{data}: no patients to predict")
-    from metstrack.preprocess.mapping import TRANSFORMS_DIR
-
-    transforms_root = data if native and (data / TRANSFORMS_DIR).is_dir() else None
+    transforms_root = prepared.root if native and prepared.preprocessed else None
     options = PredictOptions(
+        brain_method=brain_method,
         roi_size=roi_size,
         overlap=overlap,
         tta_flips=tta,
@@ -168,6 +236,9 @@ def predict(
         sw_batch_size=sw_batch_size,
         device=str(dev),
         output_grid="native" if transforms_root is not None else "input",
+        input_layout=prepared.source_layout,
+        preprocessed_input=str(prepared.root) if prepared.preprocessed else "",
+        brain_method=brain_method,
     )
     # Everything that changes a study's outputs; device and batch size do not. The
     # dataset is not part of it: a study is its StudyID, so a follow-up added to
@@ -180,6 +251,7 @@ def predict(
             "tta_flips": tta,
             "threshold": threshold,
             "output_grid": run.output_grid,
+            "brain_method": brain_method,
         },
     )
     with guarded():

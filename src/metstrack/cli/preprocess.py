@@ -30,12 +30,26 @@ def preprocess(
     no_brain_mask: Annotated[
         bool, typer.Option("--no-brain-mask", help="Skull-stripped input: brain = non-zero voxels.")
     ] = False,
+    brain_method: Annotated[
+        str | None,
+        typer.Option(
+            "--brain-mask",
+            help="Brain-mask method: auto (default), deepbet, heuristic, nonzero or none.",
+        ),
+    ] = None,
+    intervals: Annotated[
+        Path | None,
+        typer.Option(
+            "--intervals",
+            help="CSV of StudyID,DaysFromBaselineScan for inputs without dates (BraTS-METS).",
+        ),
+    ] = None,
     n4: Annotated[bool, typer.Option("--n4", help="N4 bias-field correction.")] = False,
     affine: Annotated[
         bool, typer.Option("--affine", help="Affine stage after the rigid one (through time).")
     ] = False,
     layout: Annotated[
-        str, typer.Option("--layout", help="release | brats-mets | brainmetshare | bids | auto")
+        str, typer.Option("--layout", help="release | brats-mets | brainmetshare | bids | study | auto")
     ] = "auto",
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="Register the run in this catalog file.")
@@ -65,6 +79,8 @@ def preprocess(
     overrides = list(set_ or [])
     if no_brain_mask:
         overrides.append("brain_mask=false")
+    if brain_method is not None:
+        overrides.append(f'brain_method="{brain_method}"')
     if n4:
         overrides.append("n4=true")
     if affine:
@@ -80,6 +96,7 @@ def preprocess(
                 workers,
                 layout=layout,
                 catalog_path=catalog,
+                intervals=intervals,
                 on_study=lambda o: bar.advance(task),
                 on_start=lambda n: bar.update(task, total=n),
                 label_values=label_values,

@@ -3,9 +3,16 @@
 Flow for one patient (studies in time order)::
 
     native study grids --resample (baseline_to_study)--> baseline grid
-        --z-score in brain--> (T, C, X, Y, Z) --predict_sequence--> (T, K, X, Y, Z)
-        --foreground probability, resample (inverse transform)--> each study's native grid
-        --threshold--> mask.nii.gz, prob.nii.gz, lesions.csv
+        --brain mask (given, or estimated on the T1 post)--> z-score in the brain
+        --crop to the brains' bounding box--> (T, C, x, y, z)
+        --predict_sequence--> (T, K, x, y, z)
+        --foreground probability, 0 outside the brain, resample (inverse transform)-->
+        each study's native grid --threshold--> mask.nii.gz, prob.nii.gz, lesions.csv
+
+No lesion lies outside the brain: the probability is set to 0 outside each
+study's brain mask (on the baseline grid and again on the output grid), and the
+network only sees the brains' bounding box plus a margin, so sliding-window
+edges in the empty background cannot create components.
 
 Transform convention (:mod:`metstrack.preprocess.spatial`): ``baseline_to_study``
 maps a baseline world point (RAS, mm) to the same anatomy in the study; the
@@ -42,9 +49,13 @@ from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import check_same_grid, write_volume
 from metstrack.metrics.lesions import lesion_table
 from metstrack.models.base import SequenceModel
+from metstrack.preprocess.brain import estimate_brain_mask
 from metstrack.preprocess.intensity import zscore_in_brain
 from metstrack.preprocess.spatial import resample_array
 from metstrack.types import Patient, Volume
+
+#: The sequence a brain mask is estimated on (T1 post).
+REFERENCE_SEQUENCE = "CT1"
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +93,12 @@ class StudyImages:
             ``None``: the images' own grid.
         output_transform: float64 (4, 4) baseline-world to output-grid-world
             transform used with ``output_grid``; ``None`` means identity.
+        brain_mask: bool (X, Y, Z) brain mask on the images' grid; ``None``: estimated
+            from the T1 post image (:func:`metstrack.preprocess.brain.estimate_brain_mask`
+            with ``PredictOptions.brain_method``).
+        output_brain_mask: bool brain mask on the output grid (``output_grid``), e.g. the
+            one ``metstrack preprocess`` made on the original file; ``None``: the images'
+            brain mask (mapped there when the grids differ).
     """
 
     study_id: str
@@ -89,6 +106,8 @@ class StudyImages:
     baseline_to_study: np.ndarray | None = None
     output_grid: tuple[tuple[int, int, int], np.ndarray] | None = None
     output_transform: np.ndarray | None = None
+    brain_mask: np.ndarray | None = None
+    output_brain_mask: np.ndarray | None = None
 
     def output_geometry(self) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray | None]:
         """``(shape, affine, baseline_to_output)`` of the grid the outputs go on."""
@@ -111,6 +130,10 @@ class PredictOptions:
         tta_flips: Average over the 8 mirror flips.
         threshold: Foreground probability at or above which a voxel is lesion.
         skip_existing: Keep finished studies (all three outputs present) as they are.
+        brain_method: How a study without a given brain mask gets one (one of
+            :data:`metstrack.preprocess.brain.BRAIN_METHODS`).
+        crop_margin_mm: Margin kept around the brains' bounding box before the
+            sliding window runs.
     """
 
     roi_size: tuple[int, int, int] | None = None
@@ -120,6 +143,8 @@ class PredictOptions:
     tta_flips: bool = False
     threshold: float = 0.5
     skip_existing: bool = True
+    brain_method: str = "auto"
+    crop_margin_mm: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +222,12 @@ def _check_inputs(model: SequenceModel, patient_id: str, studies: Sequence[Study
             )
         for vol in st.images[1:]:
             check_same_grid(st.images[0], vol)
+        if st.brain_mask is not None and np.shape(st.brain_mask) != st.images[0].shape:
+            raise InvalidImageError(
+                f"patient {patient_id} study {st.study_id}: brain mask of shape "
+                f"{np.shape(st.brain_mask)} for images of shape {st.images[0].shape}; "
+                "give the mask on the images' grid"
+            )
         for name in ("baseline_to_study", "output_transform"):
             t = getattr(st, name)
             if t is None:
@@ -275,9 +306,16 @@ def predict_patient(
         log.info("patient %s: all %d studies already predicted; skipped", patient_id, len(studies))
         return results  # type: ignore[return-value]
     ref = studies[0].images[0]
-    x = np.stack([zscore_in_brain(_to_baseline(st, ref)) for st in studies])
+    channels = [_to_baseline(st, ref) for st in studies]
+    masks = [_study_brain(model, st, options) for st in studies]
+    brains = [_brain_to_baseline(m, st, ref) for m, st in zip(masks, studies, strict=True)]
+    box = _crop_box(np.any(brains, axis=0), ref, options.crop_margin_mm)
+    x = np.stack(
+        [zscore_in_brain(c, b)[(slice(None), *box)] for c, b in zip(channels, brains, strict=True)]
+    )
+    del channels
     roi = options.roi_size if options.roi_size is not None else model.config.roi_size
-    roi = tuple(min(int(r), _fit(model, s)) for r, s in zip(roi, ref.shape, strict=True))
+    roi = tuple(min(int(r), _fit(model, s)) for r, s in zip(roi, x.shape[2:], strict=True))
     probs = predict_sequence(
         model,
         torch.from_numpy(x),
@@ -287,14 +325,74 @@ def predict_patient(
         sw_batch_size=options.sw_batch_size,
         tta_flips=options.tta_flips,
     )
-    foreground = (1.0 - probs[:, 0]).numpy()
     for i, st in enumerate(studies):
         if done[i]:
             continue
-        results[i] = _write_study(
-            out_root, patient_id, st, _to_native(foreground[i], ref, st), options
-        )
+        foreground = np.zeros(ref.shape, np.float32)
+        foreground[box] = (1.0 - probs[i, 0]).numpy()
+        foreground[~brains[i]] = 0.0
+        prob = _to_native(foreground, ref, st) * _output_brain(masks[i], brains[i], ref, st)
+        results[i] = _write_study(out_root, patient_id, st, prob, options)
     return results  # type: ignore[return-value]
+
+
+def _study_brain(model: SequenceModel, st: StudyImages, options: PredictOptions) -> np.ndarray:
+    """bool brain mask of one study on its images' grid (given, or estimated on the T1 post)."""
+    if st.brain_mask is not None:
+        return np.asarray(st.brain_mask).astype(bool)
+    mods = tuple(model.config.modalities)
+    c = mods.index(REFERENCE_SEQUENCE) if REFERENCE_SEQUENCE in mods else 0
+    mask, used = estimate_brain_mask(st.images[c], options.brain_method)
+    log.info("study %s: brain mask estimated (%s), %d voxels", st.study_id, used, int(mask.sum()))
+    return mask
+
+
+def _brain_to_baseline(mask: np.ndarray, st: StudyImages, ref: Volume) -> np.ndarray:
+    """A study's brain mask carried onto the baseline grid (linear, >= 0.5)."""
+    t = None if st.baseline_to_study is None else np.asarray(st.baseline_to_study, np.float64)
+    src = st.images[0]
+    if src.same_grid(ref) and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+        return mask
+    m = resample_array(mask.astype(np.float32), src.affine, ref.shape, ref.affine, transform=t)
+    return m >= 0.5
+
+
+def _output_brain(
+    mask: np.ndarray, baseline_mask: np.ndarray, ref: Volume, st: StudyImages
+) -> np.ndarray:
+    """float32 0/1 brain mask on the study's output grid."""
+    shape, affine, t = st.output_geometry()
+    if st.output_brain_mask is not None:
+        out = np.asarray(st.output_brain_mask).astype(bool)
+        if out.shape != tuple(shape):
+            raise InvalidImageError(
+                f"study {st.study_id}: output brain mask of shape {out.shape} for an output "
+                f"grid of shape {tuple(shape)}"
+            )
+        return out.astype(np.float32)
+    if st.output_grid is None:
+        return mask.astype(np.float32)
+    t = None if t is None else np.asarray(t, np.float64)
+    same = tuple(shape) == ref.shape and np.allclose(affine, ref.affine, atol=1e-3, rtol=0)
+    if same and (t is None or np.allclose(t, np.eye(4), atol=1e-9)):
+        return baseline_mask.astype(np.float32)
+    inv = None if t is None else np.linalg.inv(t)
+    m = resample_array(
+        baseline_mask.astype(np.uint8), ref.affine, shape, affine, transform=inv, order=0
+    )
+    return (m > 0).astype(np.float32)
+
+
+def _crop_box(brain: np.ndarray, ref: Volume, margin_mm: float) -> tuple[slice, slice, slice]:
+    """Bounding box of ``brain`` grown by ``margin_mm`` (clipped to the grid)."""
+    idx = np.nonzero(brain)
+    if idx[0].size == 0:
+        return tuple(slice(0, n) for n in ref.shape)  # type: ignore[return-value]
+    pad = [int(np.ceil(margin_mm / s)) for s in ref.spacing_mm]
+    return tuple(
+        slice(max(0, int(i.min()) - p), min(n, int(i.max()) + 1 + p))
+        for i, p, n in zip(idx, pad, ref.shape, strict=True)
+    )  # type: ignore[return-value]
 
 
 def _fit(model: SequenceModel, size: int) -> int:
@@ -347,7 +445,8 @@ def load_patient_studies(
         modalities: Sequences to stack, in the network's channel order.
         transforms_root: A ``metstrack preprocess`` output root: its studies are on
             the baseline grid and ``transforms/<P>/<S>.json`` gives each original
-            file's grid, onto which the outputs are mapped back.
+            file's grid, onto which the outputs are mapped back; the brain mask it
+            wrote (``preprocess/brain_masks/<P>/<S>.nii.gz``) is used when present.
 
     Raises:
         DatasetError: A modality the network needs has no file (names the study
@@ -378,6 +477,32 @@ def load_patient_studies(
                 images=tuple(vols),
                 output_grid=(tr.native_grid.shape, tr.native_grid.affine),
                 output_transform=tr.baseline_to_study,
+                brain_mask=_preprocessed_brain(
+                    transforms_root, patient.patient_id, st.study_id, vols[0]
+                ),
+                output_brain_mask=_preprocessed_brain(
+                    transforms_root, patient.patient_id, st.study_id, None, native=True
+                ),
             )
         )
     return out
+
+
+def _preprocessed_brain(
+    root: Path, patient_id: str, study_id: str, image: Volume | None, *, native: bool = False
+):
+    """A brain mask ``metstrack preprocess`` wrote for a study (bool array), or None.
+
+    Without ``native`` the baseline-grid mask (checked against ``image``'s grid);
+    with it the mask on the original CT1 file's grid.
+    """
+    from metstrack.io.nifti import read_label
+    from metstrack.preprocess.pipeline import brain_mask_path
+
+    path = brain_mask_path(root, patient_id, study_id, native=native)
+    if not path.is_file():
+        return None
+    mask = read_label(path, binary=True)
+    if image is not None:
+        check_same_grid(image, mask)
+    return mask.array > 0

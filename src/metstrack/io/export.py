@@ -133,6 +133,13 @@ PSEUDONYMISED_REMOVE = (
 )
 
 
+def fill_type2_context(ds: pydicom.Dataset) -> None:
+    """Add the patient/study type-2 attributes a source lacks, empty (derived objects copy them)."""
+    for key in _TYPE2_CONTEXT:
+        if key not in ds:
+            setattr(ds, key, "")
+
+
 def lesion_instances(mask: np.ndarray, *, instance_map: bool = False) -> np.ndarray:
     """One positive ID per lesion.
 
@@ -439,9 +446,7 @@ def write_seg(
     frames = relabel[inst].transpose(2, 1, 0)  # (slices, rows, columns) in source order
     sources = [pydicom.dcmread(i.path) for i in geo.instances]
     for ds in sources:  # highdicom copies these type-2 attributes; empty when absent
-        for key in _TYPE2_CONTEXT:
-            if key not in ds:
-                setattr(ds, key, "")
+        fill_type2_context(ds)
         if identity is not None:
             identity.apply(ds)
     algo = hd.AlgorithmIdentificationSequence(

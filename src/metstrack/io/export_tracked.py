@@ -45,7 +45,13 @@ import pydicom
 from metstrack import __version__
 from metstrack.errors import DatasetError, DicomSeriesError, GeometryMismatchError, did_you_mean
 from metstrack.io.atomic import write_csv_atomic, write_json_atomic
-from metstrack.io.dicom import DicomScan, scan_dicom, series_geometry, uid_suffix
+from metstrack.io.dicom import (
+    DicomScan,
+    DicomSeriesInfo,
+    scan_dicom,
+    series_geometry,
+    uid_suffix,
+)
 from metstrack.io.export import GRID_ATOL_MM, PatientIdentity, write_rtstruct, write_seg
 from metstrack.io.ingest import read_mapping
 from metstrack.io.nifti import read_label
@@ -261,18 +267,19 @@ def export_tracked(
         mapping_path=Path(mapping_path),
         transforms=transforms,
     )
+    for sid in traj["study_id"].unique():  # every input checked before anything is written
+        if sid not in studies:
+            raise DatasetError(
+                f"{mapping_path}: study {sid} is not in the mapping; give the mapping file "
+                "of the ingest that produced the tracked dataset"
+            )
+        _source_series(run, sid, studies[sid][1])
     results: list[StudyExport] = []
     rows: list[dict] = []
     if on_start is not None:
         on_start(int(traj.drop_duplicates(["patient_id", "study_id"]).shape[0]))
     for pid, ptraj in traj.groupby("patient_id", sort=True):
         order = ptraj.drop_duplicates("study_id").sort_values("study_index")["study_id"].tolist()
-        missing = [s for s in order if s not in studies]
-        if missing:
-            raise DatasetError(
-                f"{mapping_path}: study {missing[0]} of patient {pid} is not in the mapping; "
-                "give the mapping file of the ingest that produced the tracked dataset"
-            )
         anchor = studies[order[0]][0]
         for sid in order:
             study_uid, entry = studies[sid]
@@ -409,27 +416,37 @@ class StudyKey:
     anchor: str
 
 
+def _source_series(run: _Run, sid: str, entry: dict) -> tuple[str, DicomSeriesInfo]:
+    """The source series a study's objects go on (from the mapping, found in the scan).
+
+    Raises:
+        DatasetError: The mapping has no such sequence for the study.
+        DicomSeriesError: The series is not in the scanned export.
+    """
+    series = entry.get("series", {})
+    if run.sequence not in series:
+        raise DatasetError(
+            f"{run.mapping_path}: study {sid} has no ingested {run.sequence}; "
+            + did_you_mean(run.sequence, series)
+        )
+    series_uid = str(series[run.sequence])
+    info = run.scan.find(series_uid)
+    if info is None or not info.is_image:
+        raise DicomSeriesError(
+            f"{run.scan.root}: the source series {uid_suffix(series_uid)} of study {sid} "
+            f"({run.sequence}) is not there; point --dicom at the export that was ingested "
+            "(or `metstrack pull` it again)"
+        )
+    return series_uid, info
+
+
 def _export_study(
     run: _Run, key: StudyKey, entry: dict, rows: pd.DataFrame, resp: pd.DataFrame
 ) -> StudyExport:
     pid, sid, study_uid, anchor = key.patient_id, key.study_id, key.study_uid, key.anchor
-    scan, sequence = run.scan, run.sequence
     transform = run.transforms.get((pid, sid)) if run.transforms else None
     identity = PatientIdentity(pid, sid) if run.pseudonymise else None
-    series = entry.get("series", {})
-    if sequence not in series:
-        raise DatasetError(
-            f"{run.mapping_path}: study {sid} has no ingested {sequence}; "
-            + did_you_mean(sequence, series)
-        )
-    series_uid = str(series[sequence])
-    info = scan.find(series_uid)
-    if info is None or not info.is_image:
-        raise DicomSeriesError(
-            f"{scan.root}: the source series {uid_suffix(series_uid)} of study {sid} "
-            f"({sequence}) is not there; point --dicom at the export that was ingested "
-            "(or `metstrack pull` it again)"
-        )
+    series_uid, info = _source_series(run, sid, entry)
     geo = series_geometry(info.instances, where=info.where)
     tracked = read_label(tracked_map_path(run.tracking, pid, sid), binary=False)
     native = _native_map(tracked, geo.shape, geo.affine, transform, info.where)

@@ -5,7 +5,13 @@ Layouts (see docs/datasets.md for each one's exact files):
 * ``release``: NYUMets-Brain release (:mod:`metstrack.io.release`);
 * ``brats-mets``: BraTS-METS case files (:mod:`metstrack.io.brats`);
 * ``brainmetshare``: Stanford BrainMetShare, NIfTI-converted (:mod:`metstrack.io.brainmetshare`);
-* ``bids``: BIDS-like ``sub-*/ses-*`` (:mod:`metstrack.io.bids`).
+* ``bids``: BIDS-like ``sub-*/ses-*`` (:mod:`metstrack.io.bids`);
+* ``study``: one folder of NIfTI sequences, named t1, t1c, t2, flair
+  (:mod:`metstrack.io.study_folder`).
+
+Layouts without dates (BraTS-METS, BIDS without session times) leave
+``days_from_baseline`` NaN: the studies keep their timepoint order with the
+interval unknown. :func:`apply_intervals` sets the days from a user table.
 
 All return the same :class:`~metstrack.types.Cohort`. Consumers load a
 study's metastasis mask with :func:`load_lesion_mask`, which applies the
@@ -17,15 +23,16 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from metstrack.errors import ConfigError, DatasetError, LabelError, did_you_mean
-from metstrack.io import bids, brainmetshare, brats, release
+from metstrack.io import bids, brainmetshare, brats, release, study_folder
 from metstrack.io.nifti import check_same_grid, read_label
 from metstrack.io.problems import DatasetScan
 from metstrack.types import Cohort, Study, Volume
@@ -90,6 +97,13 @@ LAYOUTS: dict[str, Layout] = {
         brainmetshare.detect,
         brainmetshare.scan_brainmetshare,
         brainmetshare.read_brainmetshare,
+    ),
+    "study": Layout(
+        "study",
+        "one study folder: {t1,t1c,t2,flair[,seg]}.nii.gz (also t1n/t1ce/t2w/t2f/CT1 ... names)",
+        study_folder.detect,
+        study_folder.scan_study_folder,
+        study_folder.read_study_folder,
     ),
 }
 
@@ -219,3 +233,80 @@ def load_lesion_mask(study: Study, cohort: Cohort, *, reference: Volume | None =
     if reference is not None:
         check_same_grid(reference, mask)
     return mask
+
+
+#: Columns of an intervals table (:func:`apply_intervals`).
+INTERVAL_COLUMNS: tuple[str, ...] = ("StudyID", "DaysFromBaselineScan")
+
+
+def unknown_interval_patients(cohort: Cohort) -> tuple[str, ...]:
+    """PatientIDs with more than one study and at least one unknown (NaN) interval."""
+    return tuple(
+        p.patient_id
+        for p in cohort.patients
+        if len(p.studies) > 1 and any(math.isnan(s.days_from_baseline) for s in p.studies)
+    )
+
+
+def apply_intervals(cohort: Cohort, table: str | Path) -> Cohort:
+    """Set each study's days from baseline from a CSV table the user gives.
+
+    The table has the columns ``StudyID, DaysFromBaselineScan`` (one row per study;
+    studies not listed keep what the layout gave). Each patient's studies are then
+    ordered by those days, and their ``relative_timepoint`` renumbered 1, 2, ...
+
+    Args:
+        cohort: The cohort read from any layout.
+        table: Path of the CSV file.
+
+    Returns:
+        A new cohort with the days set.
+
+    Raises:
+        DatasetError: The file is missing or unreadable, a column is missing, a
+            StudyID is not in the cohort, or a value is not a finite number >= 0
+            (the message names the file, the line and the fix).
+    """
+    import pandas as pd
+
+    path = Path(table)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read the intervals table ({exc})") from None
+    missing = [c for c in INTERVAL_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {', '.join(missing)}; an intervals table needs "
+            f"{', '.join(INTERVAL_COLUMNS)}"
+        )
+    known = {s.study_id for s in cohort.studies}
+    days: dict[str, float] = {}
+    for i, row in enumerate(df.itertuples(index=False), start=2):
+        sid = str(row.StudyID).strip()
+        if sid not in known:
+            raise DatasetError(
+                f"{path}: line {i}: StudyID {sid!r} is not in the dataset; "
+                + did_you_mean(sid, sorted(known))
+            )
+        try:
+            d = float(row.DaysFromBaselineScan)
+        except ValueError:
+            d = math.nan
+        if not math.isfinite(d) or d < 0:
+            raise DatasetError(
+                f"{path}: line {i}, column 'DaysFromBaselineScan': expected a number >= 0, "
+                f"found {row.DaysFromBaselineScan!r}"
+            )
+        days[sid] = d
+    patients = []
+    for p in cohort.patients:
+        studies = [
+            replace(s, days_from_baseline=days.get(s.study_id, s.days_from_baseline))
+            for s in p.studies
+        ]
+        if not any(math.isnan(s.days_from_baseline) for s in studies):
+            studies.sort(key=lambda s: (s.days_from_baseline, s.relative_timepoint))
+        studies = [replace(s, relative_timepoint=k) for k, s in enumerate(studies, start=1)]
+        patients.append(replace(p, studies=tuple(studies)))
+    return replace(cohort, patients=tuple(patients))

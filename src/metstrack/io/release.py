@@ -371,7 +371,9 @@ def _read_imaging(root: Path, path: Path, found: _Found) -> dict[str, _Row] | No
         sid = _text(row, "StudyID")
         flags = {c: _flag(row, c) for c in flag_columns}
         expert = _flag(row, "ExpertAdjusted") if "ExpertAdjusted" in df.columns else False
-        days = _number(row, "DaysFromBaselineScan")
+        # Empty: the interval is unknown (e.g. BraTS names carry no dates); the
+        # studies are then ordered by RelativeTimepoint alone.
+        days = _optional_number(row, "DaysFromBaselineScan")
         rt = _integer(row, "RelativeTimepoint", lo=0)
         return pid, sid, flags, expert, days, rt
 
@@ -544,7 +546,10 @@ def _check_unlisted_folders(root: Path, studies: dict[str, _Row], found: _Found)
 def _order_studies(
     pid: str, studies: list[Study], rows: dict[str, _Row], path: Path, found: _Found
 ) -> tuple[Study, ...]:
-    ordered = sorted(studies, key=lambda s: (s.days_from_baseline, s.relative_timepoint))
+    if any(math.isnan(s.days_from_baseline) for s in studies):
+        ordered = sorted(studies, key=lambda s: s.relative_timepoint)
+    else:
+        ordered = sorted(studies, key=lambda s: (s.days_from_baseline, s.relative_timepoint))
     rts = [s.relative_timepoint for s in ordered]
     lines = ", ".join(str(rows[s.study_id].line) for s in ordered)
     if len(set(rts)) != len(rts):
@@ -564,7 +569,8 @@ def _order_studies(
             f"order of studies (RelativeTimepoint {rts} in day order; lines {lines}); "
             "fix the days or the ranks",
         )
-    if ordered and ordered[0].days_from_baseline != 0:
+    first_days = ordered[0].days_from_baseline if ordered else 0.0
+    if not math.isnan(first_days) and first_days != 0:
         found.record(
             WARNING,
             path,

@@ -50,7 +50,7 @@ from metstrack import __version__
 from metstrack.errors import DicomSeriesError
 from metstrack.io.atomic import atomic_path
 from metstrack.io.dicom import uid_suffix
-from metstrack.io.export import PatientIdentity
+from metstrack.io.export import PatientIdentity, fill_type2_context
 from metstrack.tracking.identity import derived_uid, lesion_id_of
 
 log = logging.getLogger(__name__)
@@ -317,10 +317,10 @@ def write_tracked_sr(
     Returns:
         ``out``.
     """
-    headers = list(source_headers)
-    if identity is not None:
-        headers = [copy.deepcopy(ds) for ds in headers]
-        for ds in headers:
+    headers = [copy.deepcopy(ds) for ds in source_headers]
+    for ds in headers:  # the SR copies its patient and study modules from these
+        fill_type2_context(ds)
+        if identity is not None:
             identity.apply(ds)
     seg = pydicom.dcmread(seg_path) if seg_path is not None else None
     if seg is not None and identity is not None:

@@ -1,8 +1,11 @@
-"""Evaluate a folder of predictions against a dataset in the release layout.
+"""Evaluate a folder of predictions against a reference dataset or a folder of masks.
 
-The reference is a dataset root read with :func:`metstrack.io.release.read_release`;
-every study with a reference label is evaluated: its release label file
-(``RTSTRUCT_segmentation.nii[.gz]``), else, in a synthetic cohort, its
+The reference is a dataset root in any layout
+:func:`metstrack.io.layouts.read_dataset` reads (release, BraTS-METS, BIDS,
+BrainMetShare, one study folder; a multi-class BraTS ``seg`` is reduced to
+``--labels``, else to the layout's ``label_classes``);
+every study with a reference label is evaluated: its label file
+(``RTSTRUCT_segmentation.nii[.gz]`` in the release layout), else, in a synthetic cohort, its
 ground-truth label (``ground_truth/labels/<P>/<S>.nii.gz``, present also for the
 studies the release flags unlabelled). The prediction of a study is looked up, in order, at
 
@@ -16,6 +19,9 @@ studies the release flags unlabelled). The prediction of a study is looked up, i
 and, with a probability threshold only, ``prob.nii[.gz]`` beside a missing mask.
 A study without a prediction is evaluated as an empty prediction (every lesion
 missed) and flagged ``prediction_missing``; it is never skipped.
+
+Two plain folders of masks (``--pred`` holding NIfTI files directly) are paired
+by file name instead (:func:`plan_pair_jobs`), each file its own study.
 
 New lesions are decided against the patient's previous labelled study. When the
 dataset carries ground-truth identities (synthetic cohorts:
@@ -128,6 +134,7 @@ class StudyJob:
     previous_ref_path: Path | None
     instances_path: Path | None = None
     previous_instances_path: Path | None = None
+    label_classes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,12 +190,15 @@ def plan_jobs(
         DatasetError: The reference is not a readable release dataset, it has no
             labelled study, or the prediction folder does not exist.
     """
-    from metstrack.io.release import read_release
+    from metstrack.io.layouts import read_dataset
 
     pred_root = Path(pred_root)
     if not pred_root.is_dir():
         raise DatasetError(f"{pred_root}: prediction folder not found")
-    cohort = read_release(ref_root)
+    if is_mask_folder(pred_root):
+        return plan_pair_jobs(pred_root, Path(ref_root))
+    cohort = read_dataset(ref_root)
+    classes = tuple(int(c) for c in cohort.label_classes)
     jobs: list[StudyJob] = []
     for patient in cohort.patients:
         prev: Path | None = None
@@ -216,6 +226,7 @@ def plan_jobs(
                     prev,
                     inst,
                     prev_inst if inst is not None else None,
+                    classes,
                 )
             )
             prev, prev_inst = Path(lab), inst
@@ -225,6 +236,69 @@ def plan_jobs(
             "nothing to evaluate"
         )
     return jobs
+
+
+#: Name endings dropped when pairing plain mask files (``case-seg`` pairs with ``case``).
+_PAIR_SUFFIXES: tuple[str, ...] = ("-seg", "_seg", "-label", "_label", "-mask", "_mask")
+
+
+def _nifti_files(folder: Path) -> list[Path]:
+    return sorted(
+        f for f in folder.iterdir() if f.is_file() and f.name.lower().endswith((".nii", ".nii.gz"))
+    )
+
+
+def is_mask_folder(root: Path) -> bool:
+    """True when ``root`` is a plain folder of mask files (NIfTI files directly in it,
+    no ``predictions/``, ``patientId/`` or ``imaging/`` tree)."""
+    trees = ("predictions", "patientId", schema.IMAGING_DIR)
+    return not any((root / t).is_dir() for t in trees) and bool(_nifti_files(root))
+
+
+def pair_key(name: str) -> str:
+    """The name two paired mask files share: the stem without ``-seg``-like endings."""
+    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
+    for suffix in _PAIR_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def plan_pair_jobs(pred_dir: Path, ref_dir: Path) -> list[StudyJob]:
+    """One job per reference file of a plain folder, paired with the prediction of the same name.
+
+    Files pair by name (``case.nii.gz`` with ``case.nii.gz``, or ``case-seg.nii.gz``
+    with ``case.nii.gz``, as the BraTS evaluator and panoptica pair them). Each file
+    is its own patient and study (named by the shared stem); a reference without a
+    prediction is evaluated as an empty prediction; a prediction without a reference
+    is logged and ignored.
+
+    Raises:
+        DatasetError: ``ref_dir`` is missing or holds no NIfTI file, or two files of
+            one folder pair to the same name.
+    """
+    if not ref_dir.is_dir() or not _nifti_files(ref_dir):
+        raise DatasetError(
+            f"{ref_dir}: no reference mask files (NIfTI) in this folder; with a plain "
+            "folder of predicted masks, --ref must be a folder of reference masks"
+        )
+
+    def keyed(folder: Path) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for f in _nifti_files(folder):
+            k = pair_key(f.name)
+            if k in out:
+                raise DatasetError(
+                    f"{f}: pairs to the same name {k!r} as {out[k].name}; rename one of them"
+                )
+            out[k] = f
+        return out
+
+    refs, preds = keyed(ref_dir), keyed(pred_dir)
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        log.warning("%d prediction file(s) without a reference ignored: %s", len(extra), extra[:5])
+    return [StudyJob(k, k, refs[k], preds.get(k), None) for k in sorted(refs)]
 
 
 def _binary(vol: Volume, threshold: float | None) -> np.ndarray:
@@ -251,7 +325,9 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         GeometryMismatchError: Prediction and reference grids differ (both named).
     """
     ref = read_label(job.ref_path, binary=False)
-    ref = ref.with_array(lesion_mask(ref.array, job.ref_path, config.label_values))
+    # --labels first; else a multi-class layout's classes (BraTS-METS seg: NETC + ET).
+    values = config.label_values or job.label_classes
+    ref = ref.with_array(lesion_mask(ref.array, job.ref_path, values))
     pred_arr = None
     if job.pred_path is not None:
         pred = read_volume(job.pred_path, dtype=np.float32)
@@ -263,7 +339,7 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         prev_inst = read_label(job.previous_instances_path, binary=False).array
     elif job.previous_ref_path is not None:
         prev = read_label(job.previous_ref_path, binary=False)
-        prev = prev.with_array(lesion_mask(prev.array, job.previous_ref_path, config.label_values))
+        prev = prev.with_array(lesion_mask(prev.array, job.previous_ref_path, values))
         if prev.same_grid(ref, atol_mm=config.affine_atol_mm):
             prev_arr = prev.array != 0
         else:

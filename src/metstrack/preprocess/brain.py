@@ -16,21 +16,28 @@ The heuristic (:func:`brain_mask`) works on an isotropic working grid:
    dark lesion cores.
 
 On the real skull-on TCGA-FG-6692 T1 post it reaches Dice 0.94 against an
-HD-BET mask, and 0.92-0.96 against the tissue truth of synthetic heads. Skull-stripped data should use :func:`nonzero_mask` instead
-(``metstrack preprocess --no-brain-mask``).
+HD-BET mask, and 0.92-0.96 against the tissue truth of synthetic heads.
+
+:func:`estimate_brain_mask` is what preprocessing and prediction call. Its
+default method, ``auto``, uses deepbet's CNN (:func:`deepbet_mask`, Dice 0.97
+against HD-BET on that scan; docs/preprocess.md compares the methods) and, on a
+skull-stripped image with zero background, its non-zero voxels
+(:func:`nonzero_mask`).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import cc3d
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from metstrack.errors import InvalidImageError
+from metstrack.errors import ConfigError, InvalidImageError, MetstrackError, did_you_mean
 from metstrack.preprocess.grid import Grid, isotropic_grid
 from metstrack.preprocess.spatial import resample_array
 from metstrack.types import Volume
@@ -172,3 +179,192 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     p, r = np.asarray(pred, bool), np.asarray(ref, bool)
     denom = int(p.sum()) + int(r.sum())
     return float("nan") if denom == 0 else 2.0 * int((p & r).sum()) / denom
+
+
+#: Spacing (mm) deepbet's input is resampled to: the CNN rescales its input box
+#: to 256^3 voxels whatever the spacing, so it must see near-isotropic voxels.
+DEEPBET_SPACING_MM = 1.0
+
+
+def deepbet_mask(vol: Volume, *, threshold: float = 0.5) -> np.ndarray:
+    """Brain mask by deepbet's CNN (weights from the installed ``deepbet`` wheel, CPU).
+
+    The image is resampled to a 1 mm RAS grid (:data:`DEEPBET_SPACING_MM`), the
+    CNN runs there (its own bounding-box network first), the largest component
+    is kept and voids filled, and the mask is copied back onto ``vol``'s grid
+    by nearest neighbour. Works on skull-on and skull-stripped T1 / T1 post.
+
+    Args:
+        vol: The image, shape (X, Y, Z), any grid and orientation.
+        threshold: Brain probability cut of the CNN output.
+
+    Returns:
+        bool (X, Y, Z) array on ``vol``'s grid.
+
+    Raises:
+        MetstrackError: deepbet is not installed (``pip install 'metstrack[brain]'``).
+        InvalidImageError: The image is constant.
+    """
+    try:
+        from deepbet import BrainExtraction
+    except ImportError as exc:
+        raise MetstrackError(
+            "deepbet is not installed; install it with pip install 'metstrack[brain]' "
+            "or choose brain_method = 'heuristic'"
+        ) from exc
+    import torch
+
+    arr = np.asarray(vol.array, dtype=np.float32)
+    if float(np.ptp(arr)) == 0:
+        raise InvalidImageError(f"{vol.path or 'image'}: constant image; no brain to mask")
+    work = isotropic_grid(vol, DEEPBET_SPACING_MM)
+    img = resample_array(arr, vol.affine, work.shape, work.affine, order=1)
+    with torch.inference_mode():
+        bet = _deepbet_model(BrainExtraction)
+        prob = bet.run_model(img.copy())
+        m = bet.postprocess(prob > threshold)
+    out = resample_array(m.astype(np.uint8), work.affine, vol.shape, vol.affine, order=0)
+    return out.astype(bool)
+
+
+_DEEPBET: list = []
+
+
+def _deepbet_model(cls):
+    # One loaded model per process: loading the two TorchScript files takes ~1 s.
+    if not _DEEPBET:
+        with warnings.catch_warnings():
+            # deepbet ships TorchScript files; torch 2.13 deprecates (still supports) jit.load.
+            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+            _DEEPBET.append(cls(no_gpu=True))
+    return _DEEPBET[0]
+
+
+def template_mask(vol: Volume) -> np.ndarray:
+    """Brain mask by affine registration of the MNI152 2009c brain shipped in nilearn.
+
+    nilearn's packaged ``mni_icbm152_t1_tal_nlin_sym_09a`` is brain-extracted;
+    it is registered (rigid then affine, Mattes MI, moments start) to the image
+    at 2 mm, and its non-zero voxels are mapped onto ``vol``'s grid.
+
+    Args:
+        vol: The image, shape (X, Y, Z), any grid and orientation.
+
+    Returns:
+        bool (X, Y, Z) array on ``vol``'s grid.
+    """
+    from importlib.resources import files
+
+    from metstrack.io.nifti import read_volume
+    from metstrack.preprocess.register import RegistrationConfig, register
+
+    path = files("nilearn.datasets") / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    tpl = read_volume(Path(str(path)))
+    work = isotropic_grid(vol, 2.0)
+    img = resample_array(
+        np.asarray(vol.array, np.float32), vol.affine, work.shape, work.affine, order=1
+    )
+    fixed = Volume(array=img, affine=work.affine)
+    cfg = RegistrationConfig(
+        init="moments", affine=True, shrink_factors=(4, 2, 1), smoothing_sigmas_mm=(4.0, 2.0, 0.0)
+    )
+    res = register(fixed, tpl, cfg)
+    brain = ndimage.binary_fill_holes(np.asarray(tpl.array) > 0).astype(np.uint8)
+    out = resample_array(brain, tpl.affine, vol.shape, vol.affine, transform=res.transform, order=0)
+    return out.astype(bool)
+
+
+#: Brain-mask methods of :func:`estimate_brain_mask`.
+BRAIN_METHODS: tuple[str, ...] = ("auto", "deepbet", "heuristic", "nonzero", "none")
+#: ``auto``: below this share of exactly-zero voxels an image is taken as skull-on.
+STRIPPED_MIN_ZERO_FRACTION = 0.3
+#: ``auto``: a zero-background image is skull-stripped when its non-zero region is
+#: at most this many times the CNN's brain (a skull-on head is about twice the brain).
+STRIPPED_MAX_RATIO = 1.25
+#: ``auto``: the CNN (trained on adult heads) runs only on images whose two largest
+#: world extents reach this many mm; smaller ones (test phantoms, partial fields of
+#: view) get the heuristic, or the non-zero voxels when the background is zero.
+HEAD_MIN_EXTENT_MM = 160.0
+
+
+def _head_sized(vol: Volume) -> bool:
+    extent = np.asarray(vol.shape, float) * np.asarray(vol.spacing_mm, float)
+    return bool(np.sort(extent)[-2] >= HEAD_MIN_EXTENT_MM)
+
+
+def auto_brain_method(vol: Volume) -> tuple[str, np.ndarray | None]:
+    """The method ``auto`` resolves to for ``vol``, and the CNN mask if it was computed.
+
+    Skull-stripped (at least :data:`STRIPPED_MIN_ZERO_FRACTION` exact zeros, and the
+    non-zero region at most :data:`STRIPPED_MAX_RATIO` times the CNN brain): ``nonzero``;
+    a head-sized skull-on image: ``deepbet``; a small image (see
+    :data:`HEAD_MIN_EXTENT_MM`): ``nonzero`` with a zero background, else ``heuristic``.
+
+    Args:
+        vol: The image, shape (X, Y, Z).
+    """
+    zero_background = float((np.asarray(vol.array) == 0).mean()) >= STRIPPED_MIN_ZERO_FRACTION
+    if not _head_sized(vol):
+        return ("nonzero" if zero_background else "heuristic"), None
+    cnn = deepbet_mask(vol)
+    if zero_background and int(nonzero_mask(vol).sum()) <= STRIPPED_MAX_RATIO * max(
+        1, int(cnn.sum())
+    ):
+        return "nonzero", cnn
+    return "deepbet", cnn
+
+
+def estimate_brain_mask(
+    vol: Volume, method: str = "auto", cfg: BrainMaskConfig | None = None
+) -> tuple[np.ndarray, str]:
+    """Brain mask of a T1 (post) image when none is given.
+
+    Methods: ``auto`` (default, :func:`auto_brain_method`): the non-zero voxels of a
+    skull-stripped image with zero background, else deepbet's CNN; ``deepbet``;
+    ``heuristic`` (:func:`brain_mask`, no CNN); ``nonzero`` (:func:`nonzero_mask`);
+    ``none`` (every voxel: the input is masked already). ``auto`` on an image smaller
+    than a head whose heuristic finds no brain falls back to ``none`` (logged).
+
+    Args:
+        vol: The image, shape (X, Y, Z), any grid.
+        method: One of :data:`BRAIN_METHODS`.
+        cfg: Parameters of the ``heuristic`` method.
+
+    Returns:
+        ``(mask, method_used)``: bool (X, Y, Z) array on ``vol``'s grid and the method
+        that made it (``auto`` resolves to ``nonzero``, ``deepbet``, ``heuristic`` or ``none``).
+
+    Raises:
+        ConfigError: Unknown method (with did-you-mean).
+        InvalidImageError: Constant image, or an empty mask.
+    """
+    if method not in BRAIN_METHODS:
+        raise ConfigError(
+            f"unknown brain-mask method {method!r}; " + did_you_mean(method, BRAIN_METHODS)
+        )
+    cnn = None
+    if method == "auto":
+        method, cnn = auto_brain_method(vol)
+        if method == "heuristic":
+            try:
+                return brain_mask(vol, cfg), method
+            except InvalidImageError as exc:
+                # A small image that is not a head (a test phantom): nothing to mask.
+                log.warning("%s; the whole image is taken as brain", exc)
+                method = "none"
+    used = method
+    if method == "deepbet":
+        mask = deepbet_mask(vol) if cnn is None else cnn
+    elif method == "heuristic":
+        mask = brain_mask(vol, cfg)
+    elif method == "none":
+        mask = np.ones(vol.shape, dtype=bool)
+    else:
+        mask = nonzero_mask(vol)
+    if not mask.any():
+        raise InvalidImageError(
+            f"{vol.path or 'image'}: empty brain mask ({used}); check that this is a T1 post "
+            "image of a head, or give the brain mask yourself"
+        )
+    log.info("brain mask of %s by %s: %d voxels", vol.path or "image", used, int(mask.sum()))
+    return mask, used

@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
-from metstrack.errors import ConfigError, DatasetError, MetstrackError
+from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
 from metstrack.io import schema
 from metstrack.io.atomic import (
     sweep_stale_temps,
@@ -53,7 +53,12 @@ from metstrack.io.atomic import (
 from metstrack.io.fingerprint import file_sha256
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
-from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
+from metstrack.preprocess.brain import (
+    BRAIN_METHODS,
+    BrainMaskConfig,
+    estimate_brain_mask,
+    nonzero_mask,
+)
 from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
 from metstrack.preprocess.intensity import n4_correct, zscore_in_brain
 from metstrack.preprocess.mapping import (
@@ -111,8 +116,11 @@ class PreprocessConfig:
     Attributes:
         spacing_mm: Isotropic output voxel size.
         image_interpolation: ``linear`` or ``bspline`` (images; labels always nearest).
-        brain_mask: Compute the skull-on brain mask heuristic; False for skull-stripped
-            data (the brain is then the CT1's non-zero voxels).
+        brain_mask: Estimate the brain mask with ``brain_method``; False for
+            skull-stripped data (the brain is then the CT1's non-zero voxels).
+        brain_method: ``auto`` (non-zero voxels of a skull-stripped, zero-background
+            CT1, else deepbet's CNN), ``deepbet``, ``heuristic`` or ``nonzero``
+            (:func:`metstrack.preprocess.brain.estimate_brain_mask`).
         n4: Run N4 bias-field correction on every image (inside the head).
         n4_shrink_factor: Downsampling of N4's fitting grid.
         normalize: ``zscore`` (per channel inside the brain, 0 outside) or ``none``.
@@ -129,6 +137,7 @@ class PreprocessConfig:
     spacing_mm: float = 1.0
     image_interpolation: str = "linear"
     brain_mask: bool = True
+    brain_method: str = "auto"
     n4: bool = False
     n4_shrink_factor: int = 4
     normalize: str = "zscore"
@@ -150,6 +159,11 @@ class PreprocessConfig:
             )
         if self.spacing_mm <= 0:
             raise ConfigError(f"spacing_mm must be positive, found {self.spacing_mm}")
+        if self.brain_method not in BRAIN_METHODS:
+            raise ConfigError(
+                f"brain_method: {self.brain_method!r}; "
+                + did_you_mean(self.brain_method, BRAIN_METHODS)
+            )
 
 
 @dataclass(frozen=True)
@@ -236,9 +250,13 @@ def provenance_path(out_root: Path, patient_id: str, study_id: str) -> Path:
     return Path(out_root) / PREPROCESS_DIR / "provenance" / patient_id / f"{study_id}.json"
 
 
-def brain_mask_path(out_root: Path, patient_id: str, study_id: str) -> Path:
-    """``<out>/preprocess/brain_masks/<PatientID>/<StudyID>.nii.gz``."""
-    return Path(out_root) / PREPROCESS_DIR / "brain_masks" / patient_id / f"{study_id}.nii.gz"
+def brain_mask_path(
+    out_root: Path, patient_id: str, study_id: str, *, native: bool = False
+) -> Path:
+    """``<out>/preprocess/brain_masks/<PatientID>/<StudyID>.nii.gz`` (on the baseline grid),
+    or with ``native`` ``<StudyID>.native.nii.gz`` (on the grid of the original CT1 file)."""
+    name = f"{study_id}.native.nii.gz" if native else f"{study_id}.nii.gz"
+    return Path(out_root) / PREPROCESS_DIR / "brain_masks" / patient_id / name
 
 
 def is_study_done(out_root: Path, patient_id: str, study_id: str) -> bool:
@@ -311,7 +329,9 @@ def prepare_baseline(patient: Patient, cfg: PreprocessConfig) -> BaselineReferen
     )
     vol = Volume(array=ct1, affine=grid.affine.copy(), path=path)
     # Only the through-time metric mask needs it here; each study masks its own CT1.
-    brain = brain_mask(vol, cfg.brain) if cfg.brain_mask and cfg.metric_mask_mm > 0 else None
+    brain = None
+    if cfg.brain_mask and cfg.metric_mask_mm > 0:
+        brain, _ = estimate_brain_mask(vol, cfg.brain_method, cfg.brain)
     return BaselineReference(study_id=base.study_id, grid=grid, ct1=vol, brain=brain)
 
 
@@ -421,26 +441,47 @@ def preprocess_study(
             {"step": "resample", "sequence": seq, "interpolation": cfg.image_interpolation}
         )
 
-    # Brain mask on the CT1 of this study (already on the baseline grid).
+    # Brain mask on this study's CT1 as stored (so it holds exactly on the grid the
+    # predictions are written on), carried onto the baseline grid (linear >= 0.5).
     if cfg.brain_mask:
-        brain = brain_mask(ct1_vol, cfg.brain)
+        native_brain, used = estimate_brain_mask(ct1_ras, cfg.brain_method, cfg.brain)
         steps.append(
             {
                 "step": "brain_mask",
-                "method": "intensity_band_heuristic",
-                "params": to_dict(cfg.brain),
-                "voxels": int(brain.sum()),
+                "method": used,
+                "requested": cfg.brain_method,
+                **({"params": to_dict(cfg.brain)} if used == "heuristic" else {}),
+                "voxels_native": int(native_brain.sum()),
             }
         )
     else:
-        brain = nonzero_mask(ct1_vol)
+        native_brain = nonzero_mask(ct1_ras)
         steps.append(
             {
                 "step": "brain_mask",
                 "method": "nonzero (skull-stripped input)",
-                "voxels": int(brain.sum()),
+                "voxels_native": int(native_brain.sum()),
             }
         )
+    brain = (
+        resample_array(
+            native_brain.astype(np.float32),
+            ct1_ras.affine,
+            grid.shape,
+            grid.affine,
+            transform=b2s,
+            order=1,
+        )
+        >= 0.5
+    )
+    steps[-1]["voxels"] = int(brain.sum())
+    native_brain = resample_array(
+        native_brain.astype(np.uint8),
+        ct1_ras.affine,
+        ct1_native.shape,
+        ct1_native.affine,
+        order=0,
+    ).astype(bool)
     if not brain.any():
         raise DatasetError(f"{ct1_path}: empty brain mask; check the image or use --no-brain-mask")
 
@@ -515,6 +556,12 @@ def preprocess_study(
         brain.astype(np.uint8), brain_mask_path(out_root, pid, sid), affine=grid.affine
     )
     outputs.append(str(bp.relative_to(out_root)))
+    nbp = write_volume(
+        native_brain.astype(np.uint8),
+        brain_mask_path(out_root, pid, sid, native=True),
+        affine=ct1_native.affine,
+    )
+    outputs.append(str(nbp.relative_to(out_root)))
     pp = provenance_path(out_root, pid, sid)
     tp = transform_path(out_root, pid, sid)
     outputs += [str(pp.relative_to(out_root)), str(tp.relative_to(out_root))]
@@ -719,6 +766,7 @@ def preprocess_dataset(
     on_study: Callable[[StudyOutcome], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     label_values: tuple[int, ...] | None = None,
+    intervals: str | Path | None = None,
 ) -> PreprocessReport:
     """Preprocess a release-layout dataset into a new one (see the module docstring).
 
@@ -740,6 +788,10 @@ def preprocess_dataset(
             layout's ``label_classes``; ``None`` keeps the layout's (empty for
             the release layout: label files must be binary, a multi-class file
             fails its study with the fix named).
+        intervals: Optional CSV of ``StudyID, DaysFromBaselineScan``
+            (:func:`metstrack.io.layouts.apply_intervals`); without it, studies whose
+            layout carries no dates keep their timepoint order and an empty
+            ``DaysFromBaselineScan`` (interval unknown).
 
     Returns:
         The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
@@ -747,7 +799,7 @@ def preprocess_dataset(
     Raises:
         DatasetError: Unreadable input tables, or ``out_root`` equal to ``src_root``.
     """
-    from metstrack.io.layouts import read_dataset
+    from metstrack.io.layouts import apply_intervals, read_dataset
     from metstrack.io.release import read_release
 
     cfg = cfg or PreprocessConfig()
@@ -756,6 +808,8 @@ def preprocess_dataset(
         raise DatasetError(f"{out_root}: the output folder must differ from the input dataset")
     t0 = time.perf_counter()
     cohort = read_dataset(src_root, layout)
+    if intervals is not None:
+        cohort = apply_intervals(cohort, intervals)
     classes = tuple(
         int(c) for c in (cohort.label_classes if label_values is None else label_values)
     )
@@ -764,7 +818,7 @@ def preprocess_dataset(
     catalog = Catalog.open(catalog_path) if catalog_path is not None else None
     out_root.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(out_root)  # temporary files of a killed run
-    if cohort.layout == "release":
+    if cohort.layout == "release" and intervals is None:
         tables = _copy_tables(src_root, out_root)
     else:
         tables = _write_imaging_tables(cohort, out_root)
