@@ -48,6 +48,7 @@ class PredictRun:
     input_layout: str
     preprocessed_input: str
     brain_method: str
+    spacing_mm: float = 1.0
 
 
 def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
@@ -132,6 +133,16 @@ def predict(
         str,
         typer.Option("--brain-mask", help="Brain mask: auto, deepbet, heuristic, nonzero or none."),
     ] = "auto",
+    spacing: Annotated[
+        float | None,
+        typer.Option(
+            "--spacing",
+            min=0.2,
+            max=5.0,
+            help="Voxel size (mm) when preprocessing on the way in (default: the spacing the "
+            "checkpoint was trained at, recorded in its provenance JSON; else 1).",
+        ),
+    ] = None,
     native: Annotated[
         bool,
         typer.Option(
@@ -160,7 +171,7 @@ def predict(
         saved_fingerprint,
     )
     from metstrack.models.base import InputShapeError
-    from metstrack.models.checkpoint import load_checkpoint
+    from metstrack.models.checkpoint import load_checkpoint, training_spacing_mm
     from metstrack.preprocess.brain import BRAIN_METHODS
 
     for value, choices, flag in (
@@ -174,6 +185,7 @@ def predict(
     with guarded():
         model, cfg = load_checkpoint(checkpoint, map_location=dev)
         model.to(dev)
+        spacing_mm = spacing if spacing is not None else training_spacing_mm(checkpoint)
     if roi_size is not None:
         try:  # a window the network cannot take is refused before any work
             model.check_spatial(roi_size)
@@ -196,6 +208,7 @@ def predict(
                 intervals=intervals,
                 preprocess=preprocess,
                 brain_method=brain_method,
+                spacing_mm=spacing_mm,
                 on_start=start,
                 on_study=lambda o: bar.advance(tasks[0]),
             )
@@ -239,6 +252,7 @@ def predict(
         input_layout=prepared.source_layout,
         preprocessed_input=str(prepared.root) if prepared.preprocessed else "",
         brain_method=brain_method,
+        spacing_mm=spacing_mm,
     )
     # Everything that changes a study's outputs; device and batch size do not. The
     # dataset is not part of it: a study is its StudyID, so a follow-up added to
@@ -252,6 +266,7 @@ def predict(
             "threshold": threshold,
             "output_grid": run.output_grid,
             "brain_method": brain_method,
+            "spacing_mm": spacing_mm,
         },
     )
     with guarded():

@@ -36,6 +36,7 @@ Every key must match: a missing, unexpected or differently shaped tensor is a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pathlib
 import pickle
@@ -395,3 +396,24 @@ def check_state_fits(
         + "; the checkpoint was trained with another architecture or channel count, "
         "give the matching model configuration"
     )
+
+
+#: Provenance key of the voxel size (mm) a checkpoint was trained at.
+TRAINING_SPACING_KEY = "input_spacing_mm"
+
+
+def training_spacing_mm(path: str | Path, default: float = 1.0) -> float:
+    """Voxel size (mm) the network at ``path`` was trained at.
+
+    Read from the provenance JSON beside the checkpoint (``<name>.json``, key
+    ``input_spacing_mm``, as written for the shipped model); ``default`` when
+    there is none.
+    """
+    prov = Path(path).with_suffix(".json")
+    if not prov.is_file():
+        return default
+    try:
+        value = json.loads(prov.read_text(encoding="utf-8")).get(TRAINING_SPACING_KEY)
+    except (ValueError, AttributeError):
+        return default
+    return float(value) if isinstance(value, int | float) and value > 0 else default
