@@ -40,6 +40,7 @@ def pipeline(tmp_path_factory):
             max_studies=3,
             motion_max_deg=0.0,
             motion_max_mm=0.0,
+            acquisition="fixed",
         ),
         data,
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "synth.md"
@@ -80,3 +83,31 @@ def test_rerun_replaces_a_synthetic_cohort_but_protects_other_data(cli, tmp_path
     assert r.exit_code == 1 and "refusing" in r.output
     assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".c.partial-*"))
+
+
+def test_documented_full_size_world_example_runs(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    example = [c for c in _doc_commands() if "--spacing" in c][0]
+    r = cli(*example)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / example[example.index("--out") + 1]
+    cfg = json.loads((out / "ground_truth" / "config.json").read_text())["config"]
+    assert (cfg["anatomy"], cfg["contrast"], cfg["skull"], cfg["spacing_mm"]) == (
+        "template",
+        "mixed",
+        "mixed",
+        2.0,
+    )
+    imaging = pd.read_csv(out / "tables" / "imaging.csv")
+    for pid, group in imaging.groupby("PatientID"):
+        grids = [
+            nib.load(out / "imaging" / "patientId" / pid / "studyId" / s / "CT1.nii.gz").affine
+            for s in group["StudyID"]
+        ]
+        assert np.allclose(np.linalg.norm(grids[0][:3, :3], axis=0), 2.0)
+        assert not np.allclose(grids[1], grids[0], atol=1e-3)  # follow-up on its own grid
+
+
+def test_no_motion_conflicts_with_clinical_acquisition(cli, tmp_path):
+    r = cli("synth", "--no-motion", "--acquisition", "clinical", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--no-motion" in r.output

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from metstrack.io import schema
 from metstrack.io.nifti import read_label, read_volume
@@ -46,9 +47,10 @@ def test_every_flagged_file_exists_and_grids_agree(small_cohort):
         assert list(group["RelativeTimepoint"]) == list(range(1, len(group) + 1))
         assert group["DaysFromBaselineScan"].is_monotonic_increasing
         assert group["DaysFromBaselineScan"].iloc[0] == 0
-        affines = []
+        study_affines = []
         for _, row in group.iterrows():
             folder = schema.study_dir(small_cohort, pid, row["StudyID"])
+            affines = []
             for seq in MODALITIES:
                 assert row[seq] == 1
                 vol = read_volume(folder / f"{seq}.nii.gz", dtype=None)
@@ -68,8 +70,13 @@ def test_every_flagged_file_exists_and_grids_agree(small_cohort):
                 binary=False,
             )
             np.testing.assert_array_equal(label.array > 0, inst.array > 0)
-        for a in affines:
-            np.testing.assert_array_equal(a, affines[0])
+            # One grid per study: every sequence, the label and the instances share it.
+            for a in [*affines, label.affine, inst.affine]:
+                np.testing.assert_allclose(a, affines[0], atol=1e-4)
+            study_affines.append(affines[0])
+        # Clinical acquisition: every follow-up is on its own grid.
+        for a in study_affines[1:]:
+            assert not np.allclose(a, study_affines[0], atol=1e-3)
 
 
 def test_default_policy_flags_only_radiosurgery_studies(small_cohort):
@@ -102,19 +109,21 @@ def test_trajectories_match_instance_maps(small_cohort):
     } <= set(traj.columns)
     burden = pd.read_csv(small_cohort / "ground_truth" / GT_BURDEN)
     for _, row in burden.iterrows():
-        inst = read_label(
+        label = read_label(
             small_cohort
             / "ground_truth"
             / "instances"
             / row["PatientID"]
             / f"{row['StudyID']}.nii.gz",
             binary=False,
-        ).array.astype(int)
+        )
+        inst = label.array.astype(int)
+        voxel_mm3 = abs(np.linalg.det(label.affine[:3, :3]))  # each study has its own grid
         ids, counts = np.unique(inst[inst > 0], return_counts=True)
-        assert row["total_volume_mm3"] == counts.sum()  # 1 mm voxels
+        assert row["total_volume_mm3"] == pytest.approx(counts.sum() * voxel_mm3, abs=1e-3)
         sub = traj[traj["StudyID"] == row["StudyID"]].set_index("lesion_id")
         for i, c in zip(ids, counts, strict=True):
-            assert sub.loc[i, "volume_mm3"] == c
+            assert sub.loc[i, "volume_mm3"] == pytest.approx(c * voxel_mm3, abs=1e-3)
 
 
 def test_transforms_table_and_survival_truth(small_cohort):
@@ -160,7 +169,8 @@ def test_radiosurgery_targets_match_the_planning_labels(small_cohort):
             binary=False,
         )
         vox = np.argwhere(inst.array == row["lesion_id"])
-        assert len(vox) * 1.0 == row["target_volume_mm3"]
+        voxel_mm3 = abs(np.linalg.det(inst.affine[:3, :3]))
+        assert len(vox) * voxel_mm3 == pytest.approx(row["target_volume_mm3"], abs=1e-3)
         if len(vox) >= 7:
             centroid = inst.affine[:3, :3] @ vox.mean(axis=0) + inst.affine[:3, 3]
             c = row[["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]].to_numpy(float)

@@ -1,4 +1,10 @@
-"""In-memory patients: determinism, contrasts, motion, lesion identity and vessels."""
+"""In-memory patients: determinism, contrasts, motion, lesion identity and vessels.
+
+Most checks run on both anatomies (the MNI template and the procedural phantom)
+with every study on the baseline grid (``acquisition="fixed"``), so arrays can
+be compared voxel for voxel; ``test_synth_realism.py`` covers the clinical
+acquisition and the realism statistics.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,23 @@ from metstrack.synth import anatomy as tissue
 from metstrack.synth.cohort import make_patient
 from metstrack.synth.config import SynthConfig
 
+FIXED = SynthConfig(acquisition="fixed")
+PHANTOM = SynthConfig(anatomy="phantom", acquisition="fixed")
+
+
+@pytest.fixture(scope="module", params=["template", "phantom"])
+def anatomy_config(request) -> SynthConfig:
+    return SynthConfig(anatomy=request.param, acquisition="fixed")
+
 
 @pytest.fixture(scope="module")
-def patient():
-    return make_patient(seed=3, shape=48, n_studies=3)
+def patient(anatomy_config):
+    return make_patient(seed=3, shape=48, n_studies=3, config=anatomy_config)
 
 
-def test_same_seed_same_arrays_different_seed_differs(patient):
-    again = make_patient(seed=3, shape=48, n_studies=3)
-    other = make_patient(seed=4, shape=48, n_studies=3)
+def test_same_seed_same_arrays_different_seed_differs(patient, anatomy_config):
+    again = make_patient(seed=3, shape=48, n_studies=3, config=anatomy_config)
+    other = make_patient(seed=4, shape=48, n_studies=3, config=anatomy_config)
     for a, b in zip(patient.studies, again.studies, strict=True):
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.instances, b.instances)
@@ -28,9 +42,9 @@ def test_same_seed_same_arrays_different_seed_differs(patient):
 
 
 def test_patient_does_not_depend_on_cohort_index_of_others():
-    first = make_patient(seed=9, shape=48, n_studies=2, index=1)
-    second = make_patient(seed=9, shape=48, n_studies=2, index=1)
-    zeroth = make_patient(seed=9, shape=48, n_studies=2, index=0)
+    first = make_patient(seed=9, shape=48, n_studies=2, index=1, config=FIXED)
+    second = make_patient(seed=9, shape=48, n_studies=2, index=1, config=FIXED)
+    zeroth = make_patient(seed=9, shape=48, n_studies=2, index=0, config=FIXED)
     np.testing.assert_array_equal(first.studies[1].images, second.studies[1].images)
     assert not np.array_equal(first.studies[0].images, zeroth.studies[0].images)
 
@@ -64,9 +78,10 @@ def test_relative_contrasts_on_baseline(patient):
     assert mean("T1", tissue.BONE) < mean("T1", tissue.SCALP)
 
 
-def test_lesions_enhance_on_ct1():
+@pytest.mark.parametrize("config", [FIXED, PHANTOM], ids=["template", "phantom"])
+def test_lesions_enhance_on_ct1(config):
     for seed in range(10):
-        p = make_patient(seed=seed, shape=64, n_studies=2)
+        p = make_patient(seed=seed, shape=64, n_studies=2, config=config)
         st = p.studies[0]
         les = st.instances > 0
         if les.sum() >= 30:
@@ -79,7 +94,7 @@ def test_lesions_enhance_on_ct1():
 
 
 def test_motion_within_bounds_and_baseline_identity():
-    cfg = SynthConfig(motion_max_deg=4.0, motion_max_mm=2.0)
+    cfg = SynthConfig(motion_max_deg=4.0, motion_max_mm=2.0, acquisition="fixed")
     p = make_patient(seed=1, shape=48, n_studies=4, config=cfg)
     np.testing.assert_array_equal(p.studies[0].baseline_to_study, np.eye(4))
     for st in p.studies[1:]:
@@ -88,7 +103,10 @@ def test_motion_within_bounds_and_baseline_identity():
         assert 0 < rotation_angle_deg(t) <= 4.0 + 1e-9
         assert np.linalg.norm(t[:3, 3]) <= 2.0 + 1e-9
     still = make_patient(
-        seed=1, shape=48, n_studies=3, config=SynthConfig(motion_max_deg=0, motion_max_mm=0)
+        seed=1,
+        shape=48,
+        n_studies=3,
+        config=SynthConfig(motion_max_deg=0, motion_max_mm=0, acquisition="fixed"),
     )
     for st in still.studies:
         np.testing.assert_allclose(st.baseline_to_study, np.eye(4))
@@ -98,7 +116,7 @@ def _find_stable_lesion():
     """(patient, lesion id, study index): a lesion of >= 30 voxels whose volume changes
     by under 15% between the baseline and the planning scan a few days later."""
     for seed in range(20):
-        p = make_patient(seed=seed, shape=48, n_studies=2)
+        p = make_patient(seed=seed, shape=48, n_studies=2, config=FIXED)
         v = np.stack([s.lesion_volume_mm3 for s in p.studies], axis=1)
         ok = (v[:, 0] >= 30) & (np.abs(v[:, 1] - v[:, 0]) <= 0.15 * v[:, 0])
         if ok.any() and np.linalg.norm(p.studies[1].baseline_to_study[:3, 3]) > 1.0:
@@ -119,8 +137,8 @@ def test_lesion_identity_follows_the_transform():
     assert np.linalg.norm(np.asarray(c0.centroid_mm) - centre) < 1.0
 
 
-def test_vessels_persist_enhance_and_are_never_labelled():
-    p = make_patient(seed=2, shape=64, n_studies=3)
+def test_phantom_vessels_persist_enhance_and_are_never_labelled():
+    p = make_patient(seed=2, shape=64, n_studies=3, config=PHANTOM)
     assert len(p.geometry.vessel_radius_mm) >= 3
     counts = []
     for st in p.studies:
@@ -140,6 +158,8 @@ def test_vessels_persist_enhance_and_are_never_labelled():
 
 
 def test_vessels_can_be_disabled():
-    p = make_patient(seed=2, shape=48, n_studies=2, config=SynthConfig(vessel_bait=False))
-    assert len(p.geometry.vessel_radius_mm) == 0
-    assert not any(st.vessel_mask.any() for st in p.studies)
+    for anatomy in ("template", "phantom"):
+        cfg = SynthConfig(vessel_bait=False, anatomy=anatomy, acquisition="fixed")
+        p = make_patient(seed=2, shape=48, n_studies=2, config=cfg)
+        assert len(p.geometry.vessel_radius_mm) == 0
+        assert not any(st.vessel_mask.any() for st in p.studies)

@@ -40,6 +40,7 @@ def synth_cohort(tmp_path_factory) -> Path:
         max_studies=3,
         motion_max_deg=0,
         motion_max_mm=0,
+        acquisition="fixed",
         labelled="0.3",
         split_fractions=(0.5, 0.25, 0.25),
     )

@@ -186,10 +186,11 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
             "< 10 mm3 stratum is the first leaderboard column"
         )
     c = cfg.cohort
-    if c.motion_max_deg > 0 or c.motion_max_mm > 0:
+    if c.motion_max_deg > 0 or c.motion_max_mm > 0 or c.acquisition != "fixed":
         raise ConfigError(
-            f"{where}: the benchmark cohort must be generated without motion; set "
-            "cohort.motion_max_deg = 0 and cohort.motion_max_mm = 0 (see docs/benchmark.md)"
+            f"{where}: the benchmark cohort must be generated co-registered (without motion, "
+            "every study on the baseline grid); set cohort.motion_max_deg = 0, "
+            'cohort.motion_max_mm = 0 and cohort.acquisition = "fixed" (see docs/benchmark.md)'
         )
     _, val_frac, test_frac = c.split_fractions
     if test_frac <= 0 or val_frac <= 0:

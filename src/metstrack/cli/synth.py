@@ -26,7 +26,37 @@ def synth(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Master seed.", min=0)] = None,
     shape: Annotated[
-        int | None, typer.Option("--shape", help="Grid edge K (K^3 voxels at 1 mm), 32..256.")
+        int | None, typer.Option("--shape", help="Grid edge K (K^3 voxels), 32..256.")
+    ] = None,
+    spacing: Annotated[
+        float | None,
+        typer.Option(
+            "--spacing",
+            help="Baseline voxel size in mm (the head fills 192 mm: --shape 96 --spacing 2 "
+            "is a full-size head at 2 mm).",
+        ),
+    ] = None,
+    anatomy: Annotated[
+        str | None,
+        typer.Option("--anatomy", help="template (MNI brain, default) or phantom (tiny tests)."),
+    ] = None,
+    contrast: Annotated[
+        str | None,
+        typer.Option(
+            "--contrast", help="clinical (default), randomized (domain randomisation) or mixed."
+        ),
+    ] = None,
+    acquisition: Annotated[
+        str | None,
+        typer.Option(
+            "--acquisition",
+            help="clinical (default: follow-ups on their own oblique, thick-slice grids) or "
+            "fixed (every study on the baseline grid, as after preprocessing).",
+        ),
+    ] = None,
+    skull: Annotated[
+        str | None,
+        typer.Option("--skull", help="on (default), stripped (zero background) or mixed."),
     ] = None,
     studies_min: Annotated[
         int | None, typer.Option("--studies-min", help="Fewest studies per patient (>= 2).")
@@ -35,7 +65,11 @@ def synth(
         int | None, typer.Option("--studies-max", help="Most studies per patient.")
     ] = None,
     no_motion: Annotated[
-        bool, typer.Option("--no-motion", help="Follow-ups aligned with the baseline.")
+        bool,
+        typer.Option(
+            "--no-motion",
+            help="Follow-ups aligned with the baseline, on its grid (implies --acquisition fixed).",
+        ),
     ] = False,
     clinical_only: Annotated[
         bool,
@@ -75,6 +109,11 @@ def synth(
             ("n_patients", patients),
             ("seed", seed),
             ("shape", shape),
+            ("spacing_mm", spacing),
+            ("anatomy", anatomy),
+            ("contrast", contrast),
+            ("acquisition", acquisition),
+            ("skull", skull),
             ("min_studies", studies_min),
             ("max_studies", studies_max),
             ("workers", workers),
@@ -82,7 +121,9 @@ def synth(
             if value is not None:
                 overrides.append(f"{key}={value}")
         if no_motion:
-            overrides += ["motion_max_deg=0", "motion_max_mm=0"]
+            if acquisition not in (None, "fixed"):
+                usage_error("--no-motion puts every study on the baseline grid; drop --acquisition")
+            overrides += ["motion_max_deg=0", "motion_max_mm=0", "acquisition=fixed"]
         try:
             cfg = load_config(SynthConfig, config, overrides)
         except ConfigError as exc:

@@ -1,44 +1,65 @@
-"""A synthetic head on a patient's baseline grid: tissues, texture and clean contrasts.
+"""A synthetic head on a patient's baseline grid: the :class:`Anatomy` record and the phantom.
 
-The head is built in world millimetres around the grid centre and scaled to the
-field of view (an adult head at 192 mm): scalp, skull with marrow, subarachnoid
-CSF, cortical grey matter with gyral folding and sulci, white matter, deep grey
-nuclei, lateral and third ventricles with choroid plexus, the interhemispheric
-fissure, and a dural layer under the skull (choroid plexus and dura enhance on
-CT1, like the real structures that fool lesion detectors). Every
-tissue gets an intensity per contrast (T1, CT1, T2, FLAIR) with the relative
-order of real scans, a smooth multiplicative texture and partial-volume edges.
+Two anatomies fill the record:
+
+- ``template`` (the default, :mod:`metstrack.synth.head`): a real brain, the MNI
+  ICBM152 2009 template, deformed per patient, with skull and scalp shells, and
+  the anchors of the large vessels;
+- ``phantom`` (:func:`build_phantom`, for tiny unit-test volumes): a procedural
+  head built in world millimetres around the grid centre and scaled to the field
+  of view (an adult head at 192 mm): scalp, skull with marrow, subarachnoid
+  CSF, cortical grey matter with gyral folding and sulci, white matter, deep
+  grey nuclei, lateral and third ventricles with choroid plexus, the
+  interhemispheric fissure, and a dural layer under the skull.
+
+Every tissue gets an intensity per contrast (T1, CT1, T2, FLAIR) from the
+patient's :class:`~metstrack.synth.contrast.ContrastTable`, a smooth
+multiplicative texture and partial-volume edges.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
+from metstrack.synth.contrast import (  # noqa: F401  (tissue codes re-exported)
+    BACKGROUND,
+    BONE,
+    CHOROID,
+    CSF,
+    DEEP_GM,
+    DURA,
+    GM,
+    MARROW,
+    N_TISSUES,
+    SCALP,
+    VENTRICLE,
+    WM,
+    ContrastTable,
+)
 from metstrack.types import MODALITIES
 
-# Tissue codes of the hard label map.
-BACKGROUND, SCALP, BONE, MARROW, CSF, GM, WM, DEEP_GM, VENTRICLE, CHOROID, DURA = range(11)
-N_TISSUES = 11
+#: Anatomy kinds.
+ANATOMY_KINDS = ("template", "phantom")
 
-#: Intensity of each tissue per contrast (rows: MODALITIES order, columns: tissue codes).
-#: Units: fractions of white matter on T1; scaled to ~1000 when written.
-TISSUE_INTENSITY = np.array(
-    [
-        # bg   scalp bone  marrow csf   gm    wm    deepgm vent  choroid dura
-        [0.0, 1.05, 0.08, 0.85, 0.25, 0.68, 1.00, 0.75, 0.22, 0.70, 0.30],  # T1
-        [0.0, 1.10, 0.08, 0.90, 0.25, 0.70, 1.00, 0.78, 0.22, 1.45, 0.95],  # CT1
-        [0.0, 0.80, 0.06, 0.55, 1.60, 0.80, 0.55, 0.70, 1.65, 0.95, 0.40],  # T2
-        [0.0, 0.85, 0.06, 0.55, 0.12, 0.85, 0.62, 0.80, 0.10, 0.75, 0.35],  # FLAIR
-    ],
-    dtype=np.float32,
-)
-#: Texture amplitude (relative std) per tissue.
-_TEXTURE = np.array(
-    [0.0, 0.06, 0.05, 0.08, 0.02, 0.035, 0.025, 0.03, 0.02, 0.08, 0.05], dtype=np.float32
-)
+
+@dataclass(frozen=True)
+class VesselTrunk:
+    """A large vessel given as a polyline in the patient's baseline world (mm).
+
+    Attributes:
+        name: Anatomical name (``mca_left``, ``superior_sagittal_sinus`` ...).
+        kind: ``artery``, ``vein`` or ``sinus``.
+        points_mm: float64 (n, 3) polyline points.
+        radius_mm: float64 (n,) radius at each point.
+    """
+
+    name: str
+    kind: str
+    points_mm: np.ndarray
+    radius_mm: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +76,14 @@ class Anatomy:
             non-parenchyma voxel (0 outside brain tissue); lesions sit where it is large.
         cortex_mask: bool (X, Y, Z) cortical grey matter and sulcal surface (vessel sites).
         head_scale: Head size relative to an adult head (field of view / 192 mm).
+        table: The patient's intensities per tissue and contrast.
+        kind: ``template`` or ``phantom``.
+        brain_mask: bool (X, Y, Z) brain envelope (tissue and the CSF inside it):
+            what a skull-stripped scan keeps.
+        cerebellum_mask: bool (X, Y, Z) cerebellum and brainstem.
+        sulcal_csf: float32 (X, Y, Z) CSF outside the ventricles (sulci, fissures,
+            subarachnoid space), where arteries run.
+        trunks: Large vessels (arteries, deep veins, sinuses) to draw and branch from.
     """
 
     affine: np.ndarray
@@ -64,6 +93,12 @@ class Anatomy:
     parenchyma_depth_mm: np.ndarray
     cortex_mask: np.ndarray
     head_scale: float
+    table: ContrastTable
+    kind: str = "phantom"
+    brain_mask: np.ndarray | None = None
+    cerebellum_mask: np.ndarray | None = None
+    sulcal_csf: np.ndarray | None = None
+    trunks: tuple[VesselTrunk, ...] = field(default_factory=tuple)
 
 
 def grid_affine(shape: int, spacing_mm: float) -> np.ndarray:
@@ -125,13 +160,16 @@ def interior_depth_mm(mask: np.ndarray, spacing_mm: float) -> np.ndarray:
     return np.where(mask, full, 0.0).astype(np.float32)
 
 
-def build_anatomy(rng: np.random.Generator, shape: int, spacing_mm: float) -> Anatomy:
-    """Draw a head on a K^3 grid.
+def build_phantom(
+    rng: np.random.Generator, shape: int, spacing_mm: float, table: ContrastTable
+) -> Anatomy:
+    """Draw a procedural phantom head on a K^3 grid (tiny unit-test volumes).
 
     Args:
         rng: The patient's image generator.
         shape: Grid edge K (voxels).
         spacing_mm: Isotropic spacing (mm).
+        table: The patient's intensities.
 
     Returns:
         The :class:`Anatomy`.
@@ -199,13 +237,8 @@ def build_anatomy(rng: np.random.Generator, shape: int, spacing_mm: float) -> An
     e3 = (x / max(1.2 * s, 0.7)) ** 2 + ((y + 2 * s) / (11 * s)) ** 2 + ((z - zc) / (7 * s)) ** 2
     labels[e3 <= 1.0] = VENTRICLE
 
-    texture = smooth_noise(rng, shp, 1.2 * mm)
-    tex = 1.0 + _TEXTURE[labels] * texture
     sigma_pv = 0.6
-    contrasts = np.empty((len(MODALITIES), *shp), dtype=np.float32)
-    for c in range(len(MODALITIES)):
-        img = TISSUE_INTENSITY[c][labels] * tex
-        contrasts[c] = ndimage.gaussian_filter(img, sigma_pv)
+    contrasts = compose_contrasts(rng, labels, table, mm)
     wm_fraction = ndimage.gaussian_filter((labels == WM).astype(np.float32), sigma_pv)
     parenchyma = np.isin(labels, (GM, WM, DEEP_GM))
     depth = interior_depth_mm(parenchyma, spacing_mm)
@@ -218,4 +251,49 @@ def build_anatomy(rng: np.random.Generator, shape: int, spacing_mm: float) -> An
         parenchyma_depth_mm=depth,
         cortex_mask=cortex,
         head_scale=float(s),
+        table=table,
+        kind="phantom",
+        brain_mask=labels >= CSF,
+        cerebellum_mask=np.zeros(shp, dtype=bool),
+        sulcal_csf=(labels == CSF).astype(np.float32),
     )
+
+
+def compose_contrasts(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    table: ContrastTable,
+    voxels_per_mm: float,
+    partials: dict[int, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Clean contrasts of a tissue map: intensities, texture and partial-volume edges.
+
+    Args:
+        rng: Draws the texture field.
+        labels: uint8 (X, Y, Z) tissue codes.
+        table: Intensities per tissue and contrast.
+        voxels_per_mm: Grid resolution (1 / spacing in mm).
+        partials: Optional float32 (X, Y, Z) partial volumes by tissue code; where
+            given they replace the hard labels of those tissues (each voxel's
+            remaining fraction keeps its label's intensity).
+
+    Returns:
+        float32 (4, X, Y, Z) in MODALITIES order.
+    """
+    shp = labels.shape
+    texture = smooth_noise(rng, shp, 1.2 * voxels_per_mm)
+    tex = 1.0 + table.texture[labels] * texture
+    contrasts = np.empty((len(MODALITIES), *shp), dtype=np.float32)
+    rest = None
+    if partials:
+        rest = np.clip(1.0 - sum(partials.values()), 0.0, 1.0).astype(np.float32)
+    for c in range(len(MODALITIES)):
+        img = table.tissue[c][labels]
+        if partials:
+            mix = img * rest
+            for code, frac in partials.items():
+                mix += frac * table.tissue[c, code]
+            img = mix
+        img = img * tex
+        contrasts[c] = ndimage.gaussian_filter(img, 0.6 if not partials else 0.4)
+    return contrasts

@@ -1,10 +1,13 @@
 """Imaging cohorts: in-memory patients (:func:`make_patient`) and the release layout on disk
 (:func:`generate_cohort`).
 
-Every patient's studies share one scanner grid (identical RAS affine, origin at
-the grid centre). A follow-up's content is rigidly moved: anatomy at baseline
-world point ``p`` appears at ``baseline_to_study @ p`` (the convention of
-:mod:`metstrack.preprocess.spatial`).
+Every patient has an isotropic baseline grid (RAS, origin at the grid centre)
+on which each study is rendered; a follow-up's content is rigidly moved: anatomy
+at baseline world point ``p`` appears at ``baseline_to_study @ p`` (the
+convention of :mod:`metstrack.preprocess.spatial`). Each study is then acquired
+on its own grid (:mod:`metstrack.synth.acquisition`: voxel size, thick oblique
+slices, scanner scale, skull on or stripped); ``acquisition = "fixed"`` keeps
+every study on the baseline grid.
 
 Layout written by :func:`generate_cohort`::
 
@@ -43,7 +46,8 @@ from metstrack.errors import DatasetError
 from metstrack.io import schema
 from metstrack.io.atomic import staging_prefix, sweep_stale_staging, write_csv_atomic
 from metstrack.io.nifti import write_volume
-from metstrack.synth.anatomy import Anatomy, build_anatomy
+from metstrack.synth.acquisition import Acquisition, acquire, draw_acquisition
+from metstrack.synth.anatomy import Anatomy, build_phantom
 from metstrack.synth.clinical import (
     GT_CONFIG,
     GT_INSTANCES,
@@ -58,7 +62,16 @@ from metstrack.synth.clinical import (
     write_tables,
 )
 from metstrack.synth.config import SynthConfig
-from metstrack.synth.render import Geometry, place_geometry, random_motion, render_study
+from metstrack.synth.contrast import draw_appearance, draw_table
+from metstrack.synth.head import build_template_anatomy
+from metstrack.synth.render import (
+    BakedAnatomy,
+    Geometry,
+    bake_vessels,
+    place_geometry,
+    random_motion,
+    render_study,
+)
 from metstrack.synth.timeline import Timeline, simulate_timeline
 from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE
 
@@ -72,24 +85,31 @@ class SynthStudy:
     Attributes:
         study_id: Release StudyID.
         days_from_baseline: Days since the patient's first scan.
-        images: float32 (4, X, Y, Z) T1, CT1, T2, FLAIR (T1 white matter ~1000).
+        affine: float64 (4, 4) voxel-to-world of this study's own grid.
+        images: float32 (4, X, Y, Z) T1, CT1, T2, FLAIR (T1 white matter ~1000
+            times the study's scanner scale).
         instances: int16 (X, Y, Z) lesion IDs shared across the patient's studies.
-        vessel_mask: bool (X, Y, Z) vessel-like bait voxels (never labelled).
+        vessel_mask: bool (X, Y, Z) enhancing vessel voxels (never labelled).
+        brain_mask: bool (X, Y, Z) brain envelope (what skull stripping keeps).
         baseline_to_study: float64 (4, 4) rigid world transform (identity at baseline).
         planning: A radiosurgery-planning study.
         labelled: The release flags its label.
-        lesion_volume_mm3: float64 (n_lesions,) rendered volume of each lesion.
+        lesion_volume_mm3: float64 (n_lesions,) volume of each lesion on this grid.
+        acquisition: The study's grid and scanner settings.
     """
 
     study_id: str
     days_from_baseline: int
+    affine: np.ndarray
     images: np.ndarray
     instances: np.ndarray
     vessel_mask: np.ndarray
+    brain_mask: np.ndarray
     baseline_to_study: np.ndarray
     planning: bool
     labelled: bool
     lesion_volume_mm3: np.ndarray
+    acquisition: Acquisition
 
     def image(self, modality: str) -> np.ndarray:
         """The float32 (X, Y, Z) image of ``modality`` (one of T1, CT1, T2, FLAIR)."""
@@ -107,7 +127,8 @@ class SynthPatient:
 
     Attributes:
         patient_id: Release PatientID.
-        affine: float64 (4, 4) voxel-to-world (RAS+, mm) shared by all studies.
+        affine: float64 (4, 4) voxel-to-world (RAS+, mm) of the baseline grid (each
+            study has its own grid: ``SynthStudy.affine``).
         studies: Studies in time order.
         timeline: Clinical course, planned volumes and survival.
         geometry: Lesion and vessel positions in baseline world coordinates.
@@ -128,10 +149,13 @@ class _Plan:
     patient_id: str
     timeline: Timeline
     anatomy: Anatomy
+    baked: BakedAnatomy
     geometry: Geometry
     transforms: np.ndarray  # (n_written, 4, 4)
     labelled: np.ndarray  # (n_written,)
     study_seeds: tuple[np.random.SeedSequence, ...]
+    acquisitions: tuple[Acquisition, ...]
+    contrast: str
 
 
 def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Plan:
@@ -150,11 +174,35 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
         volume_scale=cfg.volume_scale,
         n_studies=n_studies,
     )
-    anat_ss, geo_ss, motion_ss, study_ss = img_ss.spawn(4)
-    anatomy = build_anatomy(np.random.default_rng(anat_ss), cfg.shape, cfg.spacing_mm)
+    anat_ss, geo_ss, motion_ss, study_ss, acq_ss, table_ss = img_ss.spawn(6)
+    table_rng = np.random.default_rng(table_ss)
+    contrast = cfg.contrast
+    if contrast == "mixed":
+        contrast = "randomized" if table_rng.random() < 0.5 else "clinical"
+    table = draw_table(table_rng, contrast)
+    anat_rng = np.random.default_rng(anat_ss)
+    if cfg.anatomy == "template":
+        anatomy = build_template_anatomy(anat_rng, cfg.shape, cfg.spacing_mm, table)
+    else:
+        anatomy = build_phantom(anat_rng, cfg.shape, cfg.spacing_mm, table)
     max_vol = tl.written_volumes_mm3.max(axis=1) if tl.n_lesions else np.zeros(0)
     geometry = place_geometry(
         np.random.default_rng(geo_ss), anatomy, max_vol, vessels=cfg.vessel_bait
+    )
+    acq_rng = np.random.default_rng(acq_ss)
+    stripped = cfg.skull == "stripped" or (cfg.skull == "mixed" and acq_rng.random() < 0.5)
+    shape3 = anatomy.labels.shape
+    acquisitions = tuple(
+        draw_acquisition(
+            acq_rng,
+            anatomy.affine,
+            shape3,
+            mode=cfg.acquisition,
+            baseline=j == 0,
+            head_scale=anatomy.head_scale,
+            skull_stripped=stripped,
+        )
+        for j in range(tl.n_written)
     )
     motion_rng = np.random.default_rng(motion_ss)
     transforms = np.stack(
@@ -168,32 +216,50 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
         patient_id=pid,
         timeline=tl,
         anatomy=anatomy,
+        baked=bake_vessels(anatomy, geometry),
         geometry=geometry,
         transforms=transforms,
         labelled=labelled_flags(tl, cfg.labelled_fraction(), flag_ss),
         study_seeds=tuple(study_ss.spawn(tl.n_written)),
+        acquisitions=acquisitions,
+        contrast=contrast,
     )
 
 
 def _render(plan: _Plan, j: int) -> SynthStudy:
     tl = plan.timeline
+    render_ss, look_ss = plan.study_seeds[j].spawn(2)
     r = render_study(
-        plan.anatomy,
+        plan.baked,
         plan.geometry,
         tl.lesion_volume_mm3[:, j],
         plan.transforms[j],
-        np.random.default_rng(plan.study_seeds[j]),
+        np.random.default_rng(render_ss),
+        draw_appearance(np.random.default_rng(look_ss), plan.contrast),
+    )
+    acq = plan.acquisitions[j]
+    a = acquire(
+        r.images,
+        r.instances,
+        r.vessel_mask,
+        r.brain_mask,
+        plan.anatomy.affine,
+        acq,
+        tl.n_lesions,
     )
     return SynthStudy(
         study_id=study_id(plan.patient_id, j),
         days_from_baseline=int(tl.study_days[j]),
-        images=r.images,
-        instances=r.instances,
-        vessel_mask=r.vessel_mask,
+        affine=acq.affine,
+        images=a.images,
+        instances=a.instances,
+        vessel_mask=a.vessel_mask,
+        brain_mask=a.brain_mask,
         baseline_to_study=plan.transforms[j],
         planning=bool(tl.srs_at_study[j]),
         labelled=bool(plan.labelled[j]),
-        lesion_volume_mm3=r.lesion_volume_mm3,
+        lesion_volume_mm3=a.lesion_volume_mm3,
+        acquisition=acq,
     )
 
 
@@ -250,12 +316,12 @@ def _write_patient(cfg: SynthConfig, index: int, out: Path) -> _Written:
     """Render and write one patient's studies; return what the tables need."""
     plan = _plan(cfg, index)
     tl = plan.timeline
-    aff = plan.anatomy.affine
     n_w = tl.n_written
     vols = np.zeros((tl.n_lesions, n_w))
     cents = np.zeros((tl.n_lesions, n_w, 3))
     for j, st in enumerate(_iter_studies(plan)):
         folder = schema.study_dir(out, plan.patient_id, st.study_id)
+        aff = st.affine
         images = np.clip(np.rint(st.images), 0, 32767).astype(np.int16)
         for c, m in enumerate(MODALITIES):
             write_volume(images[c], folder / f"{m}.nii.gz", affine=aff)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from metstrack.errors import ConfigError
+from metstrack.errors import ConfigError, did_you_mean
 
 #: Smallest and largest supported grid edge (voxels).
 MIN_SHAPE = 32
@@ -119,8 +119,19 @@ class SynthConfig:
         hazard_ratio: Planted hazard ratio per 1 cm3/month of the monthly rate of
             change of total metastasis volume (least-squares slope of total volume
             in cm3 against months = days / 30.4375 over the patient's studies).
-        vessel_bait: Render persistent enhancing vessel-like dots and tubes
-            (false-positive bait, never labelled).
+        vessel_bait: Render the persistent enhancing vessels (on the template
+            anatomy the arterial tree, deep veins and sinuses; on the phantom dots
+            and short tubes): false-positive bait, never labelled.
+        anatomy: ``template`` (default: the MNI ICBM152 2009 brain deformed per
+            patient) or ``phantom`` (procedural head, for tiny unit-test volumes).
+        contrast: ``clinical`` (plausible per-tissue intensities), ``randomized``
+            (SynthSeg-style domain randomisation, for training robust models) or
+            ``mixed`` (each patient at random, half and half).
+        acquisition: ``clinical`` (follow-ups on their own grids: voxel size, thick
+            oblique slices, per-study scanner scale) or ``fixed`` (every study on
+            the baseline grid, scale 1).
+        skull: ``on``, ``stripped`` (BraTS style, zero background) or ``mixed``
+            (each patient at random).
         workers: Parallel processes for imaging cohorts (1 = in-process).
         covariates: The other planted hazard ratios, baseline hazard and censoring.
     """
@@ -140,6 +151,10 @@ class SynthConfig:
     small_lesion_fraction: float = 0.3
     hazard_ratio: float = 1.27
     vessel_bait: bool = True
+    anatomy: str = "template"
+    contrast: str = "clinical"
+    acquisition: str = "clinical"
+    skull: str = "on"
     workers: int = 1
     covariates: CovariateEffects = field(default_factory=CovariateEffects)
 
@@ -185,6 +200,17 @@ class SynthConfig:
             )
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, found {self.workers}")
+        for name, options in (
+            ("anatomy", ("template", "phantom")),
+            ("contrast", ("clinical", "randomized", "mixed")),
+            ("acquisition", ("clinical", "fixed")),
+            ("skull", ("on", "stripped", "mixed")),
+        ):
+            value = getattr(self, name)
+            if value not in options:
+                raise ConfigError(
+                    f"{name}: unknown value {value!r} ({did_you_mean(str(value), options)})"
+                )
 
     def labelled_fraction(self) -> float | None:
         """``None`` for the radiosurgery policy, else the fraction of studies flagged."""
