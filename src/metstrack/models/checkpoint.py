@@ -402,18 +402,32 @@ def check_state_fits(
 TRAINING_SPACING_KEY = "input_spacing_mm"
 
 
-def training_spacing_mm(path: str | Path, default: float = 1.0) -> float:
-    """Voxel size (mm) the network at ``path`` was trained at.
+#: Provenance keys of the operating point picked on validation patients.
+THRESHOLD_KEY = "threshold"
+MIN_VOLUME_KEY = "min_volume_mm3"
 
-    Read from the provenance JSON beside the checkpoint (``<name>.json``, key
-    ``input_spacing_mm``, as written for the shipped model); ``default`` when
-    there is none.
+
+def provenance_number(path: str | Path, key: str, default: float) -> float:
+    """A non-negative number from the provenance JSON beside a checkpoint (``<name>.json``).
+
+    ``default`` when the file, the key or a valid value is missing.
     """
     prov = Path(path).with_suffix(".json")
     if not prov.is_file():
         return default
     try:
-        value = json.loads(prov.read_text(encoding="utf-8")).get(TRAINING_SPACING_KEY)
+        value = json.loads(prov.read_text(encoding="utf-8")).get(key)
     except (ValueError, AttributeError):
         return default
-    return float(value) if isinstance(value, int | float) and value > 0 else default
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else default
+
+
+def training_spacing_mm(path: str | Path, default: float = 1.0) -> float:
+    """Voxel size (mm) the network at ``path`` was trained at.
+
+    Read from the provenance JSON beside the checkpoint (key ``input_spacing_mm``,
+    as written for the shipped model); ``default`` when there is none.
+    """
+    value = provenance_number(path, TRAINING_SPACING_KEY, default)
+    return value if value > 0 else default
