@@ -269,3 +269,22 @@ def test_predict_and_evaluate_a_dicom_folder(cli, checkpoint, tmp_path) -> None:
     )
     assert ev.exit_code == 0, ev.output
     assert len(pd.read_csv(tmp_path / "ev" / "studies.csv")) == 1  # the study with an RTSTRUCT
+
+
+def test_rates_are_undefined_when_the_intervals_are_unknown() -> None:
+    from metstrack.tracking.trajectory import BURDEN_COLUMNS, patient_rates
+
+    rows = [
+        {c: 0 for c in BURDEN_COLUMNS}
+        | {
+            "patient_id": "P",
+            "days_from_baseline": d,
+            "total_volume_mm3": v,
+            "lesion_count": 1,
+        }  # fmt: skip
+        for d, v in ((0.0, 100.0), (float("nan"), 200.0))
+    ]
+    rates = patient_rates(pd.DataFrame(rows, columns=list(BURDEN_COLUMNS)))
+    (row,) = rates.to_dict("records")
+    assert not row["defined"] and "unknown" in row["reason"] and row["n_studies"] == 2
+    assert np.isnan(row["rate_volume_cm3_per_month"])

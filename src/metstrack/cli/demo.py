@@ -16,8 +16,17 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
         "metstrack-demo"
     ),
-    patients: Annotated[int, typer.Option(min=1, help="Imaging patients.")] = 6,
-    shape: Annotated[int, typer.Option(help="Grid edge (voxels at 1 mm), multiple of 16.")] = 64,
+    patients: Annotated[int, typer.Option(min=1, help="Imaging patients.")] = 4,
+    shape: Annotated[int, typer.Option(help="Grid edge (voxels), multiple of 16.")] = 128,
+    spacing: Annotated[
+        float,
+        typer.Option(
+            min=0.2,
+            max=5.0,
+            help="Voxel size in mm of the cohort and of preprocessing (the shipped model "
+            "was trained at 1.5 mm on full-size heads).",
+        ),
+    ] = 1.5,
     max_studies: Annotated[int, typer.Option(min=1, help="Most studies per patient.")] = 4,
     clinical_patients: Annotated[int, typer.Option(min=20, help="Survival cohort size.")] = 1429,
     seed: Annotated[int, typer.Option(min=0, help="Seed of every step.")] = 0,
@@ -42,6 +51,7 @@ def demo(
         out=out,
         patients=patients,
         shape=shape,
+        spacing_mm=spacing,
         max_studies=max_studies,
         clinical_patients=clinical_patients,
         seed=seed,

@@ -48,6 +48,8 @@ class PredictRun:
     input_layout: str
     preprocessed_input: str
     brain_method: str
+    spacing_mm: float = 1.0
+    min_volume_mm3: float = 0.0
 
 
 def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
@@ -102,8 +104,24 @@ def predict(
         str | None, typer.Option("--roi", help="Window size X,Y,Z (default: the checkpoint's).")
     ] = None,
     threshold: Annotated[
-        float, typer.Option("--threshold", min=0.0, max=1.0, help="Foreground probability cut.")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            "--threshold",
+            min=0.0,
+            max=1.0,
+            help="Foreground probability cut (default: the checkpoint's operating point from "
+            "its provenance JSON, else 0.5).",
+        ),
+    ] = None,
+    min_volume: Annotated[
+        float | None,
+        typer.Option(
+            "--min-volume",
+            min=0.0,
+            help="Drop predicted components under this volume in mm3 (default: the "
+            "checkpoint's operating point, else 0).",
+        ),
+    ] = None,
     sw_batch_size: Annotated[
         int, typer.Option("--sw-batch-size", min=1, help="Windows per call.")
     ] = 1,
@@ -132,6 +150,16 @@ def predict(
         str,
         typer.Option("--brain-mask", help="Brain mask: auto, deepbet, heuristic, nonzero or none."),
     ] = "auto",
+    spacing: Annotated[
+        float | None,
+        typer.Option(
+            "--spacing",
+            min=0.2,
+            max=5.0,
+            help="Voxel size (mm) when preprocessing on the way in (default: the spacing the "
+            "checkpoint was trained at, recorded in its provenance JSON; else 1).",
+        ),
+    ] = None,
     native: Annotated[
         bool,
         typer.Option(
@@ -160,7 +188,13 @@ def predict(
         saved_fingerprint,
     )
     from metstrack.models.base import InputShapeError
-    from metstrack.models.checkpoint import load_checkpoint
+    from metstrack.models.checkpoint import (
+        MIN_VOLUME_KEY,
+        THRESHOLD_KEY,
+        load_checkpoint,
+        provenance_number,
+        training_spacing_mm,
+    )
     from metstrack.preprocess.brain import BRAIN_METHODS
 
     for value, choices, flag in (
@@ -174,6 +208,11 @@ def predict(
     with guarded():
         model, cfg = load_checkpoint(checkpoint, map_location=dev)
         model.to(dev)
+        spacing_mm = spacing if spacing is not None else training_spacing_mm(checkpoint)
+        if threshold is None:
+            threshold = provenance_number(checkpoint, THRESHOLD_KEY, 0.5)
+        if min_volume is None:
+            min_volume = provenance_number(checkpoint, MIN_VOLUME_KEY, 0.0)
     if roi_size is not None:
         try:  # a window the network cannot take is refused before any work
             model.check_spatial(roi_size)
@@ -196,6 +235,7 @@ def predict(
                 intervals=intervals,
                 preprocess=preprocess,
                 brain_method=brain_method,
+                spacing_mm=spacing_mm,
                 on_start=start,
                 on_study=lambda o: bar.advance(tasks[0]),
             )
@@ -223,6 +263,7 @@ def predict(
         overlap=overlap,
         tta_flips=tta,
         threshold=threshold,
+        min_volume_mm3=min_volume,
         sw_batch_size=sw_batch_size,
     )
     run = PredictRun(
@@ -239,6 +280,8 @@ def predict(
         input_layout=prepared.source_layout,
         preprocessed_input=str(prepared.root) if prepared.preprocessed else "",
         brain_method=brain_method,
+        spacing_mm=spacing_mm,
+        min_volume_mm3=min_volume,
     )
     # Everything that changes a study's outputs; device and batch size do not. The
     # dataset is not part of it: a study is its StudyID, so a follow-up added to
@@ -252,6 +295,8 @@ def predict(
             "threshold": threshold,
             "output_grid": run.output_grid,
             "brain_method": brain_method,
+            "spacing_mm": spacing_mm,
+            "min_volume_mm3": min_volume,
         },
     )
     with guarded():

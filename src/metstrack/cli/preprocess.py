@@ -49,7 +49,8 @@ def preprocess(
         bool, typer.Option("--affine", help="Affine stage after the rigid one (through time).")
     ] = False,
     layout: Annotated[
-        str, typer.Option("--layout", help="release | brats-mets | brainmetshare | bids | study | auto")
+        str,
+        typer.Option("--layout", help="release | brats-mets | brainmetshare | bids | study | auto"),
     ] = "auto",
     catalog: Annotated[
         Path | None, typer.Option("--catalog", help="Register the run in this catalog file.")

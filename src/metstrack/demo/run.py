@@ -48,7 +48,9 @@ class DemoConfig:
     Attributes:
         out: Output folder.
         patients: Imaging patients of the synthetic cohort.
-        shape: Grid edge of each study (voxels at 1 mm).
+        shape: Grid edge of each synthetic study (voxels).
+        spacing_mm: Voxel size of the synthetic cohort and of preprocessing (mm); the
+            shipped model was trained on full-size heads at 1.5 mm (128 x 1.5 = 192 mm).
         max_studies: Most studies per patient.
         clinical_patients: Patients of the clinical-only survival cohort.
         seed: Master seed of every step.
@@ -59,8 +61,9 @@ class DemoConfig:
     """
 
     out: Path = Path("metstrack-demo")
-    patients: int = 6
-    shape: int = 64
+    patients: int = 4
+    shape: int = 128
+    spacing_mm: float = 1.5
     max_studies: int = 4
     clinical_patients: int = 1429
     seed: int = 0
@@ -169,6 +172,8 @@ def run_demo(
                 str(cfg.seed),
                 "--shape",
                 str(cfg.shape),
+                "--spacing",
+                str(cfg.spacing_mm),
                 "--studies-max",
                 str(cfg.max_studies),
                 "--workers",
@@ -190,6 +195,8 @@ def run_demo(
                 str(cfg.workers),
                 "--catalog",
                 str(out / "catalog.sqlite"),
+                "--set",
+                f"spacing_mm={cfg.spacing_mm}",
             ],
         ),
     ]

@@ -87,6 +87,7 @@ def prepare_input(
     intervals: str | Path | None = None,
     preprocess: str = "auto",
     brain_method: str = "auto",
+    spacing_mm: float = 1.0,
     workers: int = 1,
     on_start: Callable[[int], None] | None = None,
     on_study: Callable[[object], None] | None = None,
@@ -102,6 +103,8 @@ def prepare_input(
             output), ``always`` or ``never``.
         brain_method: Brain-mask method of preprocessing
             (:data:`metstrack.preprocess.brain.BRAIN_METHODS`).
+        spacing_mm: Isotropic voxel size of the preprocessed grid (the model's
+            training spacing).
         workers: Preprocessing worker processes.
         on_start: Progress callback: number of studies to preprocess.
         on_study: Progress callback: one preprocessed study.
@@ -154,7 +157,7 @@ def prepare_input(
             source, cohort, source_layout, False, unknown_interval_patients(cohort)
         )
     out = work / PREPROCESSED_DIR
-    cfg = PreprocessConfig(brain_method=brain_method)
+    cfg = PreprocessConfig(brain_method=brain_method, spacing_mm=spacing_mm)
     report = preprocess_dataset(
         source,
         out,

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cc3d
 import numpy as np
 import pandas as pd
 import torch
@@ -129,6 +130,8 @@ class PredictOptions:
         sw_batch_size: Windows per network call.
         tta_flips: Average over the 8 mirror flips.
         threshold: Foreground probability at or above which a voxel is lesion.
+        min_volume_mm3: Predicted components (26-connected) smaller than this are
+            dropped from the mask (0 keeps all).
         skip_existing: Keep finished studies (all three outputs present) as they are.
         brain_method: How a study without a given brain mask gets one (one of
             :data:`metstrack.preprocess.brain.BRAIN_METHODS`).
@@ -142,6 +145,7 @@ class PredictOptions:
     sw_batch_size: int = 1
     tta_flips: bool = False
     threshold: float = 0.5
+    min_volume_mm3: float = 0.0
     skip_existing: bool = True
     brain_method: str = "auto"
     crop_margin_mm: float = 8.0
@@ -403,6 +407,24 @@ def _fit(model: SequenceModel, size: int) -> int:
     return max(-(-int(size) // d) * d, model.min_size)
 
 
+def drop_small_components(
+    mask: np.ndarray, affine: np.ndarray, min_volume_mm3: float
+) -> np.ndarray:
+    """Remove 26-connected components of ``mask`` under ``min_volume_mm3`` (uint8 out).
+
+    Args:
+        mask: (X, Y, Z) binary mask.
+        affine: float64 (4, 4) voxel-to-world (volumes from its voxel size, mm3).
+        min_volume_mm3: Smallest component volume kept.
+    """
+    labels = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+    counts = np.bincount(labels.ravel())
+    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine)[:3, :3])))
+    keep = counts * voxel_mm3 >= min_volume_mm3 * (1 - 1e-9)  # float det of the affine
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
 def _write_study(
     out_root: str | Path,
     patient_id: str,
@@ -412,6 +434,8 @@ def _write_study(
 ) -> StudyPrediction:
     _, affine, _ = st.output_geometry()
     mask = (prob >= options.threshold).astype(np.uint8)
+    if options.min_volume_mm3 > 0 and mask.any():
+        mask = drop_small_components(mask, affine, options.min_volume_mm3)
     mask_path, prob_path, lesions_path = output_paths(out_root, patient_id, st.study_id)
     write_volume(prob, prob_path, affine=affine, dtype=np.float32)
     write_volume(mask, mask_path, affine=affine, dtype=np.uint8)

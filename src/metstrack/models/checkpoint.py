@@ -36,6 +36,7 @@ Every key must match: a missing, unexpected or differently shaped tensor is a
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pathlib
 import pickle
@@ -395,3 +396,38 @@ def check_state_fits(
         + "; the checkpoint was trained with another architecture or channel count, "
         "give the matching model configuration"
     )
+
+
+#: Provenance key of the voxel size (mm) a checkpoint was trained at.
+TRAINING_SPACING_KEY = "input_spacing_mm"
+
+
+#: Provenance keys of the operating point picked on validation patients.
+THRESHOLD_KEY = "threshold"
+MIN_VOLUME_KEY = "min_volume_mm3"
+
+
+def provenance_number(path: str | Path, key: str, default: float) -> float:
+    """A non-negative number from the provenance JSON beside a checkpoint (``<name>.json``).
+
+    ``default`` when the file, the key or a valid value is missing.
+    """
+    prov = Path(path).with_suffix(".json")
+    if not prov.is_file():
+        return default
+    try:
+        value = json.loads(prov.read_text(encoding="utf-8")).get(key)
+    except (ValueError, AttributeError):
+        return default
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else default
+
+
+def training_spacing_mm(path: str | Path, default: float = 1.0) -> float:
+    """Voxel size (mm) the network at ``path`` was trained at.
+
+    Read from the provenance JSON beside the checkpoint (key ``input_spacing_mm``,
+    as written for the shipped model); ``default`` when there is none.
+    """
+    value = provenance_number(path, TRAINING_SPACING_KEY, default)
+    return value if value > 0 else default

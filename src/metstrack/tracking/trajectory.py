@@ -289,10 +289,29 @@ def patient_rates(burden: pd.DataFrame, *, method: str = "ols") -> pd.DataFrame:
 
     Returns:
         One row per patient with :data:`RATE_COLUMNS`; ``defined`` is False and
-        the rates NaN (with ``reason``) for one-study patients.
+        the rates NaN (with ``reason``) for one-study patients and for patients
+        whose days from baseline are unknown (NaN).
     """
     rows = []
     for pid, g in burden.groupby("patient_id", sort=True):
+        if g["days_from_baseline"].isna().any():
+            # BraTS-METS names carry no dates: no rate without the intervals.
+            rows.append(
+                {
+                    "patient_id": pid,
+                    "n_studies": len(g),
+                    "span_months": float("nan"),
+                    "rate_volume_cm3_per_month": float("nan"),
+                    "rate_count_per_month": float("nan"),
+                    "method": method,
+                    "volume_units": "",
+                    "count_units": "",
+                    "defined": False,
+                    "reason": "interval between studies unknown; give the days "
+                    "(--intervals StudyID,DaysFromBaselineScan table)",
+                }
+            )
+            continue
         g = g.sort_values("days_from_baseline")
         rv = _volume_rate(g["days_from_baseline"], g["total_volume_mm3"], method=method)  # type: ignore[arg-type]
         rc = monthly_count_rate_of_change(g["days_from_baseline"], g["lesion_count"], method=method)  # type: ignore[arg-type]
