@@ -127,7 +127,8 @@ class PredictOptions:
             ``model.config.roi_size``.
         overlap: Window overlap fraction in [0, 1).
         mode: Window blending, ``"gaussian"`` or ``"constant"``.
-        sw_batch_size: Windows per network call.
+        sw_batch_size: Windows per network call (2 is 5x faster than 1 for the
+            shipped network on CPU; see :mod:`metstrack.infer.sliding`).
         tta_flips: Average over the 8 mirror flips.
         threshold: Foreground probability at or above which a voxel is lesion.
         min_volume_mm3: Predicted components (26-connected) smaller than this are
@@ -137,18 +138,21 @@ class PredictOptions:
             :data:`metstrack.preprocess.brain.BRAIN_METHODS`).
         crop_margin_mm: Margin kept around the brains' bounding box before the
             sliding window runs.
+        precision: Network arithmetic, ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16
+            where the device computes it natively; :func:`metstrack.infer.sliding.resolve_precision`).
     """
 
     roi_size: tuple[int, int, int] | None = None
     overlap: float = 0.5
     mode: str = "gaussian"
-    sw_batch_size: int = 1
+    sw_batch_size: int = 2
     tta_flips: bool = False
     threshold: float = 0.5
     min_volume_mm3: float = 0.0
     skip_existing: bool = True
     brain_method: str = "auto"
     crop_margin_mm: float = 8.0
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,7 @@ def predict_patient(
         mode=options.mode,
         sw_batch_size=options.sw_batch_size,
         tta_flips=options.tta_flips,
+        precision=options.precision,
     )
     for i, st in enumerate(studies):
         if done[i]:

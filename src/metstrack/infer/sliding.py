@@ -12,10 +12,26 @@ Volumes whose sizes do not fit the network are padded with zeros (MONAI pads
 to the window size; with ``roi_size=None`` the window is the volume rounded up
 to the network's size multiple) and the padding is removed from the output;
 nothing is cropped.
+
+Speed (measured by ``benchmarks/model_speed.py``; see ``docs/speed.md``):
+
+- the network runs under :func:`torch.inference_mode` (no autograd bookkeeping);
+- windows go through the network ``sw_batch_size`` at a time (default 2). On
+  CPU this is more than batching: PyTorch sends a 3D convolution with one
+  sample and few channels (``C * X * Y < 20480``, every layer of the small
+  shipped network) to its slow native kernel, and only a batch of two or more
+  to oneDNN, 5x faster per window;
+- ``precision="bf16"`` runs a bfloat16 copy of the network (weights and
+  activations; probabilities come back as float32). On CPUs with native bf16
+  (AVX512-BF16 / AMX) it is about 2x faster; elsewhere it is emulated and
+  slower, so ``"auto"`` picks it only where :func:`bf16_native` is true.
+  Probabilities then differ from float32 by up to a few 1e-2; the masks agree
+  to a Dice the benchmark reports.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from collections.abc import Sequence
@@ -24,9 +40,44 @@ from typing import Any
 import torch
 from monai.inferers import sliding_window_inference
 
+from metstrack.errors import did_you_mean
 from metstrack.models.base import InputShapeError, SequenceModel
 
 log = logging.getLogger(__name__)
+
+#: Arithmetic the network runs in: ``"fp32"``, ``"bf16"``, or ``"auto"`` (bf16
+#: where the device computes it natively, else fp32; see :func:`resolve_precision`).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+def bf16_native(device: torch.device | str = "cpu") -> bool:
+    """True when ``device`` computes bfloat16 convolutions natively.
+
+    CPU: oneDNN reports AVX512-BF16 or AMX support; CUDA: the GPU supports bf16.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type != "cpu":
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:  # a build without oneDNN
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``"fp32"`` or ``"bf16"`` for a requested precision (``"auto"`` resolved on ``device``).
+
+    Raises:
+        ValueError: ``precision`` is not one of :data:`PRECISIONS` (with a suggestion).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; {did_you_mean(precision, PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return precision
 
 
 def padded_size(spatial: Sequence[int], model: SequenceModel) -> tuple[int, int, int]:
@@ -62,7 +113,7 @@ def _merge_state(states: list[Any]) -> Any:
     return tuple(torch.cat([s[j] for s in states], dim=0) for j in range(len(states[0])))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_sequence(
     model: SequenceModel,
     images: torch.Tensor,
@@ -70,10 +121,11 @@ def predict_sequence(
     roi_size: Sequence[int] | None,
     overlap: float = 0.5,
     mode: str = "gaussian",
-    sw_batch_size: int = 1,
+    sw_batch_size: int = 2,
     tta_flips: bool = False,
     prior_masks: torch.Tensor | None = None,
     prior_threshold: float = 0.5,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Class probabilities for every study of one patient, memory carried in time.
 
@@ -88,13 +140,17 @@ def predict_sequence(
             covering the whole (padded) volume.
         overlap: Fraction of overlap between neighbouring windows, in [0, 1).
         mode: Blending of overlapping windows: ``"gaussian"`` or ``"constant"``.
-        sw_batch_size: Windows run through the network at once.
+        sw_batch_size: Windows run through the network at once (2: see the
+            module docstring for why one is slow on CPU).
         tta_flips: Average the probabilities over the 8 mirror flips of X, Y, Z.
         prior_masks: Prior-mask mode only: float (T, X, Y, Z) mask of the previous
             study for each study (registered onto the same grid). By default the
             previous study's prediction (foreground probability >= ``prior_threshold``)
             feeds the next study, and the first study gets zeros.
         prior_threshold: Threshold turning the previous prediction into a mask.
+        precision: ``"fp32"`` (the reference), ``"bf16"`` (a bfloat16 copy of the
+            network; the given model is not changed) or ``"auto"``
+            (:func:`resolve_precision`).
 
     Returns:
         float32 (T, K, X, Y, Z) probabilities (softmax over K) on the CPU.
@@ -102,6 +158,7 @@ def predict_sequence(
     Raises:
         InputShapeError: Wrong rank or channel count, or a window size the network
             does not accept.
+        ValueError: Unknown ``precision``.
     """
     cfg = model.config
     if images.ndim != 5:
@@ -133,6 +190,8 @@ def predict_sequence(
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
+    dtype = torch.bfloat16 if resolve_precision(precision, device) == "bf16" else torch.float32
+    net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     flips = flip_sets(tta_flips)
     states: dict[tuple, Any] = {}
     out = torch.empty((t_len, cfg.out_channels, *spatial), dtype=torch.float32)
@@ -149,7 +208,7 @@ def predict_sequence(
             def predictor(win: torch.Tensor, coords: list, f: tuple[int, ...] = f) -> torch.Tensor:
                 keys = [(f, tuple((s.start, s.stop) for s in sl[2:])) for sl in coords]
                 state = _merge_state([states.get(k) for k in keys])
-                logits, new_state = model.step(win, state)
+                logits, new_state = net.step(win.to(dtype), state)
                 for k, s in zip(keys, _split_state(new_state, len(keys)), strict=True):
                     states[k] = s
                 return torch.softmax(logits.float(), dim=1)
