@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from metstrack.metrics.lesions import LabelMap
 from metstrack.metrics.matching import LesionMatching
-from metstrack.metrics.voxel import hd95_from_distances, surface_distances_from_points
+from metstrack.metrics.voxel import grouped_hd95
 
 #: Default reference-volume strata (mm3): [0, 10), [10, 100), [100, 1000), [1000, inf).
 DEFAULT_VOLUME_BINS_MM3: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0, math.inf)
@@ -250,6 +250,37 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
 
 
+def _unit_hd95(
+    matching: LesionMatching,
+    psurf: list[np.ndarray],
+    rsurf: list[np.ndarray],
+    spacing_mm: Sequence[float],
+) -> np.ndarray:
+    """HD95 of every matched reference lesion with the union of its predictions (NaN otherwise).
+
+    All pairs in one batched, exact computation (:func:`~metstrack.metrics.voxel.grouped_hd95`):
+    the surfaces are those of the components, so each pair's distances stay inside its
+    own lesions and the cost does not grow with the number of lesions.
+    """
+    n_units = len(matching.ref_units)
+    pp, pg, rp, rg = [], [], [], []
+    for u, (comps, ps) in enumerate(zip(matching.ref_units, matching.unit_pred, strict=True)):
+        if not ps or matching.unit_ignored[u]:
+            continue
+        for p in ps:
+            pp.append(psurf[p])
+            pg.append(np.full(len(psurf[p]), u, np.int64))
+        for r in comps:
+            rp.append(rsurf[r])
+            rg.append(np.full(len(rsurf[r]), u, np.int64))
+    if not pp:
+        return np.full(n_units, np.nan)
+    return grouped_hd95(
+        _stack(pp), np.concatenate(pg), _stack(rp), np.concatenate(rg), n_units,
+        spacing_mm=spacing_mm,
+    )  # fmt: skip
+
+
 def compute_detection(
     pred: LabelMap,
     ref: LabelMap,
@@ -301,6 +332,7 @@ def compute_detection(
     hds_tp: list[float] = []
     dice_sum_scored = 0.0
     n_new = new_det = 0
+    unit_hd = _unit_hd95(matching, psurf, rsurf, spacing_mm)
     for u, comps in enumerate(matching.ref_units):
         ps = matching.unit_pred[u]
         n_r = int(ref.voxel_counts[list(comps)].sum())
@@ -318,12 +350,7 @@ def compute_detection(
         elif ps:
             kind = "tp"
             dice = 2.0 * inter / (n_p + n_r)
-            dist = surface_distances_from_points(
-                _stack([psurf[p] for p in ps]),
-                _stack([rsurf[r] for r in comps]),
-                spacing_mm=spacing_mm,
-            )
-            hd = hd95_from_distances(dist)
+            hd = float(unit_hd[u])
             tp += 1
             dices_tp.append(dice)
             hds_tp.append(hd)

@@ -1,10 +1,14 @@
 """One entry point for a study: voxel, lesion-wise, stratified and new-lesion metrics.
 
-:func:`evaluate_study` labels both masks once, builds one joint histogram of
-lesion-ID pairs, extracts each lesion's surface once on its own bounding box,
-and derives everything from those: the whole-mask Dice/HD95/ASD/surface Dice,
-the matching, the lesion-wise Dice/HD95 and the strata. The cost is a few
-passes over the volume plus work proportional to the lesions' size.
+:func:`evaluate_study` labels both masks once
+(:func:`metstrack.metrics.foreground.label_foreground`: one connected-components
+pass, then only the foreground voxels are touched), takes the pairwise
+overlaps, each lesion's surface, counts, boxes and centroids from that one
+pass, and derives everything from those: the whole-mask Dice/HD95/ASD/surface
+Dice, the matching, the lesion-wise Dice/HD95 (all pairs in one exact batched
+KD-tree query, :func:`metstrack.metrics.voxel.grouped_hd95`) and the strata.
+The cost is the labelling plus work proportional to the lesions' size, flat in
+the number of lesions (``benchmarks/metrics_speed.py``).
 
 New lesions (for the longitudinal sensitivity): a reference lesion is *new*
 when it has no counterpart in the previous study's reference. With instance
@@ -35,16 +39,15 @@ from metstrack.metrics.detection import (
     LesionRecord,
     StratumMetrics,
     _stack,
-    component_surfaces,
     compute_detection,
 )
-from metstrack.metrics.lesions import LabelMap, label_map
+from metstrack.metrics.foreground import foreground_overlaps, label_foreground
+from metstrack.metrics.lesions import LabelMap
 from metstrack.metrics.matching import (
     BRATS_METS_DILATION_VOXELS,
     LesionMatching,
     MatchingOptions,
     match_lesions,
-    pair_overlaps,
 )
 from metstrack.metrics.voxel import VoxelMetrics, spacing_from_affine, voxel_metrics_from_parts
 
@@ -309,11 +312,11 @@ def evaluate_study(
         min_ref_volume_mm3=min_ref_volume_mm3,
         objective=match_objective,
     )
-    pm = label_map(p, connectivity=connectivity)
-    rm = label_map(r, connectivity=connectivity)
-    psurf = component_surfaces(pm)
-    rsurf = component_surfaces(rm)
-    overlaps = pair_overlaps(pm, rm)
+    lp = label_foreground(p, connectivity=connectivity)
+    lr = label_foreground(r, connectivity=connectivity)
+    pm, rm = lp.map, lr.map
+    psurf, rsurf = lp.surfaces, lr.surfaces
+    overlaps = foreground_overlaps(lp, lr)
     matching = match_lesions(pm, rm, options=options, voxel_volume_mm3=vv, overlaps=overlaps)
     has_prev = previous_ref is not None or (
         ref_instances is not None and previous_ref_instances is not None
