@@ -189,3 +189,22 @@ def test_preprocessed_dataset_outputs_on_the_original_grids(
         / p.studies[1].study_id
     )
     assert nib.load(folder / "prob.nii.gz").shape == read_volume(p.studies[1].path("CT1")).shape
+
+
+def test_precision_option_is_recorded_and_part_of_the_run(
+    cli, cohort, checkpoint, tmp_path
+) -> None:
+    bad = cli(
+        "predict", "--checkpoint", checkpoint, "--data", cohort, "--out", tmp_path / "x",
+        "--precision", "bf61",
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "bf16" in bad.output
+    out = tmp_path / "preds"
+    args = ("predict", "--checkpoint", checkpoint, "--data", cohort, "--out", out)
+    res = cli(*args, "--precision", "bf16", "--patients", "P00001")
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "predict_config.json").read_text())
+    assert saved["config"]["precision"] == "bf16" and saved["config"]["sw_batch_size"] == 2
+    # fp32 outputs differ from bf16 ones: the run refuses to mix them without --overwrite
+    again = cli(*args, "--precision", "fp32", "--patients", "P00001")
+    assert again.exit_code != 0 and "--overwrite" in again.output

@@ -163,8 +163,8 @@ def surface_distances_from_points(
         return SurfaceDistances(empty, empty.copy())
     a = np.asarray(pred_surface, dtype=np.float64) * sp
     b = np.asarray(ref_surface, dtype=np.float64) * sp
-    d_ab, _ = cKDTree(b, balanced_tree=False, compact_nodes=False).query(a, k=1)
-    d_ba, _ = cKDTree(a, balanced_tree=False, compact_nodes=False).query(b, k=1)
+    d_ab, _ = cKDTree(b, leafsize=32, balanced_tree=False).query(a, k=1)
+    d_ba, _ = cKDTree(a, leafsize=32, balanced_tree=False).query(b, k=1)
     return SurfaceDistances(np.asarray(d_ab, np.float64), np.asarray(d_ba, np.float64))
 
 
@@ -285,8 +285,8 @@ def grouped_hd95(
     shift = 2.0 * extent + 16.0
     a[:, 0] += pg * shift
     b[:, 0] += rg * shift
-    d_ab, _ = cKDTree(b, balanced_tree=False, compact_nodes=False).query(a, k=1)
-    d_ba, _ = cKDTree(a, balanced_tree=False, compact_nodes=False).query(b, k=1)
+    d_ab, _ = cKDTree(b, leafsize=32, balanced_tree=False).query(a, k=1)
+    d_ba, _ = cKDTree(a, leafsize=32, balanced_tree=False).query(b, k=1)
     h_ab = _grouped_percentile(np.asarray(d_ab, np.float64), pg, n_groups, percentile)
     h_ba = _grouped_percentile(np.asarray(d_ba, np.float64), rg, n_groups, percentile)
     out[both] = np.maximum(h_ab, h_ba)[both]
