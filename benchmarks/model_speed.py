@@ -77,6 +77,7 @@ DEMO_RUNS: dict[str, list[str]] = {
     "default": [],
     "bf16": ["--precision", "bf16"],
     "overlap 0.25": ["--overlap", "0.25"],
+    "bf16 ov0.25": ["--precision", "bf16", "--overlap", "0.25"],
 }
 
 
