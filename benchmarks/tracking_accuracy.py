@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from metstrack.core.rate import monthly_rate_of_change
+from metstrack.core.spatial import resample_volume
 from metstrack.io import schema
 from metstrack.io.nifti import find_nifti, read_label
-from metstrack.preprocess.spatial import resample_volume
 from metstrack.tracking.accuracy import TrackingAccuracy, combine_accuracy, tracking_accuracy
 from metstrack.tracking.cohort import GT_INSTANCES_DIR, GT_TRANSFORMS, read_transforms_csv
 from metstrack.tracking.config import TrackConfig
-from metstrack.tracking.rate import monthly_rate_of_change
 from metstrack.tracking.tracker import track_patient
 from metstrack.types import Volume
 
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_patients": n,
         }
     if args.json:
-        from metstrack.io.atomic import write_json_atomic
+        from metstrack.core.atomic import write_json_atomic
 
         write_json_atomic(args.json, figures)
     if tmp is not None:

@@ -29,8 +29,8 @@ from typing import Any
 
 import pandas as pd
 
+from metstrack.core.atomic import atomic_path
 from metstrack.errors import DatasetError, did_you_mean
-from metstrack.io.atomic import atomic_path
 from metstrack.types import Cohort, Lesion
 
 log = logging.getLogger(__name__)

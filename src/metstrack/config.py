@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import ConfigError, did_you_mean
-from metstrack.io.atomic import write_json_atomic
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metstrack.models.checkpoint import save_checkpoint
+from metstrack.io.checkpoint import save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.synth.cohort import generate_cohort

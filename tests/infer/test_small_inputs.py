@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metstrack.infer.predict import PredictOptions, StudyImages, predict_patient
-from metstrack.models.checkpoint import save_checkpoint
+from metstrack.io.checkpoint import save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.synth.cohort import generate_cohort

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metstrack.metrics.lesions import label_map
+from metstrack.core.lesions import label_map
 from metstrack.metrics.matching import MatchingOptions, match_lesions
 from metstrack.metrics.study import evaluate_study
 

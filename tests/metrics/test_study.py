@@ -152,7 +152,7 @@ def test_lesion_hd95_matches_direct_computation(make_blobs, rng):
     pred = make_blobs(rng, (32, 32, 32), level=0.93, sigma=1.5) | np.roll(ref, 1, axis=0)
     sp = (0.8, 1.0, 1.5)
     ev = evaluate_study(pred, ref, spacing_mm=sp)
-    from metstrack.metrics.lesions import label_map
+    from metstrack.core.lesions import label_map
 
     pm, rm = label_map(pred), label_map(ref)
     checked = 0

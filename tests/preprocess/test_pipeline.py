@@ -9,18 +9,18 @@ import pytest
 
 from metstrack.catalog import Catalog
 from metstrack.config import load_config
+from metstrack.core.mapping import load_transform, map_to_native
+from metstrack.core.spatial import voxel_to_world
 from metstrack.errors import ConfigError
 from metstrack.io import schema
 from metstrack.io.nifti import read_volume
 from metstrack.io.release import read_release
-from metstrack.preprocess.mapping import load_transform, map_to_native
 from metstrack.preprocess.pipeline import (
     PreprocessConfig,
     preprocess_dataset,
     provenance_path,
 )
 from metstrack.preprocess.register import residual_mm
-from metstrack.preprocess.spatial import voxel_to_world
 
 #: Small pyramids and a coarse grid keep the test fast on two shared cores.
 FAST = [

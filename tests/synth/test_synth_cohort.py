@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from metstrack.config import load_config
+from metstrack.core.lesions import lesion_table
 from metstrack.errors import ConfigError
 from metstrack.io.nifti import read_label, read_volume
-from metstrack.metrics.lesions import lesion_table
 from metstrack.synth.cohort import generate_cohort, make_patient
 from metstrack.synth.config import SynthConfig
 

@@ -212,8 +212,8 @@ def test_track_predictions_root(tk, tmp_path, cli):
 
 
 def test_track_with_preprocess_transform_folder(tk, tmp_path, cli):
-    from metstrack.preprocess.grid import Grid
-    from metstrack.preprocess.mapping import StudyTransform, save_transform
+    from metstrack.core.grid import Grid
+    from metstrack.core.mapping import StudyTransform, save_transform
 
     data = _write_dataset(tk, tmp_path / "data", shift_follow_up_mm=4.0)
     pre = tmp_path / "pre"

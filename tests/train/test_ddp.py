@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metstrack.models.checkpoint import load_checkpoint
+from metstrack.io.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

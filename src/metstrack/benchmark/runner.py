@@ -56,9 +56,9 @@ from metstrack.benchmark.leaderboard import (
     write_leaderboard,
 )
 from metstrack.config import config_fingerprint, save_config, to_dict
+from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
 from metstrack.io import schema
-from metstrack.io.atomic import write_json_atomic
 from metstrack.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ def train_and_predict(
     import torch
 
     from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
+    from metstrack.io.checkpoint import load_checkpoint
     from metstrack.io.release import read_release
-    from metstrack.models.checkpoint import load_checkpoint
     from metstrack.train.api import train
 
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -187,14 +187,14 @@ def predict(
         run_fingerprint,
         saved_fingerprint,
     )
-    from metstrack.models.base import InputShapeError
-    from metstrack.models.checkpoint import (
+    from metstrack.io.checkpoint import (
         MIN_VOLUME_KEY,
         THRESHOLD_KEY,
         load_checkpoint,
         provenance_number,
         training_spacing_mm,
     )
+    from metstrack.models.base import InputShapeError
     from metstrack.preprocess.brain import BRAIN_METHODS
 
     for value, choices, flag in (

@@ -346,7 +346,7 @@ def run_demo(
         )
     catalog.close()
     result.headline = _headline(d)
-    from metstrack.io.atomic import write_json_atomic
+    from metstrack.core.atomic import write_json_atomic
 
     write_json_atomic(
         out / "demo_summary.json",
@@ -448,28 +448,3 @@ def _headline(d: dict[str, Path]) -> dict[str, float | str]:
             }
         )
     return h
-
-
-def export_checkpoint(src: str | Path, dst: str | Path, provenance: dict) -> Path:
-    """Write a weights-only copy of a training checkpoint plus its provenance JSON.
-
-    This is how ``metstrack/data/stt_demo.pt`` was made from the run recorded in
-    ``metstrack/data/stt_demo.json`` (optimizer state dropped: a smaller file
-    that :func:`metstrack.models.checkpoint.load_checkpoint` reads the same way).
-
-    Args:
-        src: A checkpoint of ``metstrack train`` (``best.ckpt``).
-        dst: Target ``.pt`` file; the provenance goes beside it as ``.json``.
-        provenance: Commands, config and scores that produced ``src``.
-
-    Returns:
-        ``dst``.
-    """
-    from metstrack.io.atomic import write_json_atomic
-    from metstrack.models.checkpoint import load_checkpoint, save_checkpoint
-
-    model, cfg = load_checkpoint(src, map_location="cpu")
-    dst = Path(dst)
-    save_checkpoint(dst, model, cfg, provenance_file=dst.with_suffix(".json").name)
-    write_json_atomic(dst.with_suffix(".json"), provenance)
-    return dst

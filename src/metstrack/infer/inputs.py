@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from metstrack.core.mapping import TRANSFORMS_DIR
 from metstrack.errors import ConfigError, DatasetError, did_you_mean
 from metstrack.io import schema
 from metstrack.io.layouts import (
@@ -34,7 +35,6 @@ from metstrack.io.layouts import (
     read_dataset,
     unknown_interval_patients,
 )
-from metstrack.preprocess.mapping import TRANSFORMS_DIR
 from metstrack.types import Cohort
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ study's brain mask (on the baseline grid and again on the output grid), and the
 network only sees the brains' bounding box plus a margin, so sliding-window
 edges in the empty background cannot create components.
 
-Transform convention (:mod:`metstrack.preprocess.spatial`): ``baseline_to_study``
+Transform convention (:mod:`metstrack.core.spatial`): ``baseline_to_study``
 maps a baseline world point (RAS, mm) to the same anatomy in the study; the
 first study's grid is the baseline grid. Without a transform the studies are
 taken as already aligned in world coordinates. Native voxels that fall
@@ -22,7 +22,7 @@ outside the baseline field of view get probability 0.
 
 Studies already put on the baseline grid by ``metstrack preprocess`` give
 their original file's grid and transform as ``output_grid`` /
-``output_transform`` (from :mod:`metstrack.preprocess.mapping`), so the
+``output_transform`` (from :mod:`metstrack.core.mapping`), so the
 outputs still land on the native grid of the original files.
 
 Outputs go under :func:`metstrack.io.schema.prediction_dir`, each file written
@@ -43,16 +43,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metstrack.core.atomic import write_csv_atomic
+from metstrack.core.lesions import lesion_table
+from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, InvalidImageError
 from metstrack.infer.sliding import predict_sequence
 from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import check_same_grid, write_volume
-from metstrack.metrics.lesions import lesion_table
 from metstrack.models.base import SequenceModel
 from metstrack.preprocess.brain import estimate_brain_mask
 from metstrack.preprocess.intensity import zscore_in_brain
-from metstrack.preprocess.spatial import resample_array
 from metstrack.types import Patient, Volume
 
 #: The sequence a brain mask is estimated on (T1 post).
@@ -477,8 +477,8 @@ def load_patient_studies(
             folder), or a transform file is missing or malformed.
         ImageReadError, InvalidImageError: A file is missing or corrupt (names the file).
     """
+    from metstrack.core.mapping import load_transform
     from metstrack.io.nifti import read_volume
-    from metstrack.preprocess.mapping import load_transform
 
     out = []
     for st in patient.studies:

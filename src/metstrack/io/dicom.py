@@ -636,12 +636,6 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     return load_series(images[0])
 
 
-def read_headers(info: DicomSeriesInfo, geometry: SeriesGeometry | None = None) -> list:
-    """Header datasets (no pixel data) of an image series in slice order."""
-    geo = geometry or series_geometry(info.instances, where=info.where)
-    return [pydicom.dcmread(i.path, stop_before_pixels=True) for i in geo.instances]
-
-
 def _one_line_reason(exc: BaseException) -> str:
     """A decoder's failure in one short line (pydicom lists every plugin's error)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]

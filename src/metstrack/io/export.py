@@ -31,8 +31,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage.measure import find_contours
 
 from metstrack import __version__
+from metstrack.core.atomic import atomic_path
+from metstrack.core.lesions import label_components
 from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
-from metstrack.io.atomic import atomic_path
 from metstrack.io.dicom import (
     DicomSeriesInfo,
     SeriesGeometry,
@@ -40,7 +41,6 @@ from metstrack.io.dicom import (
     series_geometry,
     uid_suffix,
 )
-from metstrack.metrics.lesions import label_components
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)

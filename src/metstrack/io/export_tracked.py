@@ -43,8 +43,10 @@ import pandas as pd
 import pydicom
 
 from metstrack import __version__
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
+from metstrack.core.grid import Grid
+from metstrack.core.mapping import map_to_native
 from metstrack.errors import DatasetError, DicomSeriesError, GeometryMismatchError, did_you_mean
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
 from metstrack.io.dicom import (
     DicomScan,
     DicomSeriesInfo,
@@ -57,8 +59,6 @@ from metstrack.io.ingest import read_mapping
 from metstrack.io.nifti import read_label
 from metstrack.io.tracked_dicom import LPS_FROM_RAS, LesionEntry, StudyResponse, write_tracked_sr
 from metstrack.metrics.bidimensional import bidimensional_mm
-from metstrack.preprocess.grid import Grid
-from metstrack.preprocess.mapping import map_to_native
 from metstrack.tracking.cohort import read_transforms, tracked_map_path
 from metstrack.tracking.identity import derived_uid, tracking_id, tracking_uid
 from metstrack.types import Volume

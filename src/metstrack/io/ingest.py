@@ -57,9 +57,9 @@ import numpy as np
 import pandas as pd
 
 from metstrack.config import config_fingerprint, save_config
+from metstrack.core.atomic import sweep_stale_temps, write_csv_atomic, write_json_atomic
 from metstrack.errors import DatasetError, DicomSeriesError, LabelError
 from metstrack.io import schema
-from metstrack.io.atomic import sweep_stale_temps, write_csv_atomic, write_json_atomic
 from metstrack.io.dicom import (
     SPACING_RTOL,
     DicomScan,
@@ -194,7 +194,7 @@ def read_mapping(path: str | Path) -> dict:
 
 
 def _save_mapping(path: Path, mapping: dict) -> None:
-    from metstrack.io.atomic import atomic_path
+    from metstrack.core.atomic import atomic_path
 
     # private from the first byte: the mapping links pseudonyms to real identifiers
     with atomic_path(path) as tmp:

@@ -47,8 +47,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from metstrack import __version__
+from metstrack.core.atomic import atomic_path
 from metstrack.errors import DicomSeriesError
-from metstrack.io.atomic import atomic_path
 from metstrack.io.dicom import uid_suffix
 from metstrack.io.export import PatientIdentity, fill_type2_context
 from metstrack.tracking.identity import derived_uid, lesion_id_of

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from metstrack.core.affine import spacing_array_mm
 from metstrack.errors import DatasetError, ImageReadError, InvalidImageError, MetstrackError
 from metstrack.io.nifti import read_volume
 from metstrack.io.problems import ERROR, WARNING, DatasetScan, Problem
@@ -304,7 +305,7 @@ class _GridOnly:
 
 
 def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    return spacing_array_mm(affine)
 
 
 def _tup(values) -> str:

@@ -491,7 +491,7 @@ def write_outputs(
     import pandas as pd
 
     from metstrack.config import save_config
-    from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+    from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

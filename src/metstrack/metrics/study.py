@@ -15,7 +15,7 @@ voxels occurs in the previous study. Otherwise the counterpart is found by
 overlap on a common grid: a lesion is new when none of its voxels overlaps the
 previous reference (dilated by ``new_lesion_margin_voxels``). The previous
 reference must then be on the study's grid (register and resample it first,
-e.g. with ``metstrack.preprocess.spatial.resample_array``).
+e.g. with ``metstrack.core.spatial.resample_array``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage
 
+from metstrack.core.affine import spacing_from_affine
+from metstrack.core.lesions import LabelMap, label_map
 from metstrack.errors import GeometryMismatchError, LabelError
 from metstrack.metrics.detection import (
     BRATS_HD95_PENALTY_MM,
@@ -38,7 +40,6 @@ from metstrack.metrics.detection import (
     component_surfaces,
     compute_detection,
 )
-from metstrack.metrics.lesions import LabelMap, label_map
 from metstrack.metrics.matching import (
     BRATS_METS_DILATION_VOXELS,
     LesionMatching,
@@ -46,7 +47,7 @@ from metstrack.metrics.matching import (
     match_lesions,
     pair_overlaps,
 )
-from metstrack.metrics.voxel import VoxelMetrics, spacing_from_affine, voxel_metrics_from_parts
+from metstrack.metrics.voxel import VoxelMetrics, voxel_metrics_from_parts
 
 log = logging.getLogger(__name__)
 

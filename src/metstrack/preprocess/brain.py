@@ -37,9 +37,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from metstrack.core.grid import isotropic_grid
+from metstrack.core.spatial import resample_array
 from metstrack.errors import ConfigError, InvalidImageError, MetstrackError, did_you_mean
-from metstrack.preprocess.grid import Grid, isotropic_grid
-from metstrack.preprocess.spatial import resample_array
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)
@@ -165,20 +165,6 @@ def nonzero_mask(vol: Volume) -> np.ndarray:
         bool (X, Y, Z) array.
     """
     return ndimage.binary_fill_holes(np.asarray(vol.array) != 0)
-
-
-def mask_on_grid(mask: np.ndarray, source: Volume | Grid, target: Grid) -> np.ndarray:
-    """Nearest-neighbour copy of a boolean mask from one grid onto another."""
-    src = Grid.of(source)
-    out = resample_array(mask.astype(np.uint8), src.affine, target.shape, target.affine, order=0)
-    return out.astype(bool)
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (NaN when both are empty)."""
-    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
-    denom = int(p.sum()) + int(r.sum())
-    return float("nan") if denom == 0 else 2.0 * int((p & r).sum()) / denom
 
 
 #: Spacing (mm) deepbet's input is resampled to: the CNN rescales its input box

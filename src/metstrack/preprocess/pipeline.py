@@ -20,7 +20,7 @@ to), every study is put on the baseline T1 post's isotropic RAS grid:
    (voxels outside the brain become 0).
 
 Outputs (``out_root``): the same release layout and tables, plus
-``transforms/<PatientID>/<StudyID>.json`` (:mod:`metstrack.preprocess.mapping`)
+``transforms/<PatientID>/<StudyID>.json`` (:mod:`metstrack.core.mapping`)
 and ``preprocess/`` (resolved config, per-study provenance, brain masks, the
 run report). A study is finished when its transform JSON exists (written last,
 atomically), so a rerun skips it.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,14 +41,22 @@ from scipy import ndimage
 
 from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
-from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
-from metstrack.io import schema
-from metstrack.io.atomic import (
+from metstrack.core.atomic import (
     sweep_stale_temps,
     write_bytes_atomic,
     write_csv_atomic,
     write_json_atomic,
 )
+from metstrack.core.grid import Grid, isotropic_grid, reorient_to_ras
+from metstrack.core.mapping import (
+    TRANSFORMS_DIR,
+    StudyTransform,
+    save_transform,
+    transform_path,
+)
+from metstrack.core.spatial import resample_array
+from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
+from metstrack.io import schema
 from metstrack.io.fingerprint import file_sha256
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
@@ -59,16 +66,8 @@ from metstrack.preprocess.brain import (
     estimate_brain_mask,
     nonzero_mask,
 )
-from metstrack.preprocess.grid import Grid, isotropic_grid, reorient_to_ras
 from metstrack.preprocess.intensity import n4_correct, zscore_in_brain
-from metstrack.preprocess.mapping import (
-    TRANSFORMS_DIR,
-    StudyTransform,
-    save_transform,
-    transform_path,
-)
 from metstrack.preprocess.register import RegistrationConfig, register
-from metstrack.preprocess.spatial import resample_array
 from metstrack.types import (
     LABEL_SEQUENCE,
     MODALITIES,
@@ -898,14 +897,6 @@ def preprocess_dataset(
         report.seconds,
     )
     return report
-
-
-def default_workers() -> int:
-    """A sensible default worker count (CPUs available to this process)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 __all__ = [

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metstrack.core.atomic import write_json_atomic, write_text_atomic
+from metstrack.core.lesions import lesion_table
 from metstrack.io import schema
-from metstrack.io.atomic import write_json_atomic, write_text_atomic
 from metstrack.io.nifti import find_nifti, read_label, read_volume
-from metstrack.metrics.lesions import lesion_table
 from metstrack.report.figures import StripLesion, lesion_strip
 from metstrack.report.html import cards, esc, figure, fmt, page, table
 from metstrack.tracking.identity import lesion_id_of, tracking_id

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from metstrack.config import save_config
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
 from metstrack.synth.config import SynthConfig
 from metstrack.synth.timeline import HISTOLOGIES, Timeline, simulate_timeline
 from metstrack.types import DAYS_PER_MONTH, MODALITIES

@@ -4,7 +4,7 @@
 Every patient has an isotropic baseline grid (RAS, origin at the grid centre)
 on which each study is rendered; a follow-up's content is rigidly moved: anatomy
 at baseline world point ``p`` appears at ``baseline_to_study @ p`` (the
-convention of :mod:`metstrack.preprocess.spatial`). Each study is then acquired
+convention of :mod:`metstrack.core.spatial`). Each study is then acquired
 on its own grid (:mod:`metstrack.synth.acquisition`: voxel size, thick oblique
 slices, scanner scale, skull on or stripped); ``acquisition = "fixed"`` keeps
 every study on the baseline grid.
@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metstrack.core.atomic import staging_prefix, sweep_stale_staging, write_csv_atomic
 from metstrack.errors import DatasetError
 from metstrack.io import schema
-from metstrack.io.atomic import staging_prefix, sweep_stale_staging, write_csv_atomic
 from metstrack.io.nifti import write_volume
 from metstrack.synth.acquisition import Acquisition, acquire, draw_acquisition
 from metstrack.synth.anatomy import Anatomy, build_phantom

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from metstrack.core.atomic import write_csv_atomic
 from metstrack.errors import DatasetError, MetstrackError
 from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic
 from metstrack.io.nifti import find_nifti, read_label, write_volume
 from metstrack.tracking.config import TrackConfig
 from metstrack.tracking.response import assess_response, local_control
@@ -36,7 +36,7 @@ from metstrack.tracking.trajectory import patient_rates
 from metstrack.types import Cohort, Patient, Study
 
 if TYPE_CHECKING:
-    from metstrack.preprocess.mapping import StudyTransform
+    from metstrack.core.mapping import StudyTransform
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,12 @@ def read_transforms(path: str | Path) -> dict[tuple[str, str], np.ndarray | Stud
 
     Returns:
         (PatientID, StudyID) -> 4x4 matrix (CSV) or
-        :class:`~metstrack.preprocess.mapping.StudyTransform` (JSON).
+        :class:`~metstrack.core.mapping.StudyTransform` (JSON).
 
     Raises:
         DatasetError: Nothing readable at ``path``.
     """
-    from metstrack.preprocess.mapping import TRANSFORMS_DIR, load_transform
+    from metstrack.core.mapping import TRANSFORMS_DIR, load_transform
 
     path = Path(path)
     if path.is_file():

@@ -3,8 +3,8 @@
 Algorithm (per patient, studies in time order, all masks on the baseline grid):
 
 1. Each study's mask is split into lesions (connected components,
-   :func:`metstrack.metrics.lesions.label_components`) and measured
-   (:func:`metstrack.metrics.lesions.lesion_table`).
+   :func:`metstrack.core.lesions.label_components`) and measured
+   (:func:`metstrack.core.lesions.lesion_table`).
 2. Baseline lesions get IDs 1..n in component order.
 3. For each follow-up ``t``, lesions of ``t - 1`` and ``t`` are linked one-to-one
    by the optimal assignment of :mod:`metstrack.tracking.match`; a linked
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from metstrack.core.grid import Grid
+from metstrack.core.lesions import label_components, lesion_table
 from metstrack.errors import GeometryMismatchError
-from metstrack.metrics.lesions import label_components, lesion_table
-from metstrack.preprocess.grid import Grid
 from metstrack.tracking.config import TrackConfig
 from metstrack.tracking.match import link_cost, optimal_links, pair_scores
 from metstrack.types import Lesion, Volume
@@ -130,11 +130,11 @@ def to_common_grid(
         masks: One (X, Y, Z) mask per study, time order; non-zero = lesion.
         baseline_to_study: Per study, the 4x4 world transform taking a baseline
             point to the same anatomy in that study (the
-            :mod:`metstrack.preprocess.spatial` convention), or ``None`` for the
+            :mod:`metstrack.core.spatial` convention), or ``None`` for the
             identity. When omitted, every mask must already share one grid.
         atol_mm: Tolerance on the affines (mm).
         baseline_grid: The grid to map onto (e.g. the preprocessed baseline grid
-            of :class:`metstrack.preprocess.mapping.StudyTransform`); default: the
+            of :class:`metstrack.core.mapping.StudyTransform`); default: the
             first mask's grid.
 
     Returns:
@@ -165,7 +165,7 @@ def to_common_grid(
         raise GeometryMismatchError(
             f"{len(masks)} masks but {len(baseline_to_study)} baseline_to_study transforms"
         )
-    from metstrack.preprocess.mapping import map_to_baseline
+    from metstrack.core.mapping import map_to_baseline
 
     target = Grid.of(ref if baseline_grid is None else baseline_grid)
     out = []

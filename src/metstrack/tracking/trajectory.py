@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from metstrack.core.rate import MM3_PER_CM3, monthly_count_rate_of_change
+from metstrack.core.rate import monthly_rate_of_change as _volume_rate
 from metstrack.tracking.config import StatusConfig
-from metstrack.tracking.rate import MM3_PER_CM3, monthly_count_rate_of_change
-from metstrack.tracking.rate import monthly_rate_of_change as _volume_rate
 from metstrack.types import DAYS_PER_MONTH, Lesion
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ def patient_rates(burden: pd.DataFrame, *, method: str = "ols") -> pd.DataFrame:
     Args:
         burden: Rows of :func:`build_burden` for one or more patients.
         method: ``"ols"``, ``"log_ols"`` or ``"first_last"``
-            (see :mod:`metstrack.tracking.rate`).
+            (see :mod:`metstrack.core.rate`).
 
     Returns:
         One row per patient with :data:`RATE_COLUMNS`; ``defined`` is False and

@@ -50,8 +50,8 @@ import pandas as pd
 import torch
 
 from metstrack.config import to_dict
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.errors import ConfigError, DatasetError, did_you_mean
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.metrics.cohort import SMALL_STRATUM, _bootstrap_weights, _study_metrics
 from metstrack.metrics.study import StudyEvaluation, evaluate_study
 from metstrack.train.config import DataConfig, TrainConfig, check_train_config
@@ -222,7 +222,7 @@ def evaluate_run(
         One :class:`StudyEvaluation` per study with a reference.
     """
     from metstrack.infer.sliding import predict_sequence
-    from metstrack.models.checkpoint import load_checkpoint
+    from metstrack.io.checkpoint import load_checkpoint
     from metstrack.train.cache import StudyCache
     from metstrack.train.dataset import PatientSequenceDataset
 

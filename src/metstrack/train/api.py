@@ -41,8 +41,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from metstrack import __version__
 from metstrack.config import save_config, to_dict
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import ConfigError
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
 from metstrack.train.cache import data_fingerprint
 from metstrack.train.config import TrainConfig, check_train_config
 from metstrack.train.datamodule import SequenceDataModule

@@ -18,7 +18,7 @@ saved as ``config.json`` in the run folder.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -332,10 +332,3 @@ def check_train_config(cfg: TrainConfig, *, where: str = "config") -> None:
             f"{where}: the run has no end; set trainer.max_steps, trainer.max_epochs "
             "or trainer.time_budget_min"
         )
-
-
-def with_overrides(cfg: TrainConfig, **sections: object) -> TrainConfig:
-    """Return ``cfg`` with whole sections replaced (``data=DataConfig(...)``), re-checked."""
-    out = replace(cfg, **sections)  # type: ignore[arg-type]
-    check_train_config(out)
-    return out

@@ -2,7 +2,7 @@
 
 Checkpoints written by Lightning hold the network's weights under ``net.``
 and the model configuration in ``hyper_parameters["model"]``, so
-:func:`metstrack.models.checkpoint.load_checkpoint` rebuilds the network
+:func:`metstrack.io.checkpoint.load_checkpoint` rebuilds the network
 without this module.
 
 Validation runs each validation patient's whole sequence through
@@ -47,7 +47,7 @@ class SequenceSegmentationModule(pl.LightningModule):
         train: The whole training configuration as a plain dict (``to_dict(TrainConfig)``).
 
     Both are saved as hyper-parameters, so ``load_from_checkpoint`` and
-    :func:`metstrack.models.checkpoint.load_checkpoint` rebuild the network.
+    :func:`metstrack.io.checkpoint.load_checkpoint` rebuild the network.
     """
 
     def __init__(self, model: dict[str, Any], train: dict[str, Any]) -> None:
@@ -161,7 +161,7 @@ class SequenceSegmentationModule(pl.LightningModule):
 
 
 def _drop_small(pred: np.ndarray, min_mm3: float, spacing: tuple[float, ...]) -> np.ndarray:
-    from metstrack.metrics.lesions import label_components
+    from metstrack.core.lesions import label_components
 
     comps, n = label_components(pred)
     if n == 0:

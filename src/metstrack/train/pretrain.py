@@ -54,8 +54,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from metstrack import __version__
 from metstrack.config import load_config, save_config, to_dict
+from metstrack.core.atomic import atomic_path, write_csv_atomic, write_json_atomic
 from metstrack.errors import ConfigError, DatasetError
-from metstrack.io.atomic import atomic_path, write_csv_atomic, write_json_atomic
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.train.cache import StudyCache, data_fingerprint

@@ -58,8 +58,8 @@ from typing import Any
 import optuna
 
 from metstrack.config import apply_overrides, from_dict, set_dotted, to_dict
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.errors import ConfigError, did_you_mean
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.train.config import TrainConfig, check_train_config
 from metstrack.types import Cohort
 
