@@ -27,8 +27,8 @@ from metstrack.core.spatial import voxel_to_world
 from metstrack.io.nifti import read_volume
 from metstrack.preprocess.pipeline import PreprocessConfig, brain_mask_path, preprocess_dataset
 from metstrack.preprocess.register import residual_mm
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 
 def main(argv: list[str] | None = None) -> int:

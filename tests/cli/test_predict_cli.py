@@ -17,8 +17,8 @@ from metstrack.io.nifti import read_volume
 from metstrack.io.release import read_release
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 
 @pytest.fixture(scope="module")

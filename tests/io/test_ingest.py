@@ -13,9 +13,9 @@ import pydicom
 import pytest
 
 from metstrack.catalog import Catalog
+from metstrack.core import schema
 from metstrack.errors import DicomSeriesError
 from metstrack.io import ingest as ingest_mod
-from metstrack.io import schema
 from metstrack.io.dicom_synth import (
     SECRET_BIRTH,
     SECRET_ID,

@@ -73,8 +73,8 @@ def write_tiny_cohort(
     """
     import pandas as pd
 
+    from metstrack.core import schema
     from metstrack.core.spatial import rigid_transform
-    from metstrack.io import schema
     from metstrack.io.nifti import write_volume
     from metstrack.types import SEQUENCES
 

@@ -9,10 +9,10 @@ import pytest
 
 from metstrack.catalog import Catalog
 from metstrack.config import load_config
+from metstrack.core import schema
 from metstrack.core.mapping import load_transform, map_to_native
 from metstrack.core.spatial import voxel_to_world
 from metstrack.errors import ConfigError
-from metstrack.io import schema
 from metstrack.io.nifti import read_volume
 from metstrack.io.release import read_release
 from metstrack.preprocess.pipeline import (

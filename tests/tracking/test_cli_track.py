@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.nifti import read_label, write_volume
 from metstrack.types import SEQUENCES
 

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from metstrack.errors import ConfigError
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
 from metstrack.train.config import load_train_config
 from metstrack.train.search import (
@@ -25,6 +24,7 @@ from metstrack.train.search import (
     search,
     to_toml,
 )
+from metstrack.workflows.synth import generate_cohort
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "search" / "tiny.toml"

@@ -12,7 +12,7 @@ did-you-mean hint):
 * ``[budget]``      the equal CPU budget: wall-clock minutes and/or steps per
   model, torch threads, one subprocess per model
 * ``[predict]``     sliding-window inference on the test patients
-* ``[evaluation]``  :class:`metstrack.metrics.runner.EvaluationConfig`
+* ``[evaluation]``  :class:`metstrack.workflows.evaluate.EvaluationConfig`
 * ``[tracking]``    :class:`metstrack.tracking.config.TrackConfig`
 * ``[[models]]``    one table per leaderboard row (:class:`ModelEntry`)
 
@@ -29,10 +29,10 @@ from pathlib import Path
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
-from metstrack.metrics.runner import EvaluationConfig
 from metstrack.synth.config import SynthConfig
 from metstrack.tracking.config import TrackConfig
 from metstrack.train.config import TrainConfig, check_train_config
+from metstrack.workflows.evaluate import EvaluationConfig
 
 #: Leaderboard row names: letters, digits, ``_`` and ``-`` (they name folders).
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

@@ -7,7 +7,7 @@ Output folder::
     <out>/models/<name>/run/              training run (metstrack.train.api.train)
     <out>/models/<name>/pred/             test-patient predictions (metstrack.infer)
     <out>/models/<name>/stage.json        steps, times, parameters, peak memory
-    <out>/models/<name>/evaluation/       metstrack.metrics.runner.write_outputs tables
+    <out>/models/<name>/evaluation/       metstrack.workflows.evaluate.write_outputs tables
     <out>/models/<name>/tracking.json     tracking accuracy against ground-truth identities
     <out>/models/<name>/worker.log        log of the model's subprocess (isolated runs)
     <out>/leaderboard.{csv,md,json}       one row per model (metstrack.benchmark.leaderboard)
@@ -56,9 +56,9 @@ from metstrack.benchmark.leaderboard import (
     write_leaderboard,
 )
 from metstrack.config import config_fingerprint, save_config, to_dict
+from metstrack.core import schema
 from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
-from metstrack.io import schema
 from metstrack.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -296,11 +296,11 @@ def evaluate_model(
     """Evaluate one model's predictions on the test patients' studies (every study is labelled).
 
     Returns:
-        The :class:`metstrack.metrics.runner.CohortEvaluation` (tables written to ``out``).
+        The :class:`metstrack.workflows.evaluate.CohortEvaluation` (tables written to ``out``).
     """
     from metstrack.metrics.cohort import summarize_cohort
     from metstrack.metrics.longitudinal import compute_longitudinal
-    from metstrack.metrics.runner import CohortEvaluation, plan_jobs, run_jobs, write_outputs
+    from metstrack.workflows.evaluate import CohortEvaluation, plan_jobs, run_jobs, write_outputs
 
     ecfg = cfg.evaluation
     wanted = set(test_ids)
@@ -328,8 +328,8 @@ def track_model(cfg: BenchmarkConfig, cohort, pred_root: Path, test_ids: Sequenc
         The summed :class:`metstrack.tracking.accuracy.TrackingAccuracy`.
     """
     from metstrack.io.nifti import find_nifti, read_label
+    from metstrack.io.tracks import GT_INSTANCES_DIR
     from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
-    from metstrack.tracking.cohort import GT_INSTANCES_DIR
     from metstrack.tracking.tracker import track_patient
 
     total = TrackingAccuracy()
@@ -420,7 +420,7 @@ def leaderboard_row(
 
 
 def _cohort(cfg: BenchmarkConfig, out: Path, on_event: Callable[[str], None]) -> Path:
-    from metstrack.synth.cohort import generate_cohort
+    from metstrack.workflows.synth import generate_cohort
 
     data_dir = out / "cohort"
     fp = config_fingerprint(cfg.cohort)

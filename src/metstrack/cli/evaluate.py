@@ -128,7 +128,7 @@ def evaluate(
     with guarded():
         from metstrack.config import load_config
         from metstrack.infer.inputs import prepare_input
-        from metstrack.metrics.runner import (
+        from metstrack.workflows.evaluate import (
             EvaluationConfig,
             evaluate_cohort,
             is_mask_folder,

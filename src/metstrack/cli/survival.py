@@ -12,11 +12,11 @@ from rich.table import Table
 
 from metstrack.cli.common import console, guarded
 from metstrack.config import load_config
+from metstrack.core import schema
 from metstrack.errors import DatasetError
-from metstrack.io import schema
 from metstrack.survival.config import SurvivalConfig
-from metstrack.survival.run import run_survival
 from metstrack.survival.table import clinical_frame
+from metstrack.workflows.survival import run_survival
 
 
 def resolve_burden(data: Path, burden: Path | None, tracking: Path | None) -> Path:

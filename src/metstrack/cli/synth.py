@@ -15,8 +15,8 @@ from metstrack.cli.common import (
     progress,
     usage_error,
 )
+from metstrack.core import schema
 from metstrack.errors import ConfigError
-from metstrack.io import schema
 
 
 def synth(
@@ -99,9 +99,9 @@ def synth(
     Example: metstrack synth --patients 4 --seed 0 --shape 64 --out cohort
     """
     from metstrack.config import load_config
-    from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
-    from metstrack.synth.cohort import generate_cohort
+    from metstrack.synth.clinical import generate_clinical_only
     from metstrack.synth.config import SynthConfig
+    from metstrack.workflows.synth import generate_cohort, write_clinical_only
 
     with guarded():
         overrides = list(set_ or [])

@@ -69,16 +69,11 @@ def track(
         )
     with guarded():
         from metstrack.config import load_config, save_config
-        from metstrack.io import schema
+        from metstrack.core import schema
         from metstrack.io.release import read_release
-        from metstrack.tracking.cohort import (
-            GT_TRANSFORMS,
-            MaskSource,
-            read_transforms,
-            track_cohort,
-            write_outputs,
-        )
+        from metstrack.io.tracks import GT_TRANSFORMS, MaskSource, read_transforms
         from metstrack.tracking.config import TrackConfig
+        from metstrack.workflows.track import track_cohort, write_outputs
 
         cfg = load_config(TrackConfig, config, set_ or [])
         cohort = read_release(data)

@@ -136,7 +136,7 @@ def run_demo(
         MetstrackError: A step failed (the message names the step's command).
     """
     from metstrack.catalog import Catalog, OutputRecord, PredictionRecord, TrackRecord
-    from metstrack.io import schema
+    from metstrack.core import schema
     from metstrack.io.release import read_release
 
     out = Path(cfg.out)

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from metstrack.core import schema
 from metstrack.core.mapping import TRANSFORMS_DIR
 from metstrack.errors import ConfigError, DatasetError, did_you_mean
-from metstrack.io import schema
 from metstrack.io.layouts import (
     LAYOUTS,
     apply_intervals,

@@ -25,7 +25,7 @@ their original file's grid and transform as ``output_grid`` /
 ``output_transform`` (from :mod:`metstrack.core.mapping`), so the
 outputs still land on the native grid of the original files.
 
-Outputs go under :func:`metstrack.io.schema.prediction_dir`, each file written
+Outputs go under :func:`metstrack.core.schema.prediction_dir`, each file written
 atomically; ``lesions.csv`` is written last, so a study is finished when it
 exists, and a rerun skips finished studies (a patient whose studies are all
 finished is not run at all).
@@ -43,12 +43,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metstrack.core import schema
 from metstrack.core.atomic import write_csv_atomic
 from metstrack.core.lesions import lesion_table
 from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, InvalidImageError
 from metstrack.infer.sliding import predict_sequence
-from metstrack.io import schema
 from metstrack.io.nifti import check_same_grid, write_volume
 from metstrack.models.base import SequenceModel
 from metstrack.preprocess.brain import estimate_brain_mask

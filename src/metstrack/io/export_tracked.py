@@ -58,8 +58,8 @@ from metstrack.io.export import GRID_ATOL_MM, PatientIdentity, write_rtstruct, w
 from metstrack.io.ingest import read_mapping
 from metstrack.io.nifti import read_label
 from metstrack.io.tracked_dicom import LPS_FROM_RAS, LesionEntry, StudyResponse, write_tracked_sr
+from metstrack.io.tracks import read_transforms, tracked_map_path
 from metstrack.metrics.bidimensional import bidimensional_mm
-from metstrack.tracking.cohort import read_transforms, tracked_map_path
 from metstrack.tracking.identity import derived_uid, tracking_id, tracking_uid
 from metstrack.types import Volume
 

@@ -57,9 +57,9 @@ import numpy as np
 import pandas as pd
 
 from metstrack.config import config_fingerprint, save_config
+from metstrack.core import schema
 from metstrack.core.atomic import sweep_stale_temps, write_csv_atomic, write_json_atomic
 from metstrack.errors import DatasetError, DicomSeriesError, LabelError
-from metstrack.io import schema
 from metstrack.io.dicom import (
     SPACING_RTOL,
     DicomScan,

@@ -60,7 +60,7 @@ class Layout:
 
 
 def _release_detect(root: Path) -> bool:
-    from metstrack.io import schema
+    from metstrack.core import schema
 
     return (
         schema.table_path(root, schema.IMAGING_TABLE).is_file()

@@ -1,4 +1,4 @@
-"""Reader for the NYUMets-Brain release layout (see :mod:`metstrack.io.schema`).
+"""Reader for the NYUMets-Brain release layout (see :mod:`metstrack.core.schema`).
 
 ::
 
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from metstrack.core import schema
 from metstrack.errors import DatasetError, did_you_mean
-from metstrack.io import schema
 from metstrack.io.nifti import NIFTI_SUFFIXES, find_nifti, is_nifti
 from metstrack.io.problems import (
     ERROR,

@@ -360,7 +360,7 @@ def _check_files_readable(paths: list[Path]) -> list[Problem]:
 
 def _image_files(root: Path, layout: str) -> list[Path]:
     """Image files a layout's index should account for (release: under ``imaging/``)."""
-    from metstrack.io import schema
+    from metstrack.core import schema
 
     if layout == "release":
         base = root / schema.IMAGING_DIR

@@ -41,6 +41,7 @@ from scipy import ndimage
 
 from metstrack.catalog import Catalog, OutputRecord
 from metstrack.config import config_fingerprint, save_config, to_dict
+from metstrack.core import schema
 from metstrack.core.atomic import (
     sweep_stale_temps,
     write_bytes_atomic,
@@ -56,7 +57,6 @@ from metstrack.core.mapping import (
 )
 from metstrack.core.spatial import resample_array
 from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
-from metstrack.io import schema
 from metstrack.io.fingerprint import file_sha256
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume

@@ -10,14 +10,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from metstrack.config import save_config
-from metstrack.core.atomic import write_csv_atomic, write_json_atomic
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.synth.config import SynthConfig
 from metstrack.synth.timeline import HISTOLOGIES, Timeline, simulate_timeline
 from metstrack.types import DAYS_PER_MONTH, MODALITIES
@@ -394,26 +391,6 @@ def build_tables(records: list[PatientRecord], cfg: SynthConfig) -> CohortTables
     )
 
 
-def write_tables(tables: CohortTables, root: str | Path, cfg: SynthConfig, **extra) -> None:
-    """Write the release tables under ``root/tables`` and the ground truth under
-    ``root/ground_truth`` (every file atomically)."""
-    root = Path(root)
-    write_csv_atomic(schema.table_path(root, schema.IMAGING_TABLE), tables.imaging)
-    write_csv_atomic(schema.table_path(root, schema.SPLIT_TABLE), tables.split)
-    write_csv_atomic(schema.table_path(root, schema.EVENTS_TABLE), tables.events)
-    write_csv_atomic(schema.table_path(root, schema.PATIENTS_TABLE), tables.patients)
-    write_csv_atomic(schema.table_path(root, schema.TARGETS_TABLE), tables.targets)
-    gt = root / schema.GROUND_TRUTH_DIR
-    write_csv_atomic(gt / GT_TRAJECTORIES, tables.trajectories, float_format="%.6f")
-    write_csv_atomic(gt / GT_BURDEN, tables.burden, float_format="%.6f")
-    write_csv_atomic(gt / GT_PATIENTS, tables.patient_truth, float_format="%.9g")
-    write_csv_atomic(gt / GT_TARGETS, tables.target_lesions)
-    if tables.transforms is not None:
-        write_csv_atomic(gt / GT_TRANSFORMS, tables.transforms, float_format="%.9g")
-    write_json_atomic(gt / GT_SURVIVAL, tables.survival_truth)
-    save_config(cfg, gt / GT_CONFIG, **extra)
-
-
 @dataclass(frozen=True, eq=False)
 class ClinicalCohort:
     """A clinical-only cohort: timelines and their tables (no images).
@@ -495,28 +472,6 @@ def labelled_flags(tl: Timeline, frac: float | None, ss: np.random.SeedSequence)
     if frac is None:
         return tl.srs_at_study[:n_w].copy()
     return np.random.default_rng(ss).random(n_w) < frac
-
-
-def write_clinical_only(
-    cohort: ClinicalCohort, out_dir: str | Path, *, overwrite: bool = False
-) -> Path:
-    """Write a clinical-only cohort: ``tables/`` and ``ground_truth/`` (no ``imaging/``).
-
-    The imaging table lists every study with all sequence flags 0 (no files).
-    ``out_dir`` follows the rules of :func:`metstrack.synth.cohort.prepare_output`
-    (a previous synthetic cohort is replaced); files appear all at once.
-    """
-    from metstrack.synth.cohort import prepare_output, publish_output
-
-    staging = prepare_output(out_dir, overwrite=overwrite)
-    try:
-        write_tables(cohort.tables, staging, cohort.config, mode="clinical-only")
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return publish_output(staging, out_dir)
 
 
 def summary(tables: CohortTables) -> dict[str, float]:

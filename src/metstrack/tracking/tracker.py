@@ -29,88 +29,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from metstrack.core.grid import Grid
 from metstrack.core.lesions import label_components, lesion_table
+from metstrack.core.mapping import map_to_baseline
 from metstrack.errors import GeometryMismatchError
 from metstrack.tracking.config import TrackConfig
 from metstrack.tracking.match import link_cost, optimal_links, pair_scores
+from metstrack.tracking.records import StudyLesions, TrackEvent, TrackingResult
+from metstrack.tracking.trajectory import build_burden, build_trajectories
 from metstrack.types import Lesion, Volume
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrackEvent:
-    """A split, merge or reappearance between two studies.
-
-    Attributes:
-        kind: ``"split"``, ``"merge"`` or ``"reappear"``.
-        study_index: Index of the study in which the event is observed.
-        source_ids: Lesion IDs before the event (split: the parent; merge: every
-            lesion that coalesced; reappear: the lesion).
-        target_ids: Lesion IDs after it (split: the parent's continuation and
-            the fragments; merge: the coalesced lesion; reappear: the lesion).
-    """
-
-    kind: str
-    study_index: int
-    source_ids: tuple[int, ...]
-    target_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class StudyLesions:
-    """The tracked lesions of one study.
-
-    Attributes:
-        study_index: 0-based index in the patient's timeline.
-        lesions: Measured lesions; ``Lesion.label`` is the persistent lesion ID.
-    """
-
-    study_index: int
-    lesions: tuple[Lesion, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class TrackingResult:
-    """Tracking output of one patient.
-
-    Attributes:
-        patient_id: Release PatientID.
-        study_ids: StudyIDs in time order.
-        days_from_baseline: Days of each study from the first.
-        tracked_maps: int32 (X, Y, Z) label maps on the baseline grid, one per
-            study; voxel value = persistent lesion ID (0 background).
-        study_lesions: Per study, the lesions measured on the tracked map.
-        events: Splits, merges and reappearances in time order.
-        split_from: Fragment ID -> parent ID.
-        merged_into: Absorbed ID -> (study index, coalesced ID).
-        reappeared: (study index, lesion ID) pairs linked by look-back.
-        trajectories: Trajectory table (see :mod:`metstrack.tracking.trajectory`).
-        burden: Per-study burden table.
-    """
-
-    patient_id: str
-    study_ids: tuple[str, ...]
-    days_from_baseline: tuple[float, ...]
-    tracked_maps: tuple[Volume, ...]
-    study_lesions: tuple[StudyLesions, ...]
-    events: tuple[TrackEvent, ...]
-    split_from: dict[int, int] = field(default_factory=dict)
-    merged_into: dict[int, tuple[int, int]] = field(default_factory=dict)
-    reappeared: frozenset[tuple[int, int]] = frozenset()
-    trajectories: pd.DataFrame = field(default_factory=pd.DataFrame)
-    burden: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    @property
-    def n_lesions(self) -> int:
-        """Number of distinct lesion IDs over the patient's studies."""
-        return len({les.label for s in self.study_lesions for les in s.lesions})
 
 
 def _binary(vol: Volume) -> Volume:
@@ -165,8 +97,6 @@ def to_common_grid(
         raise GeometryMismatchError(
             f"{len(masks)} masks but {len(baseline_to_study)} baseline_to_study transforms"
         )
-    from metstrack.core.mapping import map_to_baseline
-
     target = Grid.of(ref if baseline_grid is None else baseline_grid)
     out = []
     for m, t in zip(masks, baseline_to_study, strict=True):
@@ -227,8 +157,6 @@ def track_patient(
         GeometryMismatchError: Masks are not on one grid and no transforms were given.
         ValueError: Lengths differ or days decrease.
     """
-    from metstrack.tracking.trajectory import build_burden, build_trajectories
-
     cfg = config or TrackConfig()
     n = len(masks)
     days = [float(d) for d in days_from_baseline]

@@ -38,17 +38,14 @@ seen in this study after baseline, split fragments excluded) and
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from metstrack.core.rate import MM3_PER_CM3, monthly_count_rate_of_change
 from metstrack.core.rate import monthly_rate_of_change as _volume_rate
 from metstrack.tracking.config import StatusConfig
+from metstrack.tracking.records import TrackingResult
 from metstrack.types import DAYS_PER_MONTH, Lesion
-
-if TYPE_CHECKING:
-    from metstrack.tracking.tracker import TrackingResult
 
 TRAJECTORY_COLUMNS: tuple[str, ...] = (
     "patient_id",

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from metstrack.config import save_config
+from metstrack.core import schema
 from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import SurvivalDataError
-from metstrack.io import schema
 from metstrack.survival.config import SurvivalConfig
 from metstrack.survival.cox import CoxAnalysis
 from metstrack.survival.dynamic import fit_time_varying, landmark_table, time_varying_table

@@ -10,7 +10,7 @@ ground-truth label (``ground_truth/labels/<P>/<S>.nii.gz``, present also for the
 studies the release flags unlabelled). The prediction of a study is looked up, in order, at
 
 1. ``<pred>/predictions/patientId/<P>/studyId/<S>/mask.nii[.gz]``
-   (:func:`metstrack.io.schema.prediction_dir`, what ``metstrack predict`` writes),
+   (:func:`metstrack.core.schema.prediction_dir`, what ``metstrack predict`` writes),
 2. ``<pred>/patientId/<P>/studyId/<S>/mask.nii[.gz]`` (the same tree without
    the ``predictions/`` level),
 3. ``<pred>/imaging/patientId/<P>/studyId/<S>/RTSTRUCT_segmentation.nii[.gz]``
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metstrack.core import schema
 from metstrack.errors import DatasetError, LabelError
-from metstrack.io import schema
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_volume
 from metstrack.metrics.cohort import CohortSummary, summarize_cohort
