@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from metstrack import __version__
 from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import ConfigError, did_you_mean
 
@@ -211,8 +212,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path, **extra: Any) -> Path:
     """Write the resolved config as JSON (atomically), with metstrack's version and ``extra``."""
-    from metstrack import __version__
-
     payload = {"metstrack_version": __version__, "config": to_dict(cfg), **extra}
     return write_json_atomic(path, payload)
 

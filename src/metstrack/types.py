@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from metstrack.core.affine import spacing_from_affine
+from metstrack.errors import DatasetError, did_you_mean
 
 #: The four MRI contrasts of a study, in the default channel order.
 MODALITIES: tuple[str, ...] = ("T1", "CT1", "T2", "FLAIR")
@@ -313,8 +314,6 @@ class Cohort:
 
     def patient(self, patient_id: str) -> Patient:
         """Return the patient with ``patient_id`` or raise a DatasetError naming the cohort."""
-        from metstrack.errors import DatasetError, did_you_mean
-
         for p in self.patients:
             if p.patient_id == patient_id:
                 return p

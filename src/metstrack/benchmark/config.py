@@ -29,6 +29,7 @@ from pathlib import Path
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
+from metstrack.models.registry import MODELS
 from metstrack.synth.config import SynthConfig
 from metstrack.tracking.config import TrackConfig
 from metstrack.train.config import TrainConfig, check_train_config
@@ -142,8 +143,6 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
     test and validation patients, and that it is generated without motion
     (the benchmark trains on the raw synthetic studies; see ``docs/benchmark.md``).
     """
-    from metstrack.models.registry import MODELS
-
     if not cfg.models:
         raise ConfigError(f"{where}: no [[models]] entry; add at least one network to compare")
     seen: set[str] = set()

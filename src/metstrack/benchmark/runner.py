@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from metstrack import __version__
 from metstrack.benchmark.config import (
     BenchmarkConfig,
     ModelEntry,
@@ -59,7 +60,20 @@ from metstrack.config import config_fingerprint, save_config, to_dict
 from metstrack.core import schema
 from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
+from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
+from metstrack.io.checkpoint import load_checkpoint
+from metstrack.io.nifti import find_nifti, read_label
+from metstrack.io.release import read_release
+from metstrack.io.tracks import GT_INSTANCES_DIR
+from metstrack.metrics.cohort import summarize_cohort
+from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
+from metstrack.metrics.longitudinal import compute_longitudinal
+from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
+from metstrack.tracking.tracker import track_patient
+from metstrack.train.api import train
 from metstrack.train.config import TrainConfig
+from metstrack.workflows.evaluate import CohortEvaluation, plan_jobs, run_jobs, write_outputs
+from metstrack.workflows.synth import generate_cohort
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +193,6 @@ def train_and_predict(
     """
     import torch
 
-    from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
-    from metstrack.io.checkpoint import load_checkpoint
-    from metstrack.io.release import read_release
-    from metstrack.train.api import train
-
     model_dir.mkdir(parents=True, exist_ok=True)
     cohort = read_release(data_dir)
     method = "vmhwm" if reset_peak_rss() else "ru_maxrss"
@@ -298,10 +307,6 @@ def evaluate_model(
     Returns:
         The :class:`metstrack.workflows.evaluate.CohortEvaluation` (tables written to ``out``).
     """
-    from metstrack.metrics.cohort import summarize_cohort
-    from metstrack.metrics.longitudinal import compute_longitudinal
-    from metstrack.workflows.evaluate import CohortEvaluation, plan_jobs, run_jobs, write_outputs
-
     ecfg = cfg.evaluation
     wanted = set(test_ids)
     jobs = [j for j in plan_jobs(pred_root, data_dir, ecfg) if j.patient_id in wanted]
@@ -327,11 +332,6 @@ def track_model(cfg: BenchmarkConfig, cohort, pred_root: Path, test_ids: Sequenc
     Returns:
         The summed :class:`metstrack.tracking.accuracy.TrackingAccuracy`.
     """
-    from metstrack.io.nifti import find_nifti, read_label
-    from metstrack.io.tracks import GT_INSTANCES_DIR
-    from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
-    from metstrack.tracking.tracker import track_patient
-
     total = TrackingAccuracy()
     for pid in test_ids:
         patient = cohort.patient(pid)
@@ -378,8 +378,6 @@ def leaderboard_row(
     n_patients: int,
 ) -> dict[str, object]:
     """One leaderboard row from a model's stage record, evaluation and tracking accuracy."""
-    from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
-
     s = evaluation.summary
     row: dict[str, object] = {
         "model": entry.name,
@@ -420,8 +418,6 @@ def leaderboard_row(
 
 
 def _cohort(cfg: BenchmarkConfig, out: Path, on_event: Callable[[str], None]) -> Path:
-    from metstrack.workflows.synth import generate_cohort
-
     data_dir = out / "cohort"
     fp = config_fingerprint(cfg.cohort)
     marker = data_dir / COHORT_MARKER
@@ -470,9 +466,6 @@ def run_benchmark(
         ConfigError: Unknown model name, or an output folder holding another cohort.
         MetstrackError: A model's run failed (names its log file).
     """
-    from metstrack import __version__
-    from metstrack.io.release import read_release
-
     emit = on_event or (lambda msg: log.info("%s", msg))
     entries = select_models(cfg, models)
     out = Path(out_dir)

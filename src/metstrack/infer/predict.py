@@ -46,13 +46,15 @@ import torch
 from metstrack.core import schema
 from metstrack.core.atomic import write_csv_atomic
 from metstrack.core.lesions import lesion_table
+from metstrack.core.mapping import load_transform
 from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, InvalidImageError
 from metstrack.infer.sliding import predict_sequence
-from metstrack.io.nifti import check_same_grid, write_volume
+from metstrack.io.nifti import check_same_grid, read_label, read_volume, write_volume
 from metstrack.models.base import SequenceModel
 from metstrack.preprocess.brain import estimate_brain_mask
 from metstrack.preprocess.intensity import zscore_in_brain
+from metstrack.preprocess.pipeline import brain_mask_path
 from metstrack.types import Patient, Volume
 
 #: The sequence a brain mask is estimated on (T1 post).
@@ -477,9 +479,6 @@ def load_patient_studies(
             folder), or a transform file is missing or malformed.
         ImageReadError, InvalidImageError: A file is missing or corrupt (names the file).
     """
-    from metstrack.core.mapping import load_transform
-    from metstrack.io.nifti import read_volume
-
     out = []
     for st in patient.studies:
         vols = []
@@ -520,9 +519,6 @@ def _preprocessed_brain(
     Without ``native`` the baseline-grid mask (checked against ``image``'s grid);
     with it the mask on the original CT1 file's grid.
     """
-    from metstrack.io.nifti import read_label
-    from metstrack.preprocess.pipeline import brain_mask_path
-
     path = brain_mask_path(root, patient_id, study_id, native=native)
     if not path.is_file():
         return None

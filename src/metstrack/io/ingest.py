@@ -56,10 +56,22 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from metstrack.catalog import Catalog
 from metstrack.config import config_fingerprint, save_config
 from metstrack.core import schema
-from metstrack.core.atomic import sweep_stale_temps, write_csv_atomic, write_json_atomic
-from metstrack.errors import DatasetError, DicomSeriesError, LabelError
+from metstrack.core.atomic import (
+    atomic_path,
+    sweep_stale_temps,
+    write_csv_atomic,
+    write_json_atomic,
+)
+from metstrack.errors import (
+    DatasetError,
+    DicomSeriesError,
+    LabelError,
+    MetstrackError,
+    did_you_mean,
+)
 from metstrack.io.dicom import (
     SPACING_RTOL,
     DicomScan,
@@ -70,6 +82,7 @@ from metstrack.io.dicom import (
 )
 from metstrack.io.dicom_classify import ClassificationRules, classify_series
 from metstrack.io.nifti import write_volume
+from metstrack.io.release import read_release
 from metstrack.io.rtstruct import RoiSelection, check_reference, rasterize_rtstruct, read_rtstruct
 from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE, SEQUENCES, Volume
 
@@ -194,8 +207,6 @@ def read_mapping(path: str | Path) -> dict:
 
 
 def _save_mapping(path: Path, mapping: dict) -> None:
-    from metstrack.core.atomic import atomic_path
-
     # private from the first byte: the mapping links pseudonyms to real identifiers
     with atomic_path(path) as tmp:
         os.chmod(tmp, 0o600)
@@ -285,8 +296,6 @@ def ingest_dicom(
         by_study[_home_study(s, scan)].append(s)
     catalog = run_id = None
     if catalog_path is not None:  # an unusable catalog is refused before anything is written
-        from metstrack.catalog import Catalog
-
         catalog = Catalog.open(catalog_path)
     mapping = _load_mapping(mapping_path)
     problems += _assign_pseudonyms(by_study, mapping, cfg)
@@ -569,9 +578,6 @@ def write_tables(out: Path, mapping: dict) -> None:
 
 def _register_dataset(catalog, out: Path) -> list[str]:
     """Register the ingested dataset's patients, studies, series and labels in the catalog."""
-    from metstrack.errors import MetstrackError
-    from metstrack.io.release import read_release
-
     try:
         catalog.register_dataset(read_release(out))
     except MetstrackError as exc:
@@ -595,8 +601,6 @@ def source_series_uid(mapping_path: str | Path, study_id: str, sequence: str = "
     Raises:
         DatasetError: Unknown study or sequence (with the valid ones).
     """
-    from metstrack.errors import did_you_mean
-
     mapping = _load_mapping(Path(mapping_path))
     for entry in mapping["studies"].values():
         if entry["study_id"] == study_id:

@@ -15,9 +15,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from metstrack.core import schema
 from metstrack.core.mapping import TRANSFORMS_DIR, StudyTransform, load_transform
 from metstrack.errors import DatasetError
-from metstrack.io import schema
 from metstrack.io.nifti import find_nifti
 from metstrack.types import Study
 

@@ -40,6 +40,8 @@ from skimage.filters import threshold_otsu
 from metstrack.core.grid import isotropic_grid
 from metstrack.core.spatial import resample_array
 from metstrack.errors import ConfigError, InvalidImageError, MetstrackError, did_you_mean
+from metstrack.io.nifti import read_volume
+from metstrack.preprocess.register import RegistrationConfig, register
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)
@@ -240,9 +242,6 @@ def template_mask(vol: Volume) -> np.ndarray:
         bool (X, Y, Z) array on ``vol``'s grid.
     """
     from importlib.resources import files
-
-    from metstrack.io.nifti import read_volume
-    from metstrack.preprocess.register import RegistrationConfig, register
 
     path = files("nilearn.datasets") / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     tpl = read_volume(Path(str(path)))

@@ -56,10 +56,12 @@ from metstrack.core.mapping import (
     transform_path,
 )
 from metstrack.core.spatial import resample_array
-from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
+from metstrack.errors import ConfigError, DatasetError, LabelError, MetstrackError, did_you_mean
 from metstrack.io.fingerprint import file_sha256
 from metstrack.io.labels import lesion_mask
+from metstrack.io.layouts import apply_intervals, read_dataset
 from metstrack.io.nifti import read_volume, write_volume
+from metstrack.io.release import read_release
 from metstrack.preprocess.brain import (
     BRAIN_METHODS,
     BrainMaskConfig,
@@ -269,8 +271,6 @@ def _read_ras(path: Path, *, label: bool = False) -> tuple[Volume, Volume, dict]
     if label and not np.issubdtype(native.array.dtype, np.integer):
         arr = native.array
         if not np.all(np.mod(arr, 1) == 0):
-            from metstrack.errors import LabelError
-
             raise LabelError(
                 f"{path}: label holds non-integer values; threshold the probability map first"
             )
@@ -798,9 +798,6 @@ def preprocess_dataset(
     Raises:
         DatasetError: Unreadable input tables, or ``out_root`` equal to ``src_root``.
     """
-    from metstrack.io.layouts import apply_intervals, read_dataset
-    from metstrack.io.release import read_release
-
     cfg = cfg or PreprocessConfig()
     src_root, out_root = Path(src_root), Path(out_root)
     if src_root.resolve() == out_root.resolve():

@@ -43,10 +43,12 @@ from metstrack import __version__
 from metstrack.config import save_config, to_dict
 from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import ConfigError
+from metstrack.io.release import read_release
 from metstrack.train.cache import data_fingerprint
 from metstrack.train.config import TrainConfig, check_train_config
 from metstrack.train.datamodule import SequenceDataModule
 from metstrack.train.module import ScoreHook, SequenceSegmentationModule
+from metstrack.train.ssl_weights import init_from_pretrained
 from metstrack.types import Cohort
 
 log = logging.getLogger(__name__)
@@ -146,8 +148,6 @@ def train(
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"--resume {resume}: checkpoint file not found")
     if cohort is None:
-        from metstrack.io.release import read_release
-
         cohort = read_release(data_dir)
     t = cfg.trainer
     if t.threads > 0:
@@ -159,8 +159,6 @@ def train(
     module = SequenceSegmentationModule(to_dict(cfg.model), to_dict(cfg))
     module.score_hooks.extend(score_hooks)
     if t.init_weights and resume is None:
-        from metstrack.train.ssl_weights import init_from_pretrained
-
         init_from_pretrained(
             module.net,
             t.init_weights,

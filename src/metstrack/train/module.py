@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from metstrack.config import from_dict
+from metstrack.core.lesions import label_components
 from metstrack.infer.sliding import predict_sequence
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
@@ -161,8 +162,6 @@ class SequenceSegmentationModule(pl.LightningModule):
 
 
 def _drop_small(pred: np.ndarray, min_mm3: float, spacing: tuple[float, ...]) -> np.ndarray:
-    from metstrack.core.lesions import label_components
-
     comps, n = label_components(pred)
     if n == 0:
         return pred

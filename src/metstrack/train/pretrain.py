@@ -53,9 +53,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from metstrack import __version__
-from metstrack.config import load_config, save_config, to_dict
+from metstrack.config import from_dict, load_config, save_config, to_dict
 from metstrack.core.atomic import atomic_path, write_csv_atomic, write_json_atomic
-from metstrack.errors import ConfigError, DatasetError
+from metstrack.errors import ConfigError, DatasetError, did_you_mean
+from metstrack.io.release import read_release
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.train.cache import StudyCache, data_fingerprint
@@ -207,8 +208,6 @@ def load_pretrain_config(
 
 def check_pretrain_config(cfg: PretrainConfig, *, where: str = "config") -> None:
     """Raise ConfigError when the settings cannot work."""
-    from metstrack.errors import did_you_mean
-
     if cfg.model.name not in PRETRAINABLE:
         raise ConfigError(
             f"{where}: [model] name {cfg.model.name!r} cannot be pretrained here; the "
@@ -358,7 +357,6 @@ class PretrainModule(pl.LightningModule):
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
-        from metstrack.config import from_dict
 
         self.save_hyperparameters({"pretrain": cfg})
         self.cfg = from_dict(PretrainConfig, cfg, where="pretrain config")
@@ -515,8 +513,6 @@ def pretrain(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cohort is None:
-        from metstrack.io.release import read_release
-
         cohort = read_release(data_dir)
     patients = pretrain_patients(cohort, include_test=cfg.data.include_test)
     if not patients:

@@ -60,6 +60,8 @@ import optuna
 from metstrack.config import apply_overrides, from_dict, set_dotted, to_dict
 from metstrack.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.errors import ConfigError, did_you_mean
+from metstrack.io.release import read_release
+from metstrack.train.api import train
 from metstrack.train.config import TrainConfig, check_train_config
 from metstrack.types import Cohort
 
@@ -459,8 +461,6 @@ def search(
     """
     from dataclasses import replace
 
-    from metstrack.train.api import train
-
     base, scfg, _raw = load_search_config(config_path, overrides)
     if study_name:
         scfg = replace(scfg, study_name=study_name)
@@ -472,8 +472,6 @@ def search(
     out.mkdir(parents=True, exist_ok=True)
     url = storage or scfg.storage or default_storage(out)
     if cohort is None:
-        from metstrack.io.release import read_release
-
         cohort = read_release(data_dir)
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()

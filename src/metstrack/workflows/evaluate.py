@@ -43,9 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
+from metstrack.config import save_config
 from metstrack.core import schema
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import DatasetError, LabelError
 from metstrack.io.labels import lesion_mask
+from metstrack.io.layouts import read_dataset
 from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_volume
 from metstrack.metrics.cohort import CohortSummary, summarize_cohort
 from metstrack.metrics.detection import BRATS_HD95_PENALTY_MM, DEFAULT_VOLUME_BINS_MM3
@@ -190,8 +193,6 @@ def plan_jobs(
         DatasetError: The reference is not a readable release dataset, it has no
             labelled study, or the prediction folder does not exist.
     """
-    from metstrack.io.layouts import read_dataset
-
     pred_root = Path(pred_root)
     if not pred_root.is_dir():
         raise DatasetError(f"{pred_root}: prediction folder not found")
@@ -489,9 +490,6 @@ def write_outputs(
         Paths written, keyed as :data:`OUTPUT_FILES`.
     """
     import pandas as pd
-
-    from metstrack.config import save_config
-    from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

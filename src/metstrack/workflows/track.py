@@ -31,9 +31,15 @@ from metstrack.io.nifti import read_label, write_volume
 from metstrack.io.tracks import MaskSource, tracked_map_path
 from metstrack.tracking.config import TrackConfig
 from metstrack.tracking.records import TrackingResult
-from metstrack.tracking.response import assess_response, local_control
+from metstrack.tracking.response import (
+    LOCAL_CONTROL_COLUMNS,
+    RESPONSE_COLUMNS,
+    assess_response,
+    local_control,
+)
+from metstrack.tracking.timeline import plot_timeline
 from metstrack.tracking.tracker import track_patient
-from metstrack.tracking.trajectory import patient_rates
+from metstrack.tracking.trajectory import BURDEN_COLUMNS, TRAJECTORY_COLUMNS, patient_rates
 from metstrack.types import Cohort, Patient
 
 if TYPE_CHECKING:
@@ -189,8 +195,6 @@ def track_cohort(
                 lcs.append(local_control(res, tgts, config=config.response, baseline_to_study=tf))
         if on_patient is not None:
             on_patient(patient.patient_id)
-    from metstrack.tracking.response import LOCAL_CONTROL_COLUMNS, RESPONSE_COLUMNS
-    from metstrack.tracking.trajectory import BURDEN_COLUMNS, TRAJECTORY_COLUMNS
 
     def cat(frames: list[pd.DataFrame], cols: tuple[str, ...]) -> pd.DataFrame:
         frames = [f for f in frames if len(f)]
@@ -234,8 +238,6 @@ def write_outputs(
     Returns:
         Every written path.
     """
-    from metstrack.tracking.timeline import plot_timeline
-
     out = Path(out)
     written: list[Path] = []
     for res in tracking.results:
