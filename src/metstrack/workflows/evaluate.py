@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -47,6 +47,7 @@ from metstrack.config import save_config
 from metstrack.core import schema
 from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import DatasetError, LabelError
+from metstrack.infer.inputs import prepare_input
 from metstrack.io.labels import lesion_mask
 from metstrack.io.layouts import read_dataset
 from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_volume
@@ -412,6 +413,7 @@ def evaluate_cohort(
     config: EvaluationConfig | None = None,
     *,
     workers: int = 1,
+    patients: Collection[str] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[StudyEvaluation], None] | None = None,
 ) -> CohortEvaluation:
@@ -422,14 +424,24 @@ def evaluate_cohort(
         ref_root: Reference dataset root in the release layout.
         config: Settings (defaults: one-to-one IoU > 0 matching, 1000 bootstrap resamples).
         workers: Worker processes.
+        patients: Evaluate only these PatientIDs (``None``: all); the benchmark
+            passes its test patients.
         on_start: Called with the number of studies before work starts.
         on_done: Called with each finished study (for progress bars).
 
     Returns:
         A :class:`CohortEvaluation`.
+
+    Raises:
+        DatasetError: ``patients`` given and none of them has a labelled study.
     """
     config = config or EvaluationConfig()
     jobs = plan_jobs(pred_root, ref_root, config)
+    if patients is not None:
+        wanted = set(patients)
+        jobs = [j for j in jobs if j.patient_id in wanted]
+        if not jobs:
+            raise DatasetError(f"{ref_root}: no labelled study among the test patients")
     if on_start:
         on_start(len(jobs))
     studies = run_jobs(jobs, config, workers=workers, on_done=on_done)
@@ -513,3 +525,39 @@ def write_outputs(
     write_json_atomic(paths["summary_json"], summary_dict(result.summary))
     save_config(result.config, paths["config"], **provenance)
     return paths
+
+
+def evaluate_predictions(
+    pred: str | Path,
+    ref: str | Path,
+    out: str | Path,
+    config: EvaluationConfig | None = None,
+    *,
+    workers: int = 1,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[StudyEvaluation], None] | None = None,
+) -> tuple[CohortEvaluation, dict[str, Path]]:
+    """``metstrack evaluate`` as a function: evaluate, then write every table to ``out``.
+
+    Args:
+        pred: What ``metstrack predict`` wrote, or a plain folder of mask files
+            (then paired by file name with the plain folder ``ref``).
+        ref: Reference dataset in any layout; DICOM is ingested (RTSTRUCT
+            rasterised) into ``<out>/input`` first.
+        out: Output folder.
+        config: Settings.
+        workers: Worker processes.
+        on_start: Called with the number of studies before work starts.
+        on_done: Called with each finished study.
+
+    Returns:
+        The evaluation and the paths written (keys of :data:`OUTPUT_FILES`).
+    """
+    pred, ref, out = Path(pred), Path(ref), Path(out)
+    ref_root = ref
+    if pred.is_dir() and not is_mask_folder(pred):
+        ref_root = prepare_input(ref, out / "input", preprocess="never").root
+    result = evaluate_cohort(
+        pred, ref_root, config, workers=workers, on_start=on_start, on_done=on_done
+    )
+    return result, write_outputs(result, out, pred=str(pred), ref=str(ref))

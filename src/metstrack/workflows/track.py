@@ -25,10 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from metstrack.config import save_config
+from metstrack.core import schema
 from metstrack.core.atomic import write_csv_atomic
 from metstrack.errors import DatasetError, MetstrackError
 from metstrack.io.nifti import read_label, write_volume
-from metstrack.io.tracks import MaskSource, tracked_map_path
+from metstrack.io.release import read_release
+from metstrack.io.tracks import GT_TRANSFORMS, MaskSource, read_transforms, tracked_map_path
 from metstrack.tracking.config import TrackConfig
 from metstrack.tracking.records import TrackingResult
 from metstrack.tracking.response import (
@@ -259,3 +262,60 @@ def write_outputs(
                 )
             )
     return written
+
+
+def track_dataset(
+    data: str | Path,
+    out: str | Path,
+    source: MaskSource,
+    *,
+    config: TrackConfig | None = None,
+    transforms: str | Path | None = None,
+    patients: tuple[str, ...] = (),
+    figures: bool = True,
+    on_patient: Callable[[str], None] | None = None,
+) -> CohortTracking:
+    """``metstrack track`` as a function: track a release dataset and write every output.
+
+    Args:
+        data: Release dataset root.
+        out: Output folder (tables, tracked maps, timelines, ``track_config.json``).
+        source: Where each study's mask comes from; for ``ground-truth`` the
+            synthetic cohort's true transforms are used unless ``transforms`` is given.
+        config: Tracking settings.
+        transforms: A transforms CSV or a folder written by ``metstrack
+            preprocess``; masks are then mapped to each patient's baseline grid first.
+        patients: PatientIDs to track (empty: all).
+        figures: Draw the timelines (when ``config.figures`` allows it too).
+        on_patient: Called with each tracked PatientID.
+
+    Returns:
+        The tracked cohort's tables.
+    """
+    data, out = Path(data), Path(out)
+    cfg = config or TrackConfig()
+    cohort = read_release(data)
+    truth = data / schema.GROUND_TRUTH_DIR / GT_TRANSFORMS
+    if source.kind == "ground-truth" and transforms is None and truth.is_file():
+        transforms = truth
+    tfs = read_transforms(transforms) if transforms is not None else None
+    result = track_cohort(
+        cohort,
+        source,
+        config=cfg,
+        transforms=tfs,
+        patients=patients,
+        on_patient=on_patient,
+        maps_out=out,
+    )
+    write_outputs(result, out, cohort=cohort, figures=figures and cfg.figures)
+    save_config(
+        cfg,
+        out / "track_config.json",
+        data=str(data),
+        mask_source=source.kind,
+        masks=str(source.root) if source.kind == "predictions" else None,
+        transforms=str(transforms) if transforms is not None else None,
+        skipped=[list(s) for s in result.skipped],
+    )
+    return result
