@@ -25,7 +25,7 @@ import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from metstrack.metrics.study import evaluate_study  # noqa: E402
+from metstrack.metrics.study import StudyOptions, evaluate_study  # noqa: E402
 from metstrack.metrics.voxel import compute_voxel_metrics  # noqa: E402
 
 
@@ -99,7 +99,10 @@ def main() -> None:
         pred, ref = phantom(n, args.size, seed=n)
         o = measure(lambda p=pred, r=ref: evaluate_study(p, r, spacing_mm=sp), args.repeats)
         b = measure(
-            lambda p=pred, r=ref: evaluate_study(p, r, spacing_mm=sp, mode="brats"), args.repeats
+            lambda p=pred, r=ref: evaluate_study(
+                p, r, spacing_mm=sp, options=StudyOptions(mode="brats")
+            ),
+            args.repeats,
         )
         v = measure(lambda p=pred, r=ref: compute_voxel_metrics(p, r, spacing_mm=sp), args.repeats)
         tp = evaluate_study(pred, ref, spacing_mm=sp).detection.tp

@@ -65,14 +65,12 @@ from metstrack.io.checkpoint import load_checkpoint
 from metstrack.io.nifti import find_nifti, read_label
 from metstrack.io.release import read_release
 from metstrack.io.tracks import GT_INSTANCES_DIR
-from metstrack.metrics.cohort import summarize_cohort
 from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
-from metstrack.metrics.longitudinal import compute_longitudinal
 from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
 from metstrack.tracking.tracker import track_patient
 from metstrack.train.api import train
 from metstrack.train.config import TrainConfig
-from metstrack.workflows.evaluate import CohortEvaluation, plan_jobs, run_jobs, write_outputs
+from metstrack.workflows.evaluate import evaluate_cohort, write_outputs
 from metstrack.workflows.synth import generate_cohort
 
 log = logging.getLogger(__name__)
@@ -307,21 +305,7 @@ def evaluate_model(
     Returns:
         The :class:`metstrack.workflows.evaluate.CohortEvaluation` (tables written to ``out``).
     """
-    ecfg = cfg.evaluation
-    wanted = set(test_ids)
-    jobs = [j for j in plan_jobs(pred_root, data_dir, ecfg) if j.patient_id in wanted]
-    if not jobs:
-        raise DatasetError(f"{data_dir}: no labelled study among the test patients")
-    studies = run_jobs(jobs, ecfg)
-    pairs = compute_longitudinal(studies)
-    summary = summarize_cohort(
-        studies,
-        pairs=pairs,
-        n_bootstrap=ecfg.n_bootstrap,
-        confidence=ecfg.confidence,
-        seed=ecfg.seed,
-    )
-    result = CohortEvaluation(tuple(studies), pairs, summary, ecfg)
+    result = evaluate_cohort(pred_root, data_dir, cfg.evaluation, patients=test_ids)
     write_outputs(result, out, predictions=str(pred_root), reference=str(data_dir))
     return result
 

@@ -54,8 +54,8 @@ from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_vol
 from metstrack.metrics.cohort import CohortSummary, summarize_cohort
 from metstrack.metrics.detection import BRATS_HD95_PENALTY_MM, DEFAULT_VOLUME_BINS_MM3
 from metstrack.metrics.longitudinal import StudyPairChange, compute_longitudinal
-from metstrack.metrics.matching import BRATS_METS_DILATION_VOXELS, MatchingOptions
-from metstrack.metrics.study import StudyEvaluation, evaluate_study
+from metstrack.metrics.matching import BRATS_METS_DILATION_VOXELS
+from metstrack.metrics.study import StudyEvaluation, StudyOptions, evaluate_study
 from metstrack.types import AFFINE_ATOL_MM, LABEL_SEQUENCE, Volume
 
 log = logging.getLogger(__name__)
@@ -113,18 +113,28 @@ class EvaluationConfig:
     label_values: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        MatchingOptions(
-            mode=self.mode,
-            criterion=self.criterion,
-            threshold=self.match_threshold,
-            objective=self.match_objective,
-            dilation_voxels=self.dilation_voxels,
-            min_ref_volume_mm3=self.min_ref_volume_mm3,
-        )
+        self.study_options().matching()  # validates the matching settings
         if self.connectivity not in (6, 18, 26):
             raise ValueError(f"connectivity must be 6, 18 or 26, got {self.connectivity}")
         if self.prob_threshold is not None and not 0.0 < self.prob_threshold <= 1.0:
             raise ValueError(f"prob_threshold must be in (0, 1], got {self.prob_threshold}")
+
+    def study_options(self) -> StudyOptions:
+        """The per-study part of these settings (:func:`metstrack.metrics.study.evaluate_study`)."""
+        return StudyOptions(
+            mode=self.mode,
+            criterion=self.criterion,
+            match_threshold=self.match_threshold,
+            match_objective=self.match_objective,
+            dilation_voxels=self.dilation_voxels,
+            min_ref_volume_mm3=self.min_ref_volume_mm3,
+            connectivity=self.connectivity,
+            tolerance_mm=self.tolerance_mm,
+            volume_bins_mm3=self.volume_bins_mm3,
+            beta=self.beta,
+            hd95_penalty_mm=self.hd95_penalty_mm,
+            new_lesion_margin_voxels=self.new_lesion_margin_voxels,
+        )
 
 
 @dataclass(frozen=True)
@@ -350,23 +360,12 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         pred_arr,
         ref.array != 0,
         affine=ref.affine,
-        mode=config.mode,
-        criterion=config.criterion,
-        match_threshold=config.match_threshold,
-        match_objective=config.match_objective,
-        dilation_voxels=config.dilation_voxels,
-        min_ref_volume_mm3=config.min_ref_volume_mm3,
-        connectivity=config.connectivity,
-        tolerance_mm=config.tolerance_mm,
-        volume_bins_mm3=config.volume_bins_mm3,
-        beta=config.beta,
-        hd95_penalty_mm=config.hd95_penalty_mm,
         previous_ref=prev_arr,
         ref_instances=inst,
         previous_ref_instances=prev_inst,
-        new_lesion_margin_voxels=config.new_lesion_margin_voxels,
         patient_id=job.patient_id,
         study_id=job.study_id,
+        options=config.study_options(),
     )
 
 
