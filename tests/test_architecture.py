@@ -24,8 +24,10 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
+ROOT = "metstrack"
 #: Where each package sits: module prefix -> (layer number, group). A module
-#: belongs to its longest matching prefix; a module matching none is an error.
+#: belongs to its longest matching prefix (the root package covers only its own
+#: ``__init__``); a module matching none is an error.
 LAYERS: dict[str, tuple[int, str]] = {
     # 1. core: records, errors, configuration, geometry, atomic writes, lesion labelling
     "metstrack": (1, "core"),
@@ -124,10 +126,11 @@ def parse_imports(module: str, source: str, modules: set[str]) -> list[Import]:
 
 
 def place(module: str, layers: Mapping[str, tuple[int, str]] = LAYERS) -> tuple[int, str]:
-    """(layer, group) of a module: its longest prefix in ``layers``."""
+    """(layer, group) of a module: its longest prefix in ``layers`` (the root only itself)."""
     best = ""
     for prefix in layers:
-        if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
+        covers = module == prefix or (prefix != ROOT and module.startswith(prefix + "."))
+        if covers and len(prefix) > len(best):
             best = prefix
     if not best:
         raise KeyError(f"{module}: in no layer; add its package to LAYERS and docs/architecture.md")

@@ -32,6 +32,7 @@ from skimage.measure import find_contours
 
 from metstrack import __version__
 from metstrack.core.atomic import atomic_path
+from metstrack.core.extras import require
 from metstrack.core.lesions import label_components
 from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
 from metstrack.io.dicom import (
@@ -422,7 +423,7 @@ def write_seg(
         GeometryMismatchError: The mask is not on the series' grid.
         LabelError: No lesion, or wrong number of labels.
     """
-    import highdicom as hd
+    hd = require("highdicom", extra="seg", feature="DICOM SEG export")
     from pydicom.sr.codedict import codes
 
     info, geo = _source_geometry(series, series_uid)
@@ -503,7 +504,7 @@ def read_seg(
     Raises:
         DicomSeriesError: Unreadable, or it does not reference this series.
     """
-    import highdicom as hd
+    hd = require("highdicom", extra="seg", feature="DICOM SEG export")
 
     path = Path(path)
     info, geo = _source_geometry(series, series_uid)

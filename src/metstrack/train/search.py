@@ -55,15 +55,16 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from metstrack.config import apply_overrides, from_dict, set_dotted, to_dict
 from metstrack.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from metstrack.core.extras import require
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.io.release import read_release
 from metstrack.train.api import train
 from metstrack.train.config import TrainConfig, check_train_config
 from metstrack.types import Cohort
+
+optuna = require("optuna", extra="search", feature="metstrack search")
 
 log = logging.getLogger(__name__)
 
