@@ -69,7 +69,8 @@ def preprocess(
 ) -> None:
     """Reorient, resample, register (within study and through time), mask and normalise."""
     from metstrack.config import load_config
-    from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
+    from metstrack.preprocess.config import PreprocessConfig
+    from metstrack.preprocess.pipeline import preprocess_dataset
 
     label_values = None
     if labels is not None:

@@ -44,7 +44,8 @@ from metstrack.io.layouts import read_dataset
 from metstrack.io.release import read_release
 from metstrack.io.tracks import MaskSource
 from metstrack.io.validate import validate_dataset
-from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
+from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.pipeline import preprocess_dataset
 from metstrack.report.build import ReportInputs, build_report
 from metstrack.survival.config import SurvivalConfig
 from metstrack.synth.clinical import generate_clinical_only

@@ -37,7 +37,8 @@ from metstrack.io.layouts import (
     read_dataset,
     unknown_interval_patients,
 )
-from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
+from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.pipeline import preprocess_dataset
 from metstrack.types import Cohort
 
 log = logging.getLogger(__name__)
