@@ -49,8 +49,8 @@ def search(
     reproduces the best trial with `metstrack train --config`. See docs/search.md.
     """
     with guarded():  # a missing `search` extra is one line, not a traceback
-        from metstrack.train.search import load_search_config
         from metstrack.train.search import search as run_search
+        from metstrack.train.search_space import load_search_config
 
     _quiet_lightning()
     try:

@@ -39,16 +39,10 @@ log = logging.getLogger(__name__)
 
 #: Split columns of the split table, in order.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
 REQUIRED_EVENT_COLUMNS: tuple[str, ...] = ("PatientID", "visit_class", "days_from_first_srs")
-
-
 REQUIRED_PATIENT_COLUMNS: tuple[str, ...] = tuple(
     c for c in schema.PATIENT_COLUMNS if c != "first_srs_days_from_baseline_scan"
 )
-
-
 REQUIRED_TARGET_COLUMNS: tuple[str, ...] = schema.TARGET_COLUMNS
 
 

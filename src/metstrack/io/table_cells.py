@@ -24,8 +24,6 @@ from metstrack.io.problems import (
 from metstrack.types import Study
 
 TRUE_WORDS = {"1", "1.0", "true", "yes"}
-
-
 FALSE_WORDS = {"0", "0.0", "false", "no"}
 
 

@@ -22,8 +22,6 @@ from metstrack.io.nifti import find_nifti
 from metstrack.types import Study
 
 MaskKind = Literal["predictions", "labels", "ground-truth"]
-
-
 #: Folder of the synthetic cohort's true instance maps: ``<root>/ground_truth/instances/<P>/<S>``.
 GT_INSTANCES_DIR = "instances"
 #: The synthetic cohort's true transforms table.

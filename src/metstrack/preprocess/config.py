@@ -20,8 +20,6 @@ from metstrack.preprocess.register import RegistrationConfig
 #: Folder of the preprocessing records inside the output dataset.
 PREPROCESS_DIR = "preprocess"
 REFERENCE_SEQUENCE = "CT1"
-
-
 INTERPOLATIONS = {"linear": 1, "bspline": 3}
 NORMALISATIONS = ("zscore", "none")
 
