@@ -40,7 +40,8 @@ from metstrack.synth.config import SynthConfig
 from metstrack.train.ablate import compare_variants, evaluate_run, markdown_table
 from metstrack.train.api import train
 from metstrack.train.config import load_train_config
-from metstrack.train.pretrain import load_pretrain_config, pretrain
+from metstrack.train.pretrain import pretrain
+from metstrack.train.pretrain_config import load_pretrain_config
 from metstrack.train.ssl_budget import CpuTimeBudget
 from metstrack.workflows.synth import generate_cohort
 

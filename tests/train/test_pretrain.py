@@ -14,7 +14,8 @@ from metstrack.errors import CheckpointError, ConfigError
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.synth.config import SynthConfig
-from metstrack.train.pretrain import load_pretrain_config, pretrain
+from metstrack.train.pretrain import pretrain
+from metstrack.train.pretrain_config import load_pretrain_config
 from metstrack.train.ssl_corrupt import (
     CorruptionConfig,
     bezier_curve,

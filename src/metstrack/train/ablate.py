@@ -61,7 +61,8 @@ from metstrack.train.api import train
 from metstrack.train.cache import StudyCache
 from metstrack.train.config import DataConfig, TrainConfig, check_train_config
 from metstrack.train.dataset import PatientSequenceDataset
-from metstrack.train.pretrain import PretrainConfig, PretrainTrainerConfig, pretrain
+from metstrack.train.pretrain import pretrain
+from metstrack.train.pretrain_config import PretrainConfig, PretrainTrainerConfig
 from metstrack.types import MODALITIES, Cohort, Patient
 
 log = logging.getLogger(__name__)
