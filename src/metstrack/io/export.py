@@ -3,7 +3,7 @@
 Both reference the source image series (its study, frame of reference and
 SOP instances) so a treatment-planning system or PACS viewer shows them on the
 scan they came from. The mask must lie on the series' own grid (the grid
-:func:`metstrack.io.dicom.load_series` builds); map predictions back to the
+:func:`metstrack.io.dicom_series.load_series` builds); map predictions back to the
 native grid first.
 
 RTSTRUCT contours are traced per slice with
@@ -35,13 +35,8 @@ from metstrack.core.atomic import atomic_path
 from metstrack.core.extras import require
 from metstrack.core.lesions import label_components
 from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
-from metstrack.io.dicom import (
-    DicomSeriesInfo,
-    SeriesGeometry,
-    scan_dicom,
-    series_geometry,
-    uid_suffix,
-)
+from metstrack.io.dicom import DicomSeriesInfo, scan_dicom, uid_suffix
+from metstrack.io.dicom_series import SeriesGeometry, series_geometry
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)

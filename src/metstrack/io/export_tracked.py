@@ -47,13 +47,8 @@ from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.core.grid import Grid
 from metstrack.core.mapping import map_to_native
 from metstrack.errors import DatasetError, DicomSeriesError, GeometryMismatchError, did_you_mean
-from metstrack.io.dicom import (
-    DicomScan,
-    DicomSeriesInfo,
-    scan_dicom,
-    series_geometry,
-    uid_suffix,
-)
+from metstrack.io.dicom import DicomScan, DicomSeriesInfo, scan_dicom, uid_suffix
+from metstrack.io.dicom_series import series_geometry
 from metstrack.io.export import GRID_ATOL_MM, PatientIdentity, write_rtstruct, write_seg
 from metstrack.io.ingest import read_mapping
 from metstrack.io.nifti import read_label

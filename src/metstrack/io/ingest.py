@@ -72,15 +72,9 @@ from metstrack.errors import (
     MetstrackError,
     did_you_mean,
 )
-from metstrack.io.dicom import (
-    SPACING_RTOL,
-    DicomScan,
-    DicomSeriesInfo,
-    load_series,
-    scan_dicom,
-    uid_suffix,
-)
+from metstrack.io.dicom import DicomScan, DicomSeriesInfo, scan_dicom, uid_suffix
 from metstrack.io.dicom_classify import ClassificationRules, classify_series
+from metstrack.io.dicom_series import SPACING_RTOL, load_series
 from metstrack.io.nifti import write_volume
 from metstrack.io.release import read_release
 from metstrack.io.rtstruct import RoiSelection, check_reference, rasterize_rtstruct, read_rtstruct
