@@ -12,8 +12,8 @@ from rich.table import Table
 
 from metstrack.cli.common import console, guarded, progress, usage_error
 from metstrack.io.export import lesion_instances, write_rtstruct, write_seg
-from metstrack.io.ingest import source_series_uid
 from metstrack.io.nifti import read_label
+from metstrack.io.pseudonyms import source_series_uid
 
 
 def export_rtstruct(

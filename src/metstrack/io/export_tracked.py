@@ -50,8 +50,8 @@ from metstrack.errors import DatasetError, DicomSeriesError, GeometryMismatchErr
 from metstrack.io.dicom import DicomScan, DicomSeriesInfo, scan_dicom, uid_suffix
 from metstrack.io.dicom_series import series_geometry
 from metstrack.io.export import GRID_ATOL_MM, PatientIdentity, write_rtstruct, write_seg
-from metstrack.io.ingest import read_mapping
 from metstrack.io.nifti import read_label
+from metstrack.io.pseudonyms import read_mapping
 from metstrack.io.tracked_dicom import LPS_FROM_RAS, LesionEntry, StudyResponse, write_tracked_sr
 from metstrack.io.tracks import read_transforms, tracked_map_path
 from metstrack.metrics.bidimensional import bidimensional_mm
