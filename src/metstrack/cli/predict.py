@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from metstrack.cli.common import (
@@ -186,16 +187,17 @@ def predict(
     for col in ("patient", "studies", "lesions", "status"):
         table.add_column(col)
     # The first bar appears only when the input is preprocessed on the way in.
-    bar = progress()
-    tasks: dict[str, object] = {}
+    bars: dict[str, Progress] = {}
+    tasks: dict[str, TaskID] = {}
 
-    def input_start(n: int) -> None:
-        bar.start()
-        tasks["input"] = bar.add_task("preprocessing input", total=n)
+    def start_bar(name: str, description: str, n: int) -> None:
+        bars[name] = progress()
+        bars[name].start()
+        tasks[name] = bars[name].add_task(description, total=n)
 
     def input_ready(prepared) -> None:
-        if "input" in tasks:
-            bar.remove_task(tasks.pop("input"))
+        if "input" in bars:
+            bars["input"].stop()
         if prepared.unknown_intervals:
             console.print(
                 f"note: intervals between studies are unknown for {len(prepared.unknown_intervals)} "
@@ -203,9 +205,6 @@ def predict(
                 "Give --intervals table.csv (StudyID,DaysFromBaselineScan) to set them.",
                 soft_wrap=True,
             )
-        n = len(request.patients) or len(prepared.cohort.patients)
-        bar.start()
-        tasks["predict"] = bar.add_task("predicting", total=n)
 
     def patient_done(p) -> None:
         if p.error is not None:
@@ -216,22 +215,23 @@ def predict(
         else:
             status = "done" if not p.n_kept else f"done ({p.n_kept} kept from a previous run)"
             table.add_row(p.patient_id, str(p.n_studies), str(p.n_lesions), status)
-        bar.advance(tasks["predict"])
+        bars["predict"].advance(tasks["predict"])
 
     with guarded():
         try:
             result = predict_dataset(
                 request,
-                on_input_start=input_start,
-                on_input_study=lambda o: bar.advance(tasks["input"]),
+                on_input_start=lambda n: start_bar("input", "preprocessing input", n),
+                on_input_study=lambda o: bars["input"].advance(tasks["input"]),
                 on_input_ready=input_ready,
+                on_start=lambda n: start_bar("predict", "predicting", n),
                 on_patient=patient_done,
             )
         except InputShapeError as exc:
-            bar.stop()
             usage_error(f"--roi {roi}: {exc}")
         finally:
-            bar.stop()
+            for bar in bars.values():
+                bar.stop()
     console.print(table)
     if result.failed:
         err_console.print(

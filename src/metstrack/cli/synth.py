@@ -104,28 +104,25 @@ def synth(
     from metstrack.workflows.synth import generate_cohort, write_clinical_only
 
     with guarded():
-        overrides = list(set_ or [])
-        for key, value in (
-            ("n_patients", patients),
-            ("seed", seed),
-            ("shape", shape),
-            ("spacing_mm", spacing),
-            ("anatomy", anatomy),
-            ("contrast", contrast),
-            ("acquisition", acquisition),
-            ("skull", skull),
-            ("min_studies", studies_min),
-            ("max_studies", studies_max),
-            ("workers", workers),
-        ):
-            if value is not None:
-                overrides.append(f"{key}={value}")
+        values: dict[str, object] = {
+            "n_patients": patients,
+            "seed": seed,
+            "shape": shape,
+            "spacing_mm": spacing,
+            "anatomy": anatomy,
+            "contrast": contrast,
+            "acquisition": acquisition,
+            "skull": skull,
+            "min_studies": studies_min,
+            "max_studies": studies_max,
+            "workers": workers,
+        }
         if no_motion:
             if acquisition not in (None, "fixed"):
                 usage_error("--no-motion puts every study on the baseline grid; drop --acquisition")
-            overrides += ["motion_max_deg=0", "motion_max_mm=0", "acquisition=fixed"]
+            values.update(motion_max_deg=0.0, motion_max_mm=0.0, acquisition="fixed")
         try:
-            cfg = load_config(SynthConfig, config, overrides)
+            cfg = load_config(SynthConfig, config, list(set_ or []), values=values)
         except ConfigError as exc:
             usage_error(exc)
         if clinical_only:

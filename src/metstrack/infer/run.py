@@ -176,6 +176,7 @@ def predict_dataset(
     on_input_start: Callable[[int], None] | None = None,
     on_input_study: Callable[[object], None] | None = None,
     on_input_ready: Callable[[PreparedInput], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     on_patient: Callable[[PatientPrediction], None] | None = None,
 ) -> PredictDatasetResult:
     """Segment every study of each patient of a dataset (see the module docstring).
@@ -186,6 +187,8 @@ def predict_dataset(
             input needs preprocessing.
         on_input_study: Called with each preprocessed study.
         on_input_ready: Called once the input is ready.
+        on_start: Called with the number of patients once the run is recorded,
+            before the first patient.
         on_patient: Called with each patient's outcome.
 
     Returns:
@@ -279,6 +282,8 @@ def predict_dataset(
             run, req.out / CONFIG_FILE, model=to_dict(cfg), **{FINGERPRINT_KEY: fingerprint}
         )
     result = PredictDatasetResult(run=run, prepared=prepared)
+    if on_start:
+        on_start(len(selected))
     for patient in selected:
         pid = patient.patient_id
         try:
