@@ -9,7 +9,7 @@ from metstrack.demo.run import DemoConfig, DemoPaths, checkpoint_path, demo_step
 
 def test_steps_are_the_library_workflows_in_order(tmp_path: Path) -> None:
     cfg = DemoConfig(out=tmp_path / "d", patients=3, seed=5, train_steps=2, workers=1)
-    paths = DemoPaths(cfg.out)
+    paths = DemoPaths.under(cfg.out)
     steps = demo_steps(cfg, paths)
     assert [s.name for s in steps] == [
         "synth",
@@ -33,9 +33,9 @@ def test_steps_are_the_library_workflows_in_order(tmp_path: Path) -> None:
 
 def test_shipped_checkpoint_replaces_training(tmp_path: Path) -> None:
     cfg = DemoConfig(out=tmp_path / "d")
-    steps = demo_steps(cfg, DemoPaths(cfg.out))
+    steps = demo_steps(cfg, DemoPaths.under(cfg.out))
     model = [s for s in steps if s.name in ("model", "train")]
     assert [s.name for s in model] == ["model" if not will_train(cfg) else "train"]
     if not will_train(cfg):
         assert model[0].argv == ()
-        assert checkpoint_path(cfg, DemoPaths(cfg.out)).name == "stt_demo.pt"
+        assert checkpoint_path(cfg, DemoPaths.under(cfg.out)).name == "stt_demo.pt"

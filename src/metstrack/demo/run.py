@@ -28,7 +28,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -117,59 +117,39 @@ class DemoResult:
 
 @dataclass(frozen=True)
 class DemoPaths:
-    """Where each step of the demo writes, under one output folder."""
+    """Where each step of the demo writes, under one output folder.
+
+    Attributes:
+        out: The output folder.
+        data: The synthetic imaging cohort (release layout).
+        preprocessed: Preprocessed copy of the cohort.
+        model: The checkpoint used (shipped copy, or a training run under ``run/``).
+        predictions: Prediction root.
+        evaluation: Evaluation tables.
+        tracking: Tracking tables and maps.
+        clinical: The clinical-only survival cohort.
+        survival: Survival tables and curves.
+        report: The HTML report.
+        catalog: The cohort catalog every step registers in.
+    """
 
     out: Path
+    data: Path
+    preprocessed: Path
+    model: Path
+    predictions: Path
+    evaluation: Path
+    tracking: Path
+    clinical: Path
+    survival: Path
+    report: Path
+    catalog: Path
 
-    @property
-    def data(self) -> Path:
-        """The synthetic imaging cohort (release layout)."""
-        return self.out / "data"
-
-    @property
-    def preprocessed(self) -> Path:
-        """Preprocessed copy of the cohort (``metstrack preprocess``)."""
-        return self.out / "preprocessed"
-
-    @property
-    def model(self) -> Path:
-        """The checkpoint used (shipped copy, or a training run under ``run/``)."""
-        return self.out / "model"
-
-    @property
-    def predictions(self) -> Path:
-        """Prediction root (``metstrack predict``)."""
-        return self.out / "predictions"
-
-    @property
-    def evaluation(self) -> Path:
-        """Evaluation tables (``metstrack evaluate``)."""
-        return self.out / "evaluation"
-
-    @property
-    def tracking(self) -> Path:
-        """Tracking tables and maps (``metstrack track``)."""
-        return self.out / "tracking"
-
-    @property
-    def clinical(self) -> Path:
-        """The clinical-only survival cohort."""
-        return self.out / "clinical"
-
-    @property
-    def survival(self) -> Path:
-        """Survival tables and curves (``metstrack survival``)."""
-        return self.out / "survival"
-
-    @property
-    def report(self) -> Path:
-        """The HTML report."""
-        return self.out / "report"
-
-    @property
-    def catalog(self) -> Path:
-        """The cohort catalog every step registers in."""
-        return self.out / "catalog.sqlite"
+    @classmethod
+    def under(cls, out: Path) -> DemoPaths:
+        """Each folder named after its field (the catalog is ``catalog.sqlite``)."""
+        folders = [f.name for f in fields(cls)][1:-1]
+        return cls(out, *(out / name for name in folders), out / "catalog.sqlite")
 
 
 @dataclass(frozen=True)
@@ -442,7 +422,7 @@ def run_demo(
     Raises:
         MetstrackError: A step failed (the message names the step's command).
     """
-    paths = DemoPaths(Path(cfg.out))
+    paths = DemoPaths.under(Path(cfg.out))
     paths.out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out=paths.out, report=paths.report / "index.html")
     steps = demo_steps(cfg, paths)

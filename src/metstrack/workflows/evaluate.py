@@ -121,20 +121,7 @@ class EvaluationConfig:
 
     def study_options(self) -> StudyOptions:
         """The per-study part of these settings (:func:`metstrack.metrics.study.evaluate_study`)."""
-        return StudyOptions(
-            mode=self.mode,
-            criterion=self.criterion,
-            match_threshold=self.match_threshold,
-            match_objective=self.match_objective,
-            dilation_voxels=self.dilation_voxels,
-            min_ref_volume_mm3=self.min_ref_volume_mm3,
-            connectivity=self.connectivity,
-            tolerance_mm=self.tolerance_mm,
-            volume_bins_mm3=self.volume_bins_mm3,
-            beta=self.beta,
-            hd95_penalty_mm=self.hd95_penalty_mm,
-            new_lesion_margin_voxels=self.new_lesion_margin_voxels,
-        )
+        return StudyOptions(**{f.name: getattr(self, f.name) for f in fields(StudyOptions)})
 
 
 @dataclass(frozen=True)
