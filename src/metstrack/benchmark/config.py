@@ -101,6 +101,7 @@ def _default_models() -> tuple[ModelEntry, ...]:
         ModelEntry(name="unet", network="unet"),
         ModelEntry(name="stt_prior", network="stt", prior_mask=True),
         ModelEntry(name="dynunet", network="dynunet"),
+        ModelEntry(name="stt_ms", network="stt-ms"),
     )
 
 
