@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metstrack.metrics.lesions import label_components
+from metstrack.core.lesions import label_components
 
 #: Default threshold grid: dense near 1, where small lesions' peaks sit.
 DEFAULT_THRESHOLDS: tuple[float, ...] = (
