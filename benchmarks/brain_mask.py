@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from metstrack.io.nifti import read_volume
-from metstrack.preprocess.brain import brain_mask, dice
+from metstrack.metrics.voxel import compute_dice
+from metstrack.preprocess.brain import brain_mask
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 CASE = REALDATA / "tcga-fg-6692-raw"
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         mask = fn()
         sec = time.perf_counter() - t0
         print(
-            f"{name:16s} {dice(mask, ref):6.3f} {mask.sum() * vox_ml:8.0f} "
+            f"{name:16s} {compute_dice(mask, ref):6.3f} {mask.sum() * vox_ml:8.0f} "
             f"{ref.sum() * vox_ml:8.0f} {sec:8.1f}",
             flush=True,
         )

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from metstrack.io.dicom import load_series, scan_dicom
+from metstrack.io.dicom import scan_dicom
+from metstrack.io.dicom_series import load_series
 from metstrack.io.dicom_synth import write_rtstruct, write_series
 from metstrack.io.ingest import ingest_dicom
 from metstrack.io.rtstruct import rasterize_rtstruct, read_rtstruct

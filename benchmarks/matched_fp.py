@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from metstrack.benchmark.config import BenchmarkConfig
     from metstrack.benchmark.runner import evaluate_model
     from metstrack.config import from_dict
-    from metstrack.io import schema
+    from metstrack.core import schema
     from metstrack.io.nifti import read_volume, write_volume
     from metstrack.io.release import read_release
     from metstrack.types import Volume

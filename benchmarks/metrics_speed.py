@@ -34,10 +34,10 @@ import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from metstrack.core.lesions import label_map  # noqa: E402
 from metstrack.metrics.detection import _stack, component_surfaces  # noqa: E402
-from metstrack.metrics.lesions import label_map  # noqa: E402
 from metstrack.metrics.matching import match_lesions, pair_overlaps  # noqa: E402
-from metstrack.metrics.study import evaluate_study  # noqa: E402
+from metstrack.metrics.study import StudyOptions, evaluate_study  # noqa: E402
 from metstrack.metrics.voxel import (  # noqa: E402
     compute_voxel_metrics,
     hd95_from_distances,
@@ -167,7 +167,10 @@ def main() -> None:
         old = measure(lambda p=pred, r=ref: previous_path(p, r, sp), args.repeats)
         o = measure(lambda p=pred, r=ref: evaluate_study(p, r, spacing_mm=sp), args.repeats)
         b = measure(
-            lambda p=pred, r=ref: evaluate_study(p, r, spacing_mm=sp, mode="brats"), args.repeats
+            lambda p=pred, r=ref: evaluate_study(
+                p, r, spacing_mm=sp, options=StudyOptions(mode="brats")
+            ),
+            args.repeats,
         )
         v = measure(lambda p=pred, r=ref: compute_voxel_metrics(p, r, spacing_mm=sp), args.repeats)
         ev = evaluate_study(pred, ref, spacing_mm=sp)

@@ -36,13 +36,14 @@ from pathlib import Path
 import torch
 
 from metstrack.io.release import read_release
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
 from metstrack.train.ablate import compare_variants, evaluate_run, markdown_table
 from metstrack.train.api import train
 from metstrack.train.config import load_train_config
-from metstrack.train.pretrain import load_pretrain_config, pretrain
+from metstrack.train.pretrain import pretrain
+from metstrack.train.pretrain_config import load_pretrain_config
 from metstrack.train.ssl_budget import CpuTimeBudget
+from metstrack.workflows.synth import generate_cohort
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:

@@ -22,13 +22,15 @@ import numpy as np
 import pandas as pd
 
 from metstrack.config import load_config
+from metstrack.core.mapping import load_transform
+from metstrack.core.spatial import voxel_to_world
 from metstrack.io.nifti import read_volume
-from metstrack.preprocess.mapping import load_transform
-from metstrack.preprocess.pipeline import PreprocessConfig, brain_mask_path, preprocess_dataset
+from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.pipeline import preprocess_dataset
 from metstrack.preprocess.register import residual_mm
-from metstrack.preprocess.spatial import voxel_to_world
-from metstrack.synth.cohort import generate_cohort
+from metstrack.preprocess.study import brain_mask_path
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from metstrack.survival.cox import CoxAnalysis
-from metstrack.survival.run import PRIMARY
 from metstrack.survival.table import build_analysis_table, clinical_frame
 from metstrack.synth.clinical import generate_clinical_only
+from metstrack.workflows.survival import PRIMARY
 
 
 def one_seed(seed: int, n: int) -> tuple[float, float, float, float]:

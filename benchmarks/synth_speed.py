@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
-    from metstrack.synth.cohort import generate_cohort
     from metstrack.synth.config import SynthConfig
+    from metstrack.workflows.synth import generate_cohort
 
     cfg = SynthConfig(
         n_patients=args.patients, seed=args.seed, shape=args.shape, workers=args.workers

@@ -1,6 +1,6 @@
 """Tracking accuracy on synthetic cohorts with ground-truth lesion identities.
 
-Generates a synthetic cohort (``metstrack.synth.cohort.generate_cohort``) or
+Generates a synthetic cohort (``metstrack.workflows.synth.generate_cohort``) or
 reads an existing one (``--data``), tracks the ground-truth masks of every
 patient (each follow-up mapped to its baseline grid with the true
 ``ground_truth/transforms.csv``; ``--no-motion`` generates a cohort without
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from metstrack.io import schema
+from metstrack.core import schema
+from metstrack.core.rate import monthly_rate_of_change
+from metstrack.core.spatial import resample_volume
 from metstrack.io.nifti import find_nifti, read_label
-from metstrack.preprocess.spatial import resample_volume
+from metstrack.io.tracks import GT_INSTANCES_DIR, GT_TRANSFORMS, read_transforms_csv
 from metstrack.tracking.accuracy import TrackingAccuracy, combine_accuracy, tracking_accuracy
-from metstrack.tracking.cohort import GT_INSTANCES_DIR, GT_TRANSFORMS, read_transforms_csv
 from metstrack.tracking.config import TrackConfig
-from metstrack.tracking.rate import monthly_rate_of_change
 from metstrack.tracking.tracker import track_patient
 from metstrack.types import Volume
 
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data
     t0 = time.perf_counter()
     if data is None:
-        from metstrack.synth.cohort import generate_cohort
         from metstrack.synth.config import SynthConfig
+        from metstrack.workflows.synth import generate_cohort
 
         extra = {"motion_max_deg": 0.0, "motion_max_mm": 0.0} if args.no_motion else {}
         tmp = tempfile.TemporaryDirectory(prefix="metstrack-trackbench-")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_patients": n,
         }
     if args.json:
-        from metstrack.io.atomic import write_json_atomic
+        from metstrack.core.atomic import write_json_atomic
 
         write_json_atomic(args.json, figures)
     if tmp is not None:

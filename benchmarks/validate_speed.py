@@ -18,8 +18,8 @@ from pathlib import Path
 
 from metstrack.io.release import read_release
 from metstrack.io.validate import validate_dataset
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:

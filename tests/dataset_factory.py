@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.nifti import write_volume
 from metstrack.types import LABEL_SEQUENCE, MODALITIES, SEQUENCES
 

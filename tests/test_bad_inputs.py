@@ -32,14 +32,15 @@ import pytest
 import torch
 from tests.dataset_factory import affine, write_release
 
-from metstrack.io import schema
+from metstrack.core import schema
+from metstrack.io.checkpoint import save_checkpoint
 from metstrack.io.dicom_synth import write_series
 from metstrack.io.nifti import write_volume
-from metstrack.models.checkpoint import save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
+from metstrack.synth.clinical import generate_clinical_only
 from metstrack.types import LABEL_SEQUENCE
+from metstrack.workflows.synth import write_clinical_only
 
 PATIENTS = {"P01": [0.0, 30.0], "P02": [0.0, 60.0]}
 

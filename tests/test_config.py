@@ -46,3 +46,19 @@ def test_bad_value_type():
         load_config(Cfg, None, ["seed=1.5"])
     with pytest.raises(ConfigError, match="expected 3 values"):
         load_config(Cfg, None, ["shape=[1,2]"])
+
+
+def test_typed_values_apply_last_and_skip_none(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("seed = 3\n[optim]\nlr = 0.01\n")
+    cfg = load_config(
+        Cfg,
+        p,
+        ["optim.schedule=poly"],
+        values={"seed": 7, "optim.lr": None, "shape": (8, 8, 8), "name": "x"},
+    )
+    assert cfg == Cfg(seed=7, shape=(8, 8, 8), optim=Optim(lr=0.01, schedule="poly"), name="x")
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(Cfg, values={"seed": 1.5})
+    with pytest.raises(ConfigError, match="did you mean 'seed'"):
+        load_config(Cfg, values={"sed": 1})

@@ -29,8 +29,9 @@ from typing import Any
 
 import pandas as pd
 
+from metstrack.config import config_fingerprint, to_dict
+from metstrack.core.atomic import atomic_path
 from metstrack.errors import DatasetError, did_you_mean
-from metstrack.io.atomic import atomic_path
 from metstrack.types import Cohort, Lesion
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,6 @@ def _now() -> str:
 
 
 def _config_payload(config: Any) -> tuple[str, str]:
-    from metstrack.config import config_fingerprint, to_dict
-
     if config is None:
         return "{}", ""
     if isinstance(config, dict):

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from metstrack import __version__
+from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import ConfigError, did_you_mean
-from metstrack.io.atomic import write_json_atomic
 
 T = TypeVar("T")
 
@@ -126,17 +127,34 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Load ``cls`` from defaults, an optional TOML file, then ``key=value`` overrides.
+def load_config(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Any] | None = None,
+) -> T:
+    """Load ``cls`` from defaults, an optional TOML file, ``key=value`` overrides, then values.
 
     Args:
         cls: The config dataclass.
         path: A TOML file, or ``None`` for defaults only.
         overrides: Dotted ``section.key=value`` strings; values are parsed as TOML
             scalars/arrays when possible (``lr=3e-4``, ``shape=[48,48,48]``), else strings.
+        values: Typed values by dotted key (``{"optim.lr": 3e-4}``), applied last;
+            ``None`` values are skipped, so unset CLI options pass straight through.
 
     Raises:
         ConfigError: Unreadable TOML, unknown key, bad value.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Cfg:
+        ...     lr: float = 1e-3
+        ...     mode: str = "overlap"
+        >>> load_config(Cfg, overrides=["lr=3e-4"], values={"mode": "brats", "lr": None})
+        Cfg(lr=0.0003, mode='brats')
     """
     data: dict[str, Any] = {}
     where = "config"
@@ -150,6 +168,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
     apply_overrides(data, overrides)
+    for key, value in (values or {}).items():
+        if value is not None:
+            set_dotted(data, key, value)
     return from_dict(cls, data, where=where)
 
 
@@ -211,8 +232,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path, **extra: Any) -> Path:
     """Write the resolved config as JSON (atomically), with metstrack's version and ``extra``."""
-    from metstrack import __version__
-
     payload = {"metstrack_version": __version__, "config": to_dict(cfg), **extra}
     return write_json_atomic(path, payload)
 

@@ -76,3 +76,7 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
 def where(path: str | Path | None) -> str:
     """Format a path for an error message (``"<no file>"`` when absent)."""
     return "<no file>" if path is None else str(path)
+
+
+class MissingExtraError(MetstrackError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra to add."""

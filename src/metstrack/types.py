@@ -17,6 +17,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from metstrack.core.affine import spacing_from_affine
+from metstrack.errors import DatasetError, did_you_mean
+
 #: The four MRI contrasts of a study, in the default channel order.
 MODALITIES: tuple[str, ...] = ("T1", "CT1", "T2", "FLAIR")
 #: File stem of the lesion mask in the release layout.
@@ -52,8 +55,7 @@ class Volume:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel spacing along X, Y, Z in mm (column norms of the affine)."""
-        sp = np.linalg.norm(np.asarray(self.affine)[:3, :3], axis=0)
-        return (float(sp[0]), float(sp[1]), float(sp[2]))
+        return spacing_from_affine(self.affine)
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -312,8 +314,6 @@ class Cohort:
 
     def patient(self, patient_id: str) -> Patient:
         """Return the patient with ``patient_id`` or raise a DatasetError naming the cohort."""
-        from metstrack.errors import DatasetError, did_you_mean
-
         for p in self.patients:
             if p.patient_id == patient_id:
                 return p

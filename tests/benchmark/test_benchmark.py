@@ -114,7 +114,7 @@ def test_leaderboard_markdown_names_commit_machine_and_every_model(tiny_run):
 def test_every_model_gets_the_same_budget_and_seed():
     cfg = load_benchmark_config(FULL)
     runs = [model_train_config(cfg, m) for m in cfg.models]
-    assert {r.model.name for r in runs} == {"stt", "unet", "dynunet"}
+    assert {r.model.name for r in runs} == {"stt", "unet", "dynunet", "stt-ms"}
     assert [r.model.prior_mask for r in runs] == [m.prior_mask for m in cfg.models]
     for r in runs:
         assert r.trainer.time_budget_min == cfg.budget.train_minutes > 0

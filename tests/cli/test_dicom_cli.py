@@ -91,7 +91,7 @@ def test_ingest_missing_source(tmp_path, cli):
 def test_export_bad_input(tmp_path, cli, case):
     write_demo_export(tmp_path / "e")
     series = tmp_path / "e" / "patient1" / "study1" / "planning"
-    from metstrack.io.dicom import read_dicom_series
+    from metstrack.io.dicom_series import read_dicom_series
 
     vol = read_dicom_series(series)
     mask = np.zeros(vol.shape, np.uint8)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from tests.dataset_factory import affine, write_release
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.nifti import write_volume
 from metstrack.types import LABEL_SEQUENCE
 
@@ -200,8 +200,8 @@ def test_synthetic_cohort_uses_ground_truth_identities(cli, tmp_path):
     """End to end on a generated cohort: new lesions come from the instance maps."""
     from metstrack.io.nifti import read_label
     from metstrack.io.release import read_release
-    from metstrack.synth.cohort import generate_cohort
     from metstrack.synth.config import SynthConfig
+    from metstrack.workflows.synth import generate_cohort
 
     root = generate_cohort(
         SynthConfig(n_patients=2, seed=5, shape=48, max_studies=3), tmp_path / "c"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from tests.dataset_factory import affine, write_release
 
+from metstrack.core import schema
 from metstrack.errors import ConfigError, LabelError
-from metstrack.io import schema
 from metstrack.io.labels import LABEL_PRESETS, lesion_mask, parse_label_values
 from metstrack.io.nifti import write_volume
 from metstrack.types import LABEL_SEQUENCE

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from metstrack.cli.main import app
 from metstrack.io.dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, make_client
-from metstrack.io.ingest import read_mapping
+from metstrack.io.pseudonyms import read_mapping
 from metstrack.io.tracked_dicom import read_tracked_sr
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "dicom.md"

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from metstrack.io.checkpoint import save_checkpoint
 from metstrack.io.nifti import read_volume
 from metstrack.io.release import read_release
-from metstrack.models.checkpoint import save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,8 @@ def test_usage_errors(cli, cohort, checkpoint, tmp_path) -> None:
 def test_preprocessed_dataset_outputs_on_the_original_grids(
     cli, cohort, checkpoint, tmp_path
 ) -> None:
-    from metstrack.preprocess.grid import Grid
-    from metstrack.preprocess.mapping import StudyTransform, save_transform
+    from metstrack.core.grid import Grid
+    from metstrack.core.mapping import StudyTransform, save_transform
 
     data = _copy(cohort, tmp_path)
     p = read_release(data).patients[0]

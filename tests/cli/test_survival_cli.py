@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
+from metstrack.synth.clinical import generate_clinical_only
+from metstrack.workflows.synth import write_clinical_only
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "survival.md"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
+from metstrack.synth.clinical import generate_clinical_only
+from metstrack.workflows.synth import write_clinical_only
 
 
 def test_unknown_patient_is_named_and_refused_unless_allowed(tmp_path, cli):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tests.dataset_factory import affine, edit_table, image, mask, write_release
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.nifti import write_volume
 
 

@@ -7,7 +7,7 @@ import json
 import torch
 
 from metstrack.demo.run import SHIPPED_PROVENANCE, shipped_checkpoint
-from metstrack.models.checkpoint import load_checkpoint
+from metstrack.io.checkpoint import load_checkpoint
 
 
 def test_shipped_checkpoint_loads_and_predicts():

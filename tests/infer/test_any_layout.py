@@ -14,9 +14,9 @@ import torch
 
 from metstrack.infer.inputs import prepare_input
 from metstrack.infer.predict import PredictOptions, StudyImages, output_paths, predict_patient
+from metstrack.io.checkpoint import save_checkpoint
 from metstrack.io.layouts import apply_intervals, read_dataset
 from metstrack.models.base import SequenceModel
-from metstrack.models.checkpoint import save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.types import Volume
@@ -190,13 +190,14 @@ def test_evaluate_two_plain_folders_of_masks(cli, tmp_path) -> None:
 @pytest.mark.slow
 def test_brain_mask_on_the_real_skull_on_thick_slice_scan(realdata) -> None:
     from metstrack.io.nifti import read_volume
-    from metstrack.preprocess.brain import dice, estimate_brain_mask
+    from metstrack.metrics.voxel import compute_dice
+    from metstrack.preprocess.brain import estimate_brain_mask
 
     case = realdata / "tcga-fg-6692-raw"
     mask, used = estimate_brain_mask(read_volume(case / "t1c.nii.gz"))
     ref = read_volume(case / "t1c_brainmask_hdbet.nii.gz").array > 0
     assert used == "deepbet"
-    assert dice(mask, ref) > 0.95
+    assert compute_dice(mask, ref) > 0.95
 
 
 @pytest.mark.parametrize(

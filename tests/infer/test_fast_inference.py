@@ -16,7 +16,7 @@ import torch
 
 from metstrack.demo.run import shipped_checkpoint
 from metstrack.infer.sliding import PRECISIONS, bf16_native, predict_sequence, resolve_precision
-from metstrack.models.checkpoint import load_checkpoint
+from metstrack.io.checkpoint import load_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 

@@ -10,6 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from metstrack.core.spatial import (
+    resample_array,
+    rigid_transform,
+    rotation_matrix,
+    voxel_to_world,
+)
 from metstrack.errors import GeometryMismatchError, InvalidImageError
 from metstrack.infer.predict import (
     LESION_COLUMNS,
@@ -22,12 +28,6 @@ from metstrack.infer.predict import (
 from metstrack.models.base import SequenceModel
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.preprocess.spatial import (
-    resample_array,
-    rigid_transform,
-    rotation_matrix,
-    voxel_to_world,
-)
 from metstrack.types import Volume
 
 #: The phantoms are boxes of noise, not heads: no brain to find, every voxel counts.

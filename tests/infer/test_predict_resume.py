@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from metstrack.models.checkpoint import save_checkpoint
+from metstrack.io.checkpoint import save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from metstrack.infer.predict import PredictOptions, StudyImages, predict_patient
-from metstrack.models.checkpoint import save_checkpoint
+from metstrack.io.checkpoint import save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
 from metstrack.types import Volume
+from metstrack.workflows.synth import generate_cohort
 
 
 @pytest.mark.parametrize("name", ["stt", "unet", "dynunet"])

@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 
 from metstrack.errors import DicomSeriesError
-from metstrack.io.dicom import load_series, read_dicom_series, scan_dicom, series_geometry
+from metstrack.io.dicom import scan_dicom
+from metstrack.io.dicom_series import load_series, read_dicom_series, series_geometry
 from metstrack.io.dicom_synth import (
     SECRET_BIRTH,
     SECRET_ID,

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from metstrack.cli.main import app
 from metstrack.errors import PacsError
-from metstrack.io.dicom import read_dicom_series
+from metstrack.io.dicom_series import read_dicom_series
 from metstrack.io.dicom_synth import SECRET_ID, write_demo_export
 from metstrack.io.dicomweb import ENV_PASSWORD, ENV_TOKEN, ENV_USER, make_client
 from metstrack.io.export import write_seg

@@ -8,7 +8,8 @@ import pytest
 from tests.pacs_tools import dciodvfy
 
 from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
-from metstrack.io.dicom import read_dicom_series, scan_dicom
+from metstrack.io.dicom import scan_dicom
+from metstrack.io.dicom_series import read_dicom_series
 from metstrack.io.dicom_synth import write_enhanced_series, write_series
 from metstrack.io.export import lesion_instances, read_seg, write_rtstruct, write_seg
 from metstrack.io.rtstruct import rasterize_rtstruct, read_rtstruct

@@ -13,9 +13,9 @@ import pydicom
 import pytest
 
 from metstrack.catalog import Catalog
+from metstrack.core import schema
 from metstrack.errors import DicomSeriesError
 from metstrack.io import ingest as ingest_mod
-from metstrack.io import schema
 from metstrack.io.dicom_synth import (
     SECRET_BIRTH,
     SECRET_ID,
@@ -23,13 +23,9 @@ from metstrack.io.dicom_synth import (
     write_rtstruct,
     write_series,
 )
-from metstrack.io.ingest import (
-    IngestConfig,
-    default_mapping_path,
-    ingest_dicom,
-    source_series_uid,
-)
+from metstrack.io.ingest import IngestConfig, ingest_dicom
 from metstrack.io.nifti import read_label, read_volume
+from metstrack.io.pseudonyms import default_mapping_path, source_series_uid
 from metstrack.io.release import read_release
 from metstrack.io.rtstruct import RoiSelection
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.dicom_synth import write_rtstruct, write_series
 from metstrack.io.ingest import ingest_dicom
 

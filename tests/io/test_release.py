@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from tests.dataset_factory import edit_table, write_release
 
+from metstrack.core import schema
 from metstrack.errors import DatasetError
-from metstrack.io import schema
 from metstrack.io.release import read_release, scan_release
 from metstrack.types import LABEL_SEQUENCE, MODALITIES
 

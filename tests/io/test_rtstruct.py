@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from metstrack.errors import DicomSeriesError, LabelError
-from metstrack.io.dicom import read_dicom_series, scan_dicom
+from metstrack.io.dicom import scan_dicom
+from metstrack.io.dicom_series import read_dicom_series
 from metstrack.io.dicom_synth import SECRET_ID, SECRET_NAME, write_rtstruct, write_series
 from metstrack.io.rtstruct import (
     ALL_ROIS,

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metstrack.io.atomic import atomic_path, sweep_stale_staging, sweep_stale_temps
-from metstrack.synth.cohort import generate_cohort
+from metstrack.core.atomic import atomic_path, sweep_stale_staging, sweep_stale_temps
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 
 def _dead_pid() -> int:

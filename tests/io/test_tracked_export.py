@@ -19,7 +19,7 @@ from tests.pacs_tools import dciodvfy
 from typer.testing import CliRunner
 
 from metstrack.cli.main import app
-from metstrack.io.dicom import read_dicom_series
+from metstrack.io.dicom_series import read_dicom_series
 from metstrack.io.dicom_synth import SECRET_BIRTH, SECRET_ID, SECRET_NAME, write_series
 from metstrack.io.export import read_seg
 from metstrack.io.ingest import ingest_dicom

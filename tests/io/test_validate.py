@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tests.dataset_factory import affine, edit_table, image, mask, write_release
 
+from metstrack.core import schema
 from metstrack.errors import DatasetError
-from metstrack.io import schema
 from metstrack.io.nifti import write_volume
 from metstrack.io.validate import validate_dataset
 
@@ -239,8 +239,8 @@ def test_missing_folder(tmp_path):
 def test_synthetic_cohort_reads_and_validates_clean(tmp_path, cli):
     from metstrack.io.layouts import read_dataset
     from metstrack.io.release import read_release
-    from metstrack.synth.cohort import generate_cohort
     from metstrack.synth.config import SynthConfig
+    from metstrack.workflows.synth import generate_cohort
 
     root = generate_cohort(SynthConfig(n_patients=2, seed=0, shape=48), tmp_path / "synth")
     c = read_release(root)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from metstrack.core.lesions import label_map
 from metstrack.metrics.detection import component_surfaces
 from metstrack.metrics.foreground import foreground_overlaps, label_foreground
-from metstrack.metrics.lesions import label_map
 from metstrack.metrics.matching import pair_overlaps
-from metstrack.metrics.study import evaluate_study
+from metstrack.metrics.study import StudyOptions, evaluate_study
 from metstrack.metrics.voxel import (
     _grouped_percentile,
     compute_dice,
@@ -107,7 +107,7 @@ def test_lesion_dice_and_hd95_equal_full_mask_metrics_per_pair(seed, mode) -> No
     pred = ndimage.shift(ref.astype(float), rng.integers(-1, 2, 3), order=0) > 0.5
     pred ^= random_mask(seed + 50, shape=shape, level=0.97)
     spacing = (1.0, 1.2, 1.7)
-    ev = evaluate_study(pred, ref, spacing_mm=spacing, mode=mode)
+    ev = evaluate_study(pred, ref, spacing_mm=spacing, options=StudyOptions(mode=mode))
     pl, rl = label_map(pred).labels, label_map(ref).labels
     tps = [r for r in ev.lesions if r.kind == "tp"]
     assert len(tps) >= 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metstrack.metrics.lesions import label_map
+from metstrack.core.lesions import label_map
 from metstrack.metrics.matching import MatchingOptions, match_lesions, pair_overlaps
 
 
@@ -193,7 +193,7 @@ def official_brats(pred, ref, dil, min_vol, spacing):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_brats_mode_agrees_with_the_official_procedure(seed):
-    from metstrack.metrics.study import evaluate_study
+    from metstrack.metrics.study import StudyOptions, evaluate_study
 
     rng = np.random.default_rng(seed)
     shape = (30, 26, 22)
@@ -210,7 +210,9 @@ def test_brats_mode_agrees_with_the_official_procedure(seed):
     pred |= rng.random(shape) > 0.9997  # a few single-voxel false positives
     sp = (1.0, 1.0, 1.5)
     want = official_brats(pred, ref, 1, 2.0, sp)
-    ev = evaluate_study(pred, ref, spacing_mm=sp, mode="brats", min_ref_volume_mm3=2.0)
+    ev = evaluate_study(
+        pred, ref, spacing_mm=sp, options=StudyOptions(mode="brats", min_ref_volume_mm3=2.0)
+    )
     d = ev.detection
     assert (d.tp, d.fn, d.fp) == (want["tp"], want["fn"], want["fp"])
     assert d.lesionwise_dice == pytest.approx(want["dice"])

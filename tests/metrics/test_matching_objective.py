@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metstrack.metrics.lesions import label_map
+from metstrack.core.lesions import label_map
 from metstrack.metrics.matching import MatchingOptions, match_lesions
-from metstrack.metrics.study import evaluate_study
+from metstrack.metrics.study import StudyOptions, evaluate_study
 
 
 def _sliver_case() -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,9 @@ def test_a_sliver_never_displaces_the_large_overlap():
 def test_evaluate_study_default_and_pairs_mode():
     pred, ref = _sliver_case()
     d = evaluate_study(pred, ref, spacing_mm=(1, 1, 1)).detection
-    p = evaluate_study(pred, ref, spacing_mm=(1, 1, 1), match_objective="pairs").detection
+    p = evaluate_study(
+        pred, ref, spacing_mm=(1, 1, 1), options=StudyOptions(match_objective="pairs")
+    ).detection
     assert (d.tp, d.fn, d.fp) == (1, 1, 1)
     assert (p.tp, p.fn, p.fp) == (2, 0, 0)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metstrack.errors import GeometryMismatchError, LabelError
-from metstrack.metrics.study import evaluate_study
+from metstrack.metrics.study import StudyOptions, evaluate_study
 from metstrack.metrics.voxel import compute_hd95, compute_voxel_metrics
 
 SP = (1.0, 1.0, 1.0)
@@ -50,7 +50,7 @@ def test_counts_f1_fbeta_and_penalties():
     pred[2:4, 2:4, 2:4] = False  # miss the small lesion
     pred[30:32, 25:27, 25:27] = True  # 8 mm3 false positive
     pred[0, 29, 29] = True  # 1 mm3 false positive
-    ev = evaluate_study(pred, ref, spacing_mm=SP, beta=2.0)
+    ev = evaluate_study(pred, ref, spacing_mm=SP, options=StudyOptions(beta=2.0))
     d = ev.detection
     assert (d.tp, d.fp, d.fn, d.tp_pred) == (2, 2, 1, 2)
     assert d.sensitivity == pytest.approx(2 / 3)
@@ -71,7 +71,7 @@ def test_counts_f1_fbeta_and_penalties():
 
 @pytest.mark.parametrize("mode", ["overlap", "brats"])
 def test_both_empty(mode):
-    ev = evaluate_study(grid(), grid(), spacing_mm=SP, mode=mode)
+    ev = evaluate_study(grid(), grid(), spacing_mm=SP, options=StudyOptions(mode=mode))
     d = ev.detection
     assert (d.tp, d.fp, d.fn, d.n_ref, d.n_pred) == (0, 0, 0, 0, 0)
     for v in (d.sensitivity, d.precision, d.f1, d.f_beta, d.lesion_dice, d.lesion_hd95_mm):
@@ -85,7 +85,7 @@ def test_both_empty(mode):
 
 @pytest.mark.parametrize("mode", ["overlap", "brats"])
 def test_prediction_empty(mode):
-    ev = evaluate_study(grid(), three_lesions(), spacing_mm=SP, mode=mode)
+    ev = evaluate_study(grid(), three_lesions(), spacing_mm=SP, options=StudyOptions(mode=mode))
     d = ev.detection
     assert (d.tp, d.fp, d.fn) == (0, 0, 3)
     assert d.sensitivity == 0.0 and nan(d.precision) and d.f1 == 0.0
@@ -96,7 +96,7 @@ def test_prediction_empty(mode):
 
 @pytest.mark.parametrize("mode", ["overlap", "brats"])
 def test_reference_empty(mode):
-    ev = evaluate_study(three_lesions(), grid(), spacing_mm=SP, mode=mode)
+    ev = evaluate_study(three_lesions(), grid(), spacing_mm=SP, options=StudyOptions(mode=mode))
     d = ev.detection
     assert (d.tp, d.fp, d.fn) == (0, 3, 0)
     assert nan(d.sensitivity) and d.precision == 0.0 and d.f1 == 0.0
@@ -131,7 +131,7 @@ def test_split_and_merge_in_both_modes():
     pred = ref.copy()
     pred[9:11] = False
     over = evaluate_study(pred, ref, spacing_mm=SP)
-    brats = evaluate_study(pred, ref, spacing_mm=SP, mode="brats")
+    brats = evaluate_study(pred, ref, spacing_mm=SP, options=StudyOptions(mode="brats"))
     assert (over.detection.tp, over.detection.fp) == (1, 1)
     assert (brats.detection.tp, brats.detection.fp, brats.detection.tp_pred) == (1, 0, 2)
     assert brats.lesions[0].dice == pytest.approx(2 * 200 / (200 + 250))
@@ -142,7 +142,7 @@ def test_split_and_merge_in_both_modes():
     pred2 = grid()
     pred2[5:18, 5:10, 5:10] = True
     over2 = evaluate_study(pred2, ref2, spacing_mm=SP)
-    brats2 = evaluate_study(pred2, ref2, spacing_mm=SP, mode="brats")
+    brats2 = evaluate_study(pred2, ref2, spacing_mm=SP, options=StudyOptions(mode="brats"))
     assert (over2.detection.tp, over2.detection.fn, over2.detection.fp) == (1, 1, 0)
     assert (brats2.detection.tp, brats2.detection.fn, brats2.detection.fp) == (2, 0, 0)
 
@@ -152,7 +152,7 @@ def test_lesion_hd95_matches_direct_computation(make_blobs, rng):
     pred = make_blobs(rng, (32, 32, 32), level=0.93, sigma=1.5) | np.roll(ref, 1, axis=0)
     sp = (0.8, 1.0, 1.5)
     ev = evaluate_study(pred, ref, spacing_mm=sp)
-    from metstrack.metrics.lesions import label_map
+    from metstrack.core.lesions import label_map
 
     pm, rm = label_map(pred), label_map(ref)
     checked = 0
@@ -183,7 +183,9 @@ def test_anisotropic_volumes_strata_and_world_centroids():
 
 
 def test_custom_bins_keep_the_small_stratum():
-    ev = evaluate_study(grid(), grid(), spacing_mm=SP, volume_bins_mm3=(0, 50))
+    ev = evaluate_study(
+        grid(), grid(), spacing_mm=SP, options=StudyOptions(volume_bins_mm3=(0, 50))
+    )
     assert [s.stratum for s in ev.strata] == ["[0,10)", "[10,50)", "[50,inf)"]
 
 

@@ -13,6 +13,7 @@ from metstrack.models.registry import MODELS, build_model
 # (name, spatial size) small enough for a CPU test
 CASES = [
     ("stt", 32),
+    ("stt-ms", 32),
     ("unet", 32),
     ("dynunet", 32),
     ("segresnet", 32),
@@ -31,7 +32,7 @@ def test_each_network_runs_the_sequence_interface(name: str, size: int, prior: b
     cfg = ModelConfig(name=name, width=0.25, roi_size=(size,) * 3, prior_mask=prior)
     net = build_model(cfg).eval()
     assert isinstance(net, SequenceModel) and net.config is cfg
-    assert net.temporal == (name == "stt")
+    assert net.temporal == name.startswith("stt")
     t = 1 if name == "swinunetr" else 2  # keep the slowest network to one study
     x = torch.randn(t, 4 + int(prior), size, size, size)
     with torch.no_grad():

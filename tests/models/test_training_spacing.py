@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from metstrack.models.checkpoint import TRAINING_SPACING_KEY, training_spacing_mm
+from metstrack.io.checkpoint import TRAINING_SPACING_KEY, training_spacing_mm
 
 
 def test_spacing_comes_from_the_provenance_beside_the_checkpoint(tmp_path):
@@ -19,7 +19,7 @@ def test_spacing_comes_from_the_provenance_beside_the_checkpoint(tmp_path):
 
 
 def test_operating_point_numbers_from_provenance(tmp_path):
-    from metstrack.models.checkpoint import MIN_VOLUME_KEY, THRESHOLD_KEY, provenance_number
+    from metstrack.io.checkpoint import MIN_VOLUME_KEY, THRESHOLD_KEY, provenance_number
 
     ckpt = tmp_path / "m.pt"
     assert provenance_number(ckpt, THRESHOLD_KEY, 0.5) == 0.5

@@ -43,7 +43,7 @@ def head():
 
 
 def _moved(vol: Volume, baseline_to_study, shape, affine, order=3):
-    from metstrack.preprocess.spatial import resample_array
+    from metstrack.core.spatial import resample_array
 
     arr = resample_array(
         vol.array,
@@ -73,9 +73,9 @@ def write_tiny_cohort(
     """
     import pandas as pd
 
-    from metstrack.io import schema
+    from metstrack.core import schema
+    from metstrack.core.spatial import rigid_transform
     from metstrack.io.nifti import write_volume
-    from metstrack.preprocess.spatial import rigid_transform
     from metstrack.types import SEQUENCES
 
     rng = np.random.default_rng(seed)

@@ -7,7 +7,8 @@ import pytest
 
 from metstrack.errors import InvalidImageError
 from metstrack.io.nifti import read_volume
-from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, dice, nonzero_mask
+from metstrack.metrics.voxel import compute_dice
+from metstrack.preprocess.brain import BrainMaskConfig, brain_mask, nonzero_mask
 from metstrack.types import Volume
 
 
@@ -18,7 +19,7 @@ def test_brain_mask_matches_hdbet_on_real_skull_on_t1c(realdata):
     ref = read_volume(folder / "t1c_brainmask_hdbet.nii.gz").array > 0
     m = brain_mask(t1c)
     assert m.shape == t1c.shape and m.dtype == bool
-    assert dice(m, ref) > 0.9
+    assert compute_dice(m, ref) > 0.9
 
 
 def test_brain_mask_on_phantom_excludes_scalp(head):
@@ -26,7 +27,7 @@ def test_brain_mask_on_phantom_excludes_scalp(head):
     m = brain_mask(
         vol, BrainMaskConfig(working_spacing_mm=4.0, min_depth_mm=4.0, erode_mm=4.0, closing_mm=4.0)
     )
-    assert dice(m, brain) > 0.9
+    assert compute_dice(m, brain) > 0.9
     assert not (m & (vol.array > 500)).any()  # the bright scalp is outside
 
 
@@ -65,6 +66,6 @@ def test_brain_mask_on_synthetic_head_against_tissue_truth(seed):
     study = p.studies[0]
     m = brain_mask(Volume(array=study.image("CT1"), affine=p.affine))
     truth = study.brain_mask  # brain tissue and the CSF inside its envelope
-    assert dice(m, truth) > 0.9
+    assert compute_dice(m, truth) > 0.9
     outside = m & np.isin(p.tissues, (SCALP, BONE, MARROW))
     assert outside.sum() < 0.02 * m.sum()

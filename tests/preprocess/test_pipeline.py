@@ -9,18 +9,16 @@ import pytest
 
 from metstrack.catalog import Catalog
 from metstrack.config import load_config
+from metstrack.core import schema
+from metstrack.core.mapping import load_transform, map_to_native
+from metstrack.core.spatial import voxel_to_world
 from metstrack.errors import ConfigError
-from metstrack.io import schema
 from metstrack.io.nifti import read_volume
 from metstrack.io.release import read_release
-from metstrack.preprocess.mapping import load_transform, map_to_native
-from metstrack.preprocess.pipeline import (
-    PreprocessConfig,
-    preprocess_dataset,
-    provenance_path,
-)
+from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.pipeline import preprocess_dataset
 from metstrack.preprocess.register import residual_mm
-from metstrack.preprocess.spatial import voxel_to_world
+from metstrack.preprocess.study import provenance_path
 
 #: Small pyramids and a coarse grid keep the test fast on two shared cores.
 FAST = [
@@ -181,7 +179,8 @@ _KILLED_RUN = """
 import sys
 sys.path.insert(0, {src!r})
 from metstrack.config import load_config
-from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
+from metstrack.preprocess.pipeline import preprocess_dataset
+from metstrack.preprocess.config import PreprocessConfig
 cfg = load_config(PreprocessConfig, None, {overrides!r})
 preprocess_dataset({data!r}, {out!r}, cfg, workers=1, catalog_path={db!r})
 """

@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from metstrack.core.spatial import (
+    grid_centre_mm,
+    resample_array,
+    rigid_transform,
+    voxel_to_world,
+)
 from metstrack.errors import ConfigError, InvalidImageError
 from metstrack.preprocess.register import (
     RegistrationConfig,
@@ -14,12 +20,6 @@ from metstrack.preprocess.register import (
     residual_mm,
     sitk_transform_to_ras,
     to_sitk,
-)
-from metstrack.preprocess.spatial import (
-    grid_centre_mm,
-    resample_array,
-    rigid_transform,
-    voxel_to_world,
 )
 from metstrack.types import Volume
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metstrack.preprocess.pipeline import PreprocessConfig
+from metstrack.preprocess.config import PreprocessConfig
 from metstrack.preprocess.register import pyramid_shrink_factors, register
 from metstrack.types import Volume
 

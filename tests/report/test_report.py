@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metstrack.io import schema
+from metstrack.core import schema
+from metstrack.core.lesions import label_components
 from metstrack.io.nifti import read_label, write_volume
 from metstrack.io.release import read_release
-from metstrack.metrics.lesions import label_components
-from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
-from metstrack.synth.cohort import generate_cohort
+from metstrack.synth.clinical import generate_clinical_only
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort, write_clinical_only
 
 
 @pytest.fixture(scope="module")

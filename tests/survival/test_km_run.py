@@ -10,8 +10,8 @@ import pytest
 from metstrack.errors import SurvivalDataError
 from metstrack.survival.config import SurvivalConfig
 from metstrack.survival.km import kaplan_meier, rate_groups
-from metstrack.survival.run import run_survival
 from metstrack.survival.table import build_analysis_table
+from metstrack.workflows.survival import run_survival
 
 
 def test_groups_median_and_tertiles(rng):

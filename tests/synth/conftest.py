@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 COHORT_CFG = SynthConfig(n_patients=3, seed=11, shape=48, max_studies=4)
 

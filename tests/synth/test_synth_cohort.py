@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 
 from metstrack.config import load_config
+from metstrack.core.lesions import lesion_table
 from metstrack.errors import ConfigError
 from metstrack.io.nifti import read_label, read_volume
-from metstrack.metrics.lesions import lesion_table
-from metstrack.synth.cohort import generate_cohort, make_patient
+from metstrack.synth.cohort import make_patient
 from metstrack.synth.config import SynthConfig
+from metstrack.workflows.synth import generate_cohort
 
 TABLES = (
     "tables/imaging.csv",

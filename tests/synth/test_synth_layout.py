@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.nifti import read_label, read_volume
 from metstrack.synth.clinical import GT_BURDEN, GT_TRAJECTORIES, GT_TRANSFORMS
 from metstrack.types import DAYS_PER_MONTH, LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE

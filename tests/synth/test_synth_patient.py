@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metstrack.metrics.lesions import lesion_table
-from metstrack.preprocess.spatial import rotation_angle_deg
+from metstrack.core.lesions import lesion_table
+from metstrack.core.spatial import rotation_angle_deg
 from metstrack.synth import anatomy as tissue
 from metstrack.synth.cohort import make_patient
 from metstrack.synth.config import SynthConfig

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
+from metstrack.synth.clinical import generate_clinical_only
 from metstrack.synth.config import SynthConfig
 from metstrack.synth.timeline import least_squares_rate_cm3_per_month
 from metstrack.types import DAYS_PER_MONTH
+from metstrack.workflows.synth import write_clinical_only
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.release import read_release
 from metstrack.io.validate import validate_dataset
-from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
+from metstrack.synth.clinical import generate_clinical_only
 from metstrack.train.cache import study_label_path
+from metstrack.workflows.synth import write_clinical_only
 
 
 def test_imaging_cohort_validates_with_no_warning(small_cohort):

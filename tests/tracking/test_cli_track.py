@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metstrack.io import schema
+from metstrack.core import schema
 from metstrack.io.nifti import read_label, write_volume
 from metstrack.types import SEQUENCES
 
@@ -212,8 +212,8 @@ def test_track_predictions_root(tk, tmp_path, cli):
 
 
 def test_track_with_preprocess_transform_folder(tk, tmp_path, cli):
-    from metstrack.preprocess.grid import Grid
-    from metstrack.preprocess.mapping import StudyTransform, save_transform
+    from metstrack.core.grid import Grid
+    from metstrack.core.mapping import StudyTransform, save_transform
 
     data = _write_dataset(tk, tmp_path / "data", shift_follow_up_mm=4.0)
     pre = tmp_path / "pre"

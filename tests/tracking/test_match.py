@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from metstrack.metrics.lesions import label_components, lesion_table
+from metstrack.core.lesions import label_components, lesion_table
 from metstrack.tracking.match import link_cost, optimal_links, pair_scores
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metstrack.errors import ConfigError
-from metstrack.tracking.rate import (
+from metstrack.core.rate import (
     LOG_EPSILON_CM3,
     monthly_count_rate_of_change,
     monthly_rate_of_change,
 )
+from metstrack.errors import ConfigError
 from metstrack.tracking.trajectory import patient_rates
 from metstrack.types import DAYS_PER_MONTH
 

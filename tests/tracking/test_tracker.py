@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from metstrack.config import load_config
+from metstrack.core.spatial import rigid_transform
 from metstrack.errors import GeometryMismatchError
-from metstrack.preprocess.spatial import rigid_transform
 from metstrack.tracking.config import TrackConfig
 from metstrack.tracking.tracker import track_patient
 from metstrack.types import Volume
@@ -212,7 +212,7 @@ def test_tracked_ids_consistent_over_many_lesions(tk, rng):
 
 
 def test_baseline_grid_parameter_resamples_onto_it(tk):
-    from metstrack.preprocess.grid import Grid
+    from metstrack.core.grid import Grid
 
     a = tk.ball((12, 12, 12), 4)
     grid = Grid(shape=(16, 16, 16), affine=tk.affine((2.0, 2.0, 2.0)))

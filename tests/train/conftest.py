@@ -96,7 +96,7 @@ def _write_tables(cohort: Cohort) -> None:
     """Imaging and split tables of the release layout, so ``read_release`` reads the folder."""
     import pandas as pd
 
-    from metstrack.io import schema
+    from metstrack.core import schema
 
     rows, split_rows = [], []
     for p in cohort.patients:

@@ -9,7 +9,6 @@ import pytest
 
 from metstrack.errors import ConfigError
 from metstrack.metrics.study import evaluate_study
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
 from metstrack.train.ablate import (
     compare_variants,
@@ -18,6 +17,7 @@ from metstrack.train.ablate import (
     markdown_table,
 )
 from metstrack.train.config import load_train_config
+from metstrack.workflows.synth import generate_cohort
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "configs" / "ablate_tiny.toml"

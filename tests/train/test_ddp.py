@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from metstrack.models.checkpoint import load_checkpoint
+from metstrack.io.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu(tiny_cohort, tmp_path):
+@pytest.mark.parametrize("network", ["stt", "stt-ms"])
+def test_two_process_ddp_on_cpu(tiny_cohort, tmp_path, network):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     env.pop("LOCAL_RANK", None)
@@ -24,7 +25,7 @@ def test_two_process_ddp_on_cpu(tiny_cohort, tmp_path):
         sys.executable, "-m", "metstrack.cli.main", "train",
         "--data", str(tiny_cohort.root), "--out", str(out),
         "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--max-steps", "2",
-        "model.width=0.0625", "model.roi_size=[32,32,32]", "data.max_studies=2",
+        "model.width=0.0625", f"model.name=\"{network}\"", "model.roi_size=[32,32,32]", "data.max_studies=2",
         "data.samples_per_epoch=4", "augment.affine_prob=0", "trainer.progress_bar=false",
         f"data.cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip
@@ -35,5 +36,6 @@ def test_two_process_ddp_on_cpu(tiny_cohort, tmp_path):
     assert result["global_step"] == 2 and result["epochs"] == 1
     # the single validation patient (3 labelled studies) is counted once, not per process
     assert result["scores"]["n_scans"] == 3
-    net, _ = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    net, cfg = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert cfg.name == network
     assert sum(p.numel() for p in net.parameters()) > 0

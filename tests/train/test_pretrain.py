@@ -13,9 +13,9 @@ import torch
 from metstrack.errors import CheckpointError, ConfigError
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
-from metstrack.train.pretrain import load_pretrain_config, pretrain
+from metstrack.train.pretrain import pretrain
+from metstrack.train.pretrain_config import load_pretrain_config
 from metstrack.train.ssl_corrupt import (
     CorruptionConfig,
     bezier_curve,
@@ -24,6 +24,7 @@ from metstrack.train.ssl_corrupt import (
     paint,
 )
 from metstrack.train.ssl_weights import FIRST_CONV, load_pretrained, read_pretrained
+from metstrack.workflows.synth import generate_cohort
 
 TINY = [
     "model.width=0.125",

@@ -15,16 +15,11 @@ import pandas as pd
 import pytest
 
 from metstrack.errors import ConfigError
-from metstrack.synth.cohort import generate_cohort
 from metstrack.synth.config import SynthConfig
 from metstrack.train.config import load_train_config
-from metstrack.train.search import (
-    apply_params,
-    load_search_config,
-    scaled_augment,
-    search,
-    to_toml,
-)
+from metstrack.train.search import search
+from metstrack.train.search_space import apply_params, load_search_config, scaled_augment, to_toml
+from metstrack.workflows.synth import generate_cohort
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "search" / "tiny.toml"
@@ -218,14 +213,15 @@ def test_toml_writer_round_trips_a_training_config(tmp_path):
     cfg = apply_params(load_search_config(TINY)[0], {"loss.name": "tversky", "optim.lr": 1.5e-4})
     text = to_toml({"a": {"b": [1, 2], "c": 'x"y', "d": True, "e": 1e-5}})
     assert tomllib.loads(text) == {"a": {"b": [1, 2], "c": 'x"y', "d": True, "e": 1e-5}}
-    from metstrack.train.search import write_train_toml
+    from metstrack.train.search_space import write_train_toml
 
     path = write_train_toml(cfg, tmp_path / "c.toml", header="hello")
     assert load_train_config(path) == cfg
 
 
 def test_every_point_of_the_shipped_space_is_a_valid_training_config():
-    from metstrack.train.search import _suggest, param_specs
+    from metstrack.train.search import _suggest
+    from metstrack.train.search_space import param_specs
 
     base, scfg, _ = load_search_config(REPO / "configs" / "search" / "stt.toml")
     specs = param_specs(scfg)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metstrack.infer.sliding import predict_sequence
-from metstrack.models.checkpoint import load_checkpoint
+from metstrack.io.checkpoint import load_checkpoint
 from metstrack.train import module as module_mod
 from metstrack.train.api import train
 from metstrack.train.config import load_train_config

@@ -12,7 +12,7 @@ did-you-mean hint):
 * ``[budget]``      the equal CPU budget: wall-clock minutes and/or steps per
   model, torch threads, one subprocess per model
 * ``[predict]``     sliding-window inference on the test patients
-* ``[evaluation]``  :class:`metstrack.metrics.runner.EvaluationConfig`
+* ``[evaluation]``  :class:`metstrack.workflows.evaluate.EvaluationConfig`
 * ``[tracking]``    :class:`metstrack.tracking.config.TrackConfig`
 * ``[[models]]``    one table per leaderboard row (:class:`ModelEntry`)
 
@@ -29,10 +29,11 @@ from pathlib import Path
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
-from metstrack.metrics.runner import EvaluationConfig
+from metstrack.models.registry import MODELS
 from metstrack.synth.config import SynthConfig
 from metstrack.tracking.config import TrackConfig
 from metstrack.train.config import TrainConfig, check_train_config
+from metstrack.workflows.evaluate import EvaluationConfig
 
 #: Leaderboard row names: letters, digits, ``_`` and ``-`` (they name folders).
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -100,6 +101,7 @@ def _default_models() -> tuple[ModelEntry, ...]:
         ModelEntry(name="unet", network="unet"),
         ModelEntry(name="stt_prior", network="stt", prior_mask=True),
         ModelEntry(name="dynunet", network="dynunet"),
+        ModelEntry(name="stt_ms", network="stt-ms"),
     )
 
 
@@ -142,8 +144,6 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
     test and validation patients, and that it is generated without motion
     (the benchmark trains on the raw synthetic studies; see ``docs/benchmark.md``).
     """
-    from metstrack.models.registry import MODELS
-
     if not cfg.models:
         raise ConfigError(f"{where}: no [[models]] entry; add at least one network to compare")
     seen: set[str] = set()

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.metrics.detection import DEFAULT_VOLUME_BINS_MM3, bin_label
 
 #: The evaluation's default lesion-volume strata (mm3).

@@ -7,7 +7,7 @@ Output folder::
     <out>/models/<name>/run/              training run (metstrack.train.api.train)
     <out>/models/<name>/pred/             test-patient predictions (metstrack.infer)
     <out>/models/<name>/stage.json        steps, times, parameters, peak memory
-    <out>/models/<name>/evaluation/       metstrack.metrics.runner.write_outputs tables
+    <out>/models/<name>/evaluation/       metstrack.workflows.evaluate.write_outputs tables
     <out>/models/<name>/tracking.json     tracking accuracy against ground-truth identities
     <out>/models/<name>/worker.log        log of the model's subprocess (isolated runs)
     <out>/leaderboard.{csv,md,json}       one row per model (metstrack.benchmark.leaderboard)
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from metstrack import __version__
 from metstrack.benchmark.config import (
     BenchmarkConfig,
     ModelEntry,
@@ -56,10 +57,21 @@ from metstrack.benchmark.leaderboard import (
     write_leaderboard,
 )
 from metstrack.config import config_fingerprint, save_config, to_dict
+from metstrack.core import schema
+from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import ConfigError, DatasetError, MetstrackError
-from metstrack.io import schema
-from metstrack.io.atomic import write_json_atomic
+from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
+from metstrack.io.checkpoint import load_checkpoint
+from metstrack.io.nifti import find_nifti, read_label
+from metstrack.io.release import read_release
+from metstrack.io.tracks import GT_INSTANCES_DIR
+from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
+from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
+from metstrack.tracking.tracker import track_patient
+from metstrack.train.api import train
 from metstrack.train.config import TrainConfig
+from metstrack.workflows.evaluate import evaluate_cohort, write_outputs
+from metstrack.workflows.synth import generate_cohort
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +191,6 @@ def train_and_predict(
     """
     import torch
 
-    from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
-    from metstrack.io.release import read_release
-    from metstrack.models.checkpoint import load_checkpoint
-    from metstrack.train.api import train
-
     model_dir.mkdir(parents=True, exist_ok=True)
     cohort = read_release(data_dir)
     method = "vmhwm" if reset_peak_rss() else "ru_maxrss"
@@ -296,27 +303,9 @@ def evaluate_model(
     """Evaluate one model's predictions on the test patients' studies (every study is labelled).
 
     Returns:
-        The :class:`metstrack.metrics.runner.CohortEvaluation` (tables written to ``out``).
+        The :class:`metstrack.workflows.evaluate.CohortEvaluation` (tables written to ``out``).
     """
-    from metstrack.metrics.cohort import summarize_cohort
-    from metstrack.metrics.longitudinal import compute_longitudinal
-    from metstrack.metrics.runner import CohortEvaluation, plan_jobs, run_jobs, write_outputs
-
-    ecfg = cfg.evaluation
-    wanted = set(test_ids)
-    jobs = [j for j in plan_jobs(pred_root, data_dir, ecfg) if j.patient_id in wanted]
-    if not jobs:
-        raise DatasetError(f"{data_dir}: no labelled study among the test patients")
-    studies = run_jobs(jobs, ecfg)
-    pairs = compute_longitudinal(studies)
-    summary = summarize_cohort(
-        studies,
-        pairs=pairs,
-        n_bootstrap=ecfg.n_bootstrap,
-        confidence=ecfg.confidence,
-        seed=ecfg.seed,
-    )
-    result = CohortEvaluation(tuple(studies), pairs, summary, ecfg)
+    result = evaluate_cohort(pred_root, data_dir, cfg.evaluation, patients=test_ids)
     write_outputs(result, out, predictions=str(pred_root), reference=str(data_dir))
     return result
 
@@ -327,11 +316,6 @@ def track_model(cfg: BenchmarkConfig, cohort, pred_root: Path, test_ids: Sequenc
     Returns:
         The summed :class:`metstrack.tracking.accuracy.TrackingAccuracy`.
     """
-    from metstrack.io.nifti import find_nifti, read_label
-    from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
-    from metstrack.tracking.cohort import GT_INSTANCES_DIR
-    from metstrack.tracking.tracker import track_patient
-
     total = TrackingAccuracy()
     for pid in test_ids:
         patient = cohort.patient(pid)
@@ -378,8 +362,6 @@ def leaderboard_row(
     n_patients: int,
 ) -> dict[str, object]:
     """One leaderboard row from a model's stage record, evaluation and tracking accuracy."""
-    from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
-
     s = evaluation.summary
     row: dict[str, object] = {
         "model": entry.name,
@@ -420,8 +402,6 @@ def leaderboard_row(
 
 
 def _cohort(cfg: BenchmarkConfig, out: Path, on_event: Callable[[str], None]) -> Path:
-    from metstrack.synth.cohort import generate_cohort
-
     data_dir = out / "cohort"
     fp = config_fingerprint(cfg.cohort)
     marker = data_dir / COHORT_MARKER
@@ -470,9 +450,6 @@ def run_benchmark(
         ConfigError: Unknown model name, or an output folder holding another cohort.
         MetstrackError: A model's run failed (names its log file).
     """
-    from metstrack import __version__
-    from metstrack.io.release import read_release
-
     emit = on_event or (lambda msg: log.info("%s", msg))
     entries = select_models(cfg, models)
     out = Path(out_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +46,10 @@ def demo(
     """Synthesise, preprocess, segment, evaluate, track, analyse survival and report, end to end."""
     from metstrack.demo.run import DemoConfig, run_demo
 
+    if logging.getLogger().level > logging.DEBUG:
+        # Lightning logs its own INFO banners through a separate handler (see `train`).
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if shape % 16:
         raise typer.BadParameter(f"must be a multiple of 16, got {shape}", param_hint="--shape")
     cfg = DemoConfig(

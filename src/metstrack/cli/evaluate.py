@@ -127,43 +127,31 @@ def evaluate(
     label_values = _label_values(labels)
     with guarded():
         from metstrack.config import load_config
-        from metstrack.infer.inputs import prepare_input
-        from metstrack.metrics.runner import (
-            EvaluationConfig,
-            evaluate_cohort,
-            is_mask_folder,
-            write_outputs,
-        )
+        from metstrack.workflows.evaluate import EvaluationConfig, evaluate_predictions
 
-        sets = list(overrides or [])
         given = {
-            "mode": None if mode is None else f'"{mode}"',
-            "criterion": None if criterion is None else f'"{criterion}"',
-            "match_objective": None if match_objective is None else f'"{match_objective}"',
+            "mode": mode,
+            "criterion": criterion,
+            "match_objective": match_objective,
             "match_threshold": match_threshold,
             "min_ref_volume_mm3": min_volume_mm3,
             "prob_threshold": threshold,
             "n_bootstrap": bootstrap,
             "seed": seed,
-            "label_values": None if label_values is None else list(label_values),
+            "label_values": label_values,
         }
-        sets += [f"{k}={v}" for k, v in given.items() if v is not None]
-        cfg = load_config(EvaluationConfig, config, sets)
-        ref_root = ref
-        if pred.is_dir() and not is_mask_folder(pred):
-            # A DICOM reference is ingested (RTSTRUCT rasterised) into <out>/input first.
-            ref_root = prepare_input(ref, out / "input", preprocess="never").root
+        cfg = load_config(EvaluationConfig, config, list(overrides or []), values=given)
         with progress() as bar:
             task = bar.add_task("evaluate", total=None)
-            result = evaluate_cohort(
+            result, paths = evaluate_predictions(
                 pred,
-                ref_root,
+                ref,
+                out,
                 cfg,
                 workers=workers,
                 on_start=lambda n: bar.update(task, total=n),
                 on_done=lambda ev: bar.advance(task),
             )
-        paths = write_outputs(result, out, pred=str(pred), ref=str(ref))
     s = result.summary
     table = Table(
         title=(

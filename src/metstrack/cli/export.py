@@ -12,9 +12,8 @@ from rich.table import Table
 
 from metstrack.cli.common import console, guarded, progress, usage_error
 from metstrack.io.export import lesion_instances, write_rtstruct, write_seg
-from metstrack.io.export_tracked import export_tracked
-from metstrack.io.ingest import source_series_uid
 from metstrack.io.nifti import read_label
+from metstrack.io.pseudonyms import source_series_uid
 
 
 def export_rtstruct(
@@ -91,6 +90,8 @@ def export(
 ) -> None:
     """Write every tracked study's DICOM SEG + SR (+ RTSTRUCT) on its source series."""
     with guarded(), contextlib.ExitStack() as stack:
+        from metstrack.io.export_tracked import export_tracked  # needs the `seg` extra
+
         bar: dict = {}
 
         def start(n_studies: int) -> None:  # the bar appears once the inputs check out

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from metstrack.cli.common import (
@@ -19,38 +19,9 @@ from metstrack.cli.common import (
     progress,
     usage_error,
 )
-from metstrack.errors import DatasetError, MetstrackError, did_you_mean
-from metstrack.infer.resume import PREDICT_CONFIG
-from metstrack.io.fingerprint import file_sha256
+from metstrack.errors import did_you_mean
 
 log = logging.getLogger(__name__)
-
-#: Resolved settings written beside the predictions.
-CONFIG_FILE = PREDICT_CONFIG
-#: Sub-folder of --out holding the ingested / preprocessed copy of the input.
-INPUT_DIR = "input"
-
-
-@dataclass(frozen=True)
-class PredictRun:
-    """What a prediction run used (saved as ``predict_config.json``)."""
-
-    checkpoint: str
-    data: str
-    patients: tuple[str, ...]
-    roi_size: tuple[int, ...]
-    overlap: float
-    tta_flips: bool
-    threshold: float
-    sw_batch_size: int
-    device: str
-    output_grid: str
-    input_layout: str
-    preprocessed_input: str
-    brain_method: str
-    spacing_mm: float = 1.0
-    min_volume_mm3: float = 0.0
-    precision: str = "fp32"
 
 
 def _parse_roi(roi: str | None) -> tuple[int, int, int] | None:
@@ -136,7 +107,7 @@ def predict(
         typer.Option(
             "--precision",
             help="Network arithmetic: fp32 (the reference), bf16 (about 2x faster on CPUs "
-            "with native bf16, masks agree to Dice ~0.99; see docs/speed.md), or auto "
+            "with native bf16; masks agree with fp32, see docs/speed.md), or auto "
             "(bf16 where the device computes it natively, else fp32).",
         ),
     ] = "fp32",
@@ -193,24 +164,10 @@ def predict(
     ] = False,
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
-    from metstrack.config import save_config, to_dict
-    from metstrack.infer.inputs import PREPROCESS_CHOICES, prepare_input
-    from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
-    from metstrack.infer.resume import (
-        FINGERPRINT_KEY,
-        prepare_prediction_root,
-        run_fingerprint,
-        saved_fingerprint,
-    )
-    from metstrack.infer.sliding import PRECISIONS, resolve_precision
+    from metstrack.infer.inputs import PREPROCESS_CHOICES
+    from metstrack.infer.run import PredictRequest, predict_dataset
+    from metstrack.infer.sliding import PRECISIONS
     from metstrack.models.base import InputShapeError
-    from metstrack.models.checkpoint import (
-        MIN_VOLUME_KEY,
-        THRESHOLD_KEY,
-        load_checkpoint,
-        provenance_number,
-        training_spacing_mm,
-    )
     from metstrack.preprocess.brain import BRAIN_METHODS
 
     for value, choices, flag in (
@@ -222,44 +179,42 @@ def predict(
             raise typer.BadParameter(f"{value!r}; {did_you_mean(value, choices)}", param_hint=flag)
     roi_size = _parse_roi(roi)
     dev = _device(device)
-    precision = resolve_precision(precision, dev)  # recorded resolved: it changes the outputs
-    with guarded():
-        model, cfg = load_checkpoint(checkpoint, map_location=dev)
-        model.to(dev)
-        spacing_mm = spacing if spacing is not None else training_spacing_mm(checkpoint)
-        if threshold is None:
-            threshold = provenance_number(checkpoint, THRESHOLD_KEY, 0.5)
-        if min_volume is None:
-            min_volume = provenance_number(checkpoint, MIN_VOLUME_KEY, 0.0)
-    if roi_size is not None:
-        try:  # a window the network cannot take is refused before any work
-            model.check_spatial(roi_size)
-        except InputShapeError as exc:
-            usage_error(f"--roi {roi}: {exc}")
-    with guarded():
-        # The bar appears only when the input is preprocessed on the way in.
-        bar = progress()
-        tasks: list = []
+    request = PredictRequest(
+        checkpoint=checkpoint,
+        data=data,
+        out=out,
+        patients=tuple(p.strip() for p in (patients or "").split(",") if p.strip()),
+        tta=tta,
+        overlap=overlap,
+        roi_size=roi_size,
+        threshold=threshold,
+        min_volume_mm3=min_volume,
+        sw_batch_size=sw_batch_size,
+        device=str(dev),
+        layout=layout,
+        intervals=intervals,
+        preprocess=preprocess,
+        brain_method=brain_method,
+        spacing_mm=spacing,
+        native=native,
+        overwrite=overwrite,
+        precision=precision,
+    )
+    table = Table(title=f"predictions in {out}")
+    for col in ("patient", "studies", "lesions", "status"):
+        table.add_column(col)
+    # The first bar appears only when the input is preprocessed on the way in.
+    bars: dict[str, Progress] = {}
+    tasks: dict[str, TaskID] = {}
 
-        def start(n: int) -> None:
-            bar.start()
-            tasks.append(bar.add_task("preprocessing input", total=n))
+    def start_bar(name: str, description: str, n: int) -> None:
+        bars[name] = progress()
+        bars[name].start()
+        tasks[name] = bars[name].add_task(description, total=n)
 
-        try:
-            prepared = prepare_input(
-                data,
-                out / INPUT_DIR,
-                layout=layout,
-                intervals=intervals,
-                preprocess=preprocess,
-                brain_method=brain_method,
-                spacing_mm=spacing_mm,
-                on_start=start,
-                on_study=lambda o: bar.advance(tasks[0]),
-            )
-        finally:
-            bar.stop()
-        cohort = prepared.cohort
+    def input_ready(prepared) -> None:
+        if "input" in bars:
+            bars["input"].stop()
         if prepared.unknown_intervals:
             console.print(
                 f"note: intervals between studies are unknown for {len(prepared.unknown_intervals)} "
@@ -267,94 +222,38 @@ def predict(
                 "Give --intervals table.csv (StudyID,DaysFromBaselineScan) to set them.",
                 soft_wrap=True,
             )
-        if patients:
-            wanted = [p.strip() for p in patients.split(",") if p.strip()]
-            selected = [cohort.patient(p) for p in wanted]
+
+    def patient_done(p) -> None:
+        if p.error is not None:
+            err_console.print(
+                f"[bold red]error:[/] patient {p.patient_id}: {escape(p.error)}", soft_wrap=True
+            )
+            table.add_row(p.patient_id, str(p.n_studies), "-", "[red]failed[/]")
         else:
-            selected = list(cohort.patients)
-        if not selected:
-            raise DatasetError(f"{data}: no patients to predict")
-    transforms_root = prepared.root if native and prepared.preprocessed else None
-    options = PredictOptions(
-        brain_method=brain_method,
-        roi_size=roi_size,
-        overlap=overlap,
-        tta_flips=tta,
-        threshold=threshold,
-        min_volume_mm3=min_volume,
-        sw_batch_size=sw_batch_size,
-        precision=precision,
-    )
-    run = PredictRun(
-        checkpoint=str(checkpoint),
-        data=str(data),
-        patients=tuple(p.patient_id for p in selected),
-        roi_size=tuple(roi_size or cfg.roi_size),
-        overlap=overlap,
-        tta_flips=tta,
-        threshold=threshold,
-        sw_batch_size=sw_batch_size,
-        device=str(dev),
-        output_grid="native" if transforms_root is not None else "input",
-        input_layout=prepared.source_layout,
-        preprocessed_input=str(prepared.root) if prepared.preprocessed else "",
-        brain_method=brain_method,
-        spacing_mm=spacing_mm,
-        min_volume_mm3=min_volume,
-        precision=precision,
-    )
-    # Everything that changes a study's outputs; device and batch size do not. The
-    # dataset is not part of it: a study is its StudyID, so a follow-up added to
-    # the dataset later is predicted alone on a rerun (its patient's memory rerun).
-    fingerprint = run_fingerprint(
-        file_sha256(checkpoint),
-        {
-            "roi_size": run.roi_size,
-            "overlap": overlap,
-            "tta_flips": tta,
-            "threshold": threshold,
-            "output_grid": run.output_grid,
-            "brain_method": brain_method,
-            "spacing_mm": spacing_mm,
-            "min_volume_mm3": min_volume,
-            # fp32 runs keep the fingerprint they had before the option existed
-            **({"precision": precision} if precision != "fp32" else {}),
-        },
-    )
+            status = "done" if not p.n_kept else f"done ({p.n_kept} kept from a previous run)"
+            table.add_row(p.patient_id, str(p.n_studies), str(p.n_lesions), status)
+        bars["predict"].advance(tasks["predict"])
+
     with guarded():
-        prepare_prediction_root(out, fingerprint, overwrite=overwrite)
-    if saved_fingerprint(out) != fingerprint:  # a resumed run keeps the record it resumes
-        save_config(run, out / CONFIG_FILE, model=to_dict(cfg), **{FINGERPRINT_KEY: fingerprint})
-    table = Table(title=f"predictions in {out}")
-    for col in ("patient", "studies", "lesions", "status"):
-        table.add_column(col)
-    failed: list[str] = []
-    with progress() as bar:
-        task = bar.add_task("predicting", total=len(selected))
-        for patient in selected:
-            pid = patient.patient_id
-            try:
-                studies = load_patient_studies(
-                    patient, cfg.modalities, transforms_root=transforms_root
-                )
-                results = predict_patient(model, pid, studies, out, options=options)
-            except MetstrackError as exc:
-                failed.append(pid)
-                err_console.print(
-                    f"[bold red]error:[/] patient {pid}: {escape(str(exc))}", soft_wrap=True
-                )
-                table.add_row(pid, str(len(patient.studies)), "-", "[red]failed[/]")
-            else:
-                skipped = sum(r.skipped for r in results)
-                status = "done" if not skipped else f"done ({skipped} kept from a previous run)"
-                table.add_row(
-                    pid, str(len(results)), str(sum(r.n_lesions for r in results)), status
-                )
-            bar.advance(task)
+        try:
+            result = predict_dataset(
+                request,
+                on_input_start=lambda n: start_bar("input", "preprocessing input", n),
+                on_input_study=lambda o: bars["input"].advance(tasks["input"]),
+                on_input_ready=input_ready,
+                on_start=lambda n: start_bar("predict", "predicting", n),
+                on_patient=patient_done,
+            )
+        except InputShapeError as exc:
+            usage_error(f"--roi {roi}: {exc}")
+        finally:
+            for bar in bars.values():
+                bar.stop()
     console.print(table)
-    if failed:
+    if result.failed:
         err_console.print(
-            f"[bold red]error:[/] {len(failed)} of {len(selected)} patients failed: {', '.join(failed)}; "
+            f"[bold red]error:[/] {len(result.failed)} of {len(result.patients)} patients failed: "
+            f"{', '.join(result.failed)}; "
             "fix the files named above and rerun (finished studies are kept)",
             soft_wrap=True,
         )

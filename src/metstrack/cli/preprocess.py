@@ -69,7 +69,8 @@ def preprocess(
 ) -> None:
     """Reorient, resample, register (within study and through time), mask and normalise."""
     from metstrack.config import load_config
-    from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
+    from metstrack.preprocess.config import PreprocessConfig
+    from metstrack.preprocess.pipeline import preprocess_dataset
 
     label_values = None
     if labels is not None:
@@ -77,17 +78,14 @@ def preprocess(
             label_values = parse_label_values(labels)
         except ConfigError as exc:
             usage_error(exc)
-    overrides = list(set_ or [])
-    if no_brain_mask:
-        overrides.append("brain_mask=false")
-    if brain_method is not None:
-        overrides.append(f'brain_method="{brain_method}"')
-    if n4:
-        overrides.append("n4=true")
-    if affine:
-        overrides.append("through_time.affine=true")
+    values = {
+        "brain_mask": False if no_brain_mask else None,
+        "brain_method": brain_method,
+        "n4": True if n4 else None,
+        "through_time.affine": True if affine else None,
+    }
     with guarded():
-        cfg = load_config(PreprocessConfig, config, overrides)
+        cfg = load_config(PreprocessConfig, config, list(set_ or []), values=values)
         with progress() as bar:
             task = bar.add_task("preprocess", total=None)
             report = preprocess_dataset(

@@ -54,8 +54,8 @@ def pretrain(
     pretrained.pt (give it to `metstrack train --init-weights`), config.json,
     loss_log.csv and result.json. See docs/pretrain.md.
     """
-    from metstrack.train.pretrain import load_pretrain_config
     from metstrack.train.pretrain import pretrain as run_pretrain
+    from metstrack.train.pretrain_config import load_pretrain_config
 
     _quiet_lightning()
     items = list(overrides or [])

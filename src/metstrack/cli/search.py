@@ -48,12 +48,12 @@ def search(
     pass to the pruner; its value is its best validation score. OUT/best.toml
     reproduces the best trial with `metstrack train --config`. See docs/search.md.
     """
-    from metstrack.train.search import search as run_search
+    with guarded():  # a missing `search` extra is one line, not a traceback
+        from metstrack.train.search import search as run_search
+        from metstrack.train.search_space import load_search_config
 
     _quiet_lightning()
     try:
-        from metstrack.train.search import load_search_config
-
         load_search_config(config, list(set_ or []))
     except ConfigError as exc:
         usage_error(exc)

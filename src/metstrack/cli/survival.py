@@ -5,36 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from metstrack.cli.common import console, guarded
 from metstrack.config import load_config
-from metstrack.errors import DatasetError
-from metstrack.io import schema
 from metstrack.survival.config import SurvivalConfig
-from metstrack.survival.run import run_survival
-from metstrack.survival.table import clinical_frame
-
-
-def resolve_burden(data: Path, burden: Path | None, tracking: Path | None) -> Path:
-    """Pick the burden table: ``--burden``, else ``<tracking>/burden.csv``, else ground truth."""
-    if burden is not None:
-        candidates = [burden]
-    elif tracking is not None:
-        candidates = [tracking / "burden.csv"]
-    else:
-        candidates = [data / schema.GROUND_TRUTH_DIR / "burden.csv"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise DatasetError(
-        f"{candidates[0]}: burden table not found; run `metstrack track` and pass "
-        "--tracking OUT (or --burden FILE with PatientID, days_from_baseline, "
-        "total_volume_mm3, lesion_count)"
-    )
+from metstrack.workflows.survival import survival_from_dataset
 
 
 def survival(
@@ -71,38 +49,20 @@ def survival(
 ) -> None:
     """Fit survival models of the burden rate of change and write tables and curves."""
     with guarded():
-        overrides = list(set_ or [])
-        for key, val in (
-            ("origin", origin),
-            ("landmark_days", landmark_days),
-            ("groups", groups),
-            ("penalizer", penalizer),
-            ("impute", impute),
-        ):
-            if val is not None:
-                overrides.append(f"{key}={val!r}" if isinstance(val, str) else f"{key}={val}")
-        if covariates:
-            items = ", ".join(repr(c.strip()) for c in covariates.split(",") if c.strip())
-            overrides.append(f"covariates=[{items}]")
-        if allow_missing_imaging:
-            overrides.append("allow_missing_imaging=true")
-        if time_varying is not None:
-            overrides.append(f"time_varying={'true' if time_varying else 'false'}")
-        cfg = load_config(SurvivalConfig, config, overrides)
-        burden_path = resolve_burden(data, burden, tracking)
-        from metstrack.io.release import read_clinical_tables
-
-        patients, events, _ = read_clinical_tables(data)
-        clin = clinical_frame(patients)
-        bt = pd.read_csv(burden_path, dtype={"PatientID": str, "StudyID": str})
-        res = run_survival(
-            clin,
-            bt,
-            out,
-            events=events,
-            config=cfg,
-            inputs={"data": str(data), "burden": str(burden_path)},
-        )
+        values = {
+            "origin": origin,
+            "landmark_days": landmark_days,
+            "groups": groups,
+            "penalizer": penalizer,
+            "impute": impute,
+            "covariates": [c.strip() for c in covariates.split(",") if c.strip()]
+            if covariates
+            else None,
+            "allow_missing_imaging": True if allow_missing_imaging else None,
+            "time_varying": time_varying,
+        }
+        cfg = load_config(SurvivalConfig, config, list(set_ or []), values=values)
+        res = survival_from_dataset(data, out, cfg, burden=burden, tracking=tracking)
     _render(res)
 
 

@@ -15,8 +15,8 @@ from metstrack.cli.common import (
     progress,
     usage_error,
 )
+from metstrack.core import schema
 from metstrack.errors import ConfigError
-from metstrack.io import schema
 
 
 def synth(
@@ -99,33 +99,30 @@ def synth(
     Example: metstrack synth --patients 4 --seed 0 --shape 64 --out cohort
     """
     from metstrack.config import load_config
-    from metstrack.synth.clinical import generate_clinical_only, write_clinical_only
-    from metstrack.synth.cohort import generate_cohort
+    from metstrack.synth.clinical import generate_clinical_only
     from metstrack.synth.config import SynthConfig
+    from metstrack.workflows.synth import generate_cohort, write_clinical_only
 
     with guarded():
-        overrides = list(set_ or [])
-        for key, value in (
-            ("n_patients", patients),
-            ("seed", seed),
-            ("shape", shape),
-            ("spacing_mm", spacing),
-            ("anatomy", anatomy),
-            ("contrast", contrast),
-            ("acquisition", acquisition),
-            ("skull", skull),
-            ("min_studies", studies_min),
-            ("max_studies", studies_max),
-            ("workers", workers),
-        ):
-            if value is not None:
-                overrides.append(f"{key}={value}")
+        values: dict[str, object] = {
+            "n_patients": patients,
+            "seed": seed,
+            "shape": shape,
+            "spacing_mm": spacing,
+            "anatomy": anatomy,
+            "contrast": contrast,
+            "acquisition": acquisition,
+            "skull": skull,
+            "min_studies": studies_min,
+            "max_studies": studies_max,
+            "workers": workers,
+        }
         if no_motion:
             if acquisition not in (None, "fixed"):
                 usage_error("--no-motion puts every study on the baseline grid; drop --acquisition")
-            overrides += ["motion_max_deg=0", "motion_max_mm=0", "acquisition=fixed"]
+            values.update(motion_max_deg=0.0, motion_max_mm=0.0, acquisition="fixed")
         try:
-            cfg = load_config(SynthConfig, config, overrides)
+            cfg = load_config(SynthConfig, config, list(set_ or []), values=values)
         except ConfigError as exc:
             usage_error(exc)
         if clinical_only:

@@ -68,52 +68,33 @@ def track(
             f"--ground-truth (got {', '.join(chosen) or 'none'})"
         )
     with guarded():
-        from metstrack.config import load_config, save_config
-        from metstrack.io import schema
+        from metstrack.config import load_config
         from metstrack.io.release import read_release
-        from metstrack.tracking.cohort import (
-            GT_TRANSFORMS,
-            MaskSource,
-            read_transforms,
-            track_cohort,
-            write_outputs,
-        )
+        from metstrack.io.tracks import MaskSource
         from metstrack.tracking.config import TrackConfig
+        from metstrack.workflows.track import track_dataset
 
         cfg = load_config(TrackConfig, config, set_ or [])
-        cohort = read_release(data)
         if masks is not None:
             source = MaskSource("predictions", masks)
         elif labels:
             source = MaskSource("labels")
         else:
             source = MaskSource("ground-truth", data)
-            if transforms is None and (data / schema.GROUND_TRUTH_DIR / GT_TRANSFORMS).is_file():
-                transforms = data / schema.GROUND_TRUTH_DIR / GT_TRANSFORMS
-        tfs = read_transforms(transforms) if transforms is not None else None
         ids = tuple(patient or ())
-        n = len(ids) if ids else len(cohort.patients)
+        n = len(ids) if ids else len(read_release(data).patients)
         with progress() as bar:
             task = bar.add_task("tracking", total=n)
-            result = track_cohort(
-                cohort,
+            result = track_dataset(
+                data,
+                out,
                 source,
                 config=cfg,
-                transforms=tfs,
+                transforms=transforms,
                 patients=ids,
+                figures=figures,
                 on_patient=lambda _pid: bar.advance(task),
-                maps_out=out,
             )
-        write_outputs(result, out, cohort=cohort, figures=figures and cfg.figures)
-        save_config(
-            cfg,
-            out / "track_config.json",
-            data=str(data),
-            mask_source=source.kind,
-            masks=str(masks) if masks is not None else None,
-            transforms=str(transforms) if transforms is not None else None,
-            skipped=[list(s) for s in result.skipped],
-        )
     _summary(result, out)
 
 

@@ -95,14 +95,10 @@ def train(
         "trainer.seed": seed,
         "trainer.init_weights": str(init_weights) if init_weights is not None else None,
     }
-    items = list(overrides or [])
-    for key, value in flags.items():
-        if value is not None:
-            items.append(f"{key}={_toml(value)}")
     if max_steps is not None and max_epochs is None:
-        items.append("trainer.max_epochs=-1")  # --max-steps alone decides the length
+        flags["trainer.max_epochs"] = -1  # --max-steps alone decides the length
     try:
-        cfg = load_train_config(config, items)
+        cfg = load_train_config(config, list(overrides or []), values=flags)
     except ConfigError as exc:
         usage_error(exc)
     with guarded():
@@ -122,9 +118,3 @@ def train(
     table.add_row("last checkpoint", str(result.last_ckpt))
     table.add_row("wall time", f"{result.elapsed_s:.0f} s")
     console.print(table)
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace('"', '\\"') + '"'
-    return str(value)

@@ -49,7 +49,7 @@ def validate(
     patients, days in RelativeTimepoint order. Warnings (e.g. a missing
     modality) do not fail the run.
     """
-    from metstrack.io.atomic import write_json_atomic
+    from metstrack.core.atomic import write_json_atomic
     from metstrack.io.layouts import resolve_layout
     from metstrack.io.validate import validate_dataset
 

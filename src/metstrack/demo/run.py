@@ -1,7 +1,7 @@
 """``metstrack demo``: the whole pipeline on a fresh machine, no data, no network.
 
-Steps (each one is an ordinary metstrack command, printed before it runs, so
-any step can be rerun alone):
+Steps (each one is a library workflow; the equivalent metstrack command is
+printed before it runs, so any step can be rerun alone):
 
 1. ``synth``       a small synthetic longitudinal cohort (follow-ups misaligned)
 2. ``validate``    the dataset checks
@@ -27,18 +27,43 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-from metstrack.errors import MetstrackError
+import pandas as pd
+
+from metstrack.catalog import Catalog, OutputRecord, PredictionRecord, TrackRecord
+from metstrack.config import load_config
+from metstrack.core import schema
+from metstrack.core.atomic import write_json_atomic
+from metstrack.errors import DatasetError, MetstrackError
+from metstrack.infer.run import PredictRequest, predict_dataset
+from metstrack.io.layouts import read_dataset
+from metstrack.io.release import read_release
+from metstrack.io.tracks import MaskSource
+from metstrack.io.validate import validate_dataset
+from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.pipeline import preprocess_dataset
+from metstrack.report.build import ReportInputs, build_report
+from metstrack.survival.config import SurvivalConfig
+from metstrack.synth.clinical import generate_clinical_only
+from metstrack.synth.config import SynthConfig
+from metstrack.train.api import train
+from metstrack.train.config import load_train_config
+from metstrack.workflows.evaluate import EvaluationConfig, evaluate_predictions
+from metstrack.workflows.survival import survival_from_dataset
+from metstrack.workflows.synth import generate_cohort, write_clinical_only
+from metstrack.workflows.track import track_dataset
 
 log = logging.getLogger(__name__)
 
 #: The checkpoint shipped with the package and its provenance.
 SHIPPED_CHECKPOINT = "stt_demo.pt"
 SHIPPED_PROVENANCE = "stt_demo.json"
+#: Title of the demo's report.
+REPORT_TITLE = "metstrack demo (synthetic cohort)"
 
 
 @dataclass(frozen=True)
@@ -90,35 +115,297 @@ class DemoResult:
     steps: list[tuple[str, float, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where each step of the demo writes, under one output folder.
+
+    Attributes:
+        out: The output folder.
+        data: The synthetic imaging cohort (release layout).
+        preprocessed: Preprocessed copy of the cohort.
+        model: The checkpoint used (shipped copy, or a training run under ``run/``).
+        predictions: Prediction root.
+        evaluation: Evaluation tables.
+        tracking: Tracking tables and maps.
+        clinical: The clinical-only survival cohort.
+        survival: Survival tables and curves.
+        report: The HTML report.
+        catalog: The cohort catalog every step registers in.
+    """
+
+    out: Path
+    data: Path
+    preprocessed: Path
+    model: Path
+    predictions: Path
+    evaluation: Path
+    tracking: Path
+    clinical: Path
+    survival: Path
+    report: Path
+    catalog: Path
+
+    @classmethod
+    def under(cls, out: Path) -> DemoPaths:
+        """Each folder named after its field (the catalog is ``catalog.sqlite``)."""
+        folders = [f.name for f in fields(cls)][1:-1]
+        return cls(out, *(out / name for name in folders), out / "catalog.sqlite")
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    """One step: its name, the equivalent command (shown, recorded) and what it runs."""
+
+    name: str
+    argv: tuple[str, ...]
+    run: Callable[[], object]
+
+    @property
+    def command(self) -> str:
+        """The metstrack command line that does the same as this step."""
+        return "metstrack " + " ".join(self.argv)
+
+
 def shipped_checkpoint() -> Path | None:
     """Path of the checkpoint shipped in ``metstrack/data``, or ``None`` when absent."""
     p = Path(str(resources.files("metstrack") / "data" / SHIPPED_CHECKPOINT))
     return p if p.is_file() else None
 
 
-def _run_cli(argv: Sequence[str]) -> None:
-    """Run one metstrack command in-process; raise MetstrackError on a non-zero exit."""
-    import typer
-
-    from metstrack.cli.main import app
-
-    where = f"step `metstrack {' '.join(argv)}`"
-    try:
-        code = app(list(argv), standalone_mode=False, prog_name="metstrack")
-        if isinstance(code, int) and code:
-            raise MetstrackError(f"{where} failed (exit {code})")
-    except typer.Exit as exc:
-        if exc.exit_code:
-            raise MetstrackError(f"{where} failed (exit {exc.exit_code})") from None
-    except typer.TyperException as exc:  # usage errors
-        raise MetstrackError(f"{where}: {exc}") from None
-    except SystemExit as exc:
-        if exc.code:
-            raise MetstrackError(f"{where} failed (exit {exc.code})") from None
-
-
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _demo_config() -> Path:
+    """The TOML config of the demo's small STT (shipped in ``metstrack/data``)."""
+    return Path(str(resources.files("metstrack") / "data" / "stt_demo.toml"))
+
+
+def will_train(cfg: DemoConfig) -> bool:
+    """Whether the demo trains a network (a budget was given, or no checkpoint is shipped)."""
+    return cfg.train_minutes > 0 or cfg.train_steps > 0 or shipped_checkpoint() is None
+
+
+def checkpoint_path(cfg: DemoConfig, paths: DemoPaths) -> Path:
+    """The checkpoint the predict step uses."""
+    return paths.model / ("run/checkpoints/best.ckpt" if will_train(cfg) else SHIPPED_CHECKPOINT)
+
+
+def synth_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 1: a small synthetic longitudinal cohort."""
+    values = {
+        "n_patients": cfg.patients,
+        "seed": cfg.seed,
+        "shape": cfg.shape,
+        "spacing_mm": cfg.spacing_mm,
+        "max_studies": cfg.max_studies,
+        "workers": cfg.workers,
+    }
+    argv = ("synth", "--patients", str(cfg.patients), "--seed", str(cfg.seed), "--shape",
+            str(cfg.shape), "--spacing", str(cfg.spacing_mm), "--studies-max",
+            str(cfg.max_studies), "--workers", str(cfg.workers), "--out", str(paths.data))  # fmt: skip
+    return DemoStep(
+        "synth",
+        argv,
+        lambda: generate_cohort(load_config(SynthConfig, values=values), paths.data),
+    )
+
+
+def validate_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 2: the dataset checks; an error stops the demo."""
+
+    def run() -> None:
+        report = validate_dataset(paths.data)
+        if not report.ok:
+            first = next(p for p in report.problems if p.is_error)
+            raise DatasetError(
+                f"{paths.data}: {report.n_errors} error(s) in the synthetic cohort, first: "
+                f"{report.relative(first.file)}: {first.message}"
+            )
+
+    return DemoStep("validate", ("validate", str(paths.data)), run)
+
+
+def preprocess_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 3: co-registration of every study to its patient's baseline."""
+
+    def run() -> None:
+        pcfg = load_config(PreprocessConfig, values={"spacing_mm": cfg.spacing_mm})
+        report = preprocess_dataset(
+            paths.data, paths.preprocessed, pcfg, cfg.workers, catalog_path=paths.catalog
+        )
+        if report.failed:
+            o = report.failed[0]
+            raise DatasetError(
+                f"{len(report.failed)} studies failed to preprocess, first "
+                f"{o.patient_id}/{o.study_id}: {o.message}"
+            )
+
+    argv = ("preprocess", "--data", str(paths.data), "--out", str(paths.preprocessed),
+            "--workers", str(cfg.workers), "--catalog", str(paths.catalog), "--set",
+            f"spacing_mm={cfg.spacing_mm}")  # fmt: skip
+    return DemoStep("preprocess", argv, run)
+
+
+def train_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 4 (with a budget): train a small STT within minutes or steps."""
+    # no shipped checkpoint and no budget given: keep the demo within minutes
+    minutes = cfg.train_minutes or (5.0 if cfg.train_steps <= 0 else 0.0)
+    values: dict[str, object] = {"trainer.seed": cfg.seed}
+    argv = ["train", "--config", str(_demo_config()), "--data", str(paths.preprocessed),
+            "--out", str(paths.model / "run"), "--seed", str(cfg.seed)]  # fmt: skip
+    if minutes > 0:
+        values["trainer.time_budget_min"] = minutes
+        argv += ["--time-budget-min", str(minutes)]
+    if cfg.train_steps > 0:
+        values["trainer.max_steps"] = cfg.train_steps
+        values["trainer.max_epochs"] = -1  # the step cap alone decides the length
+        argv += ["--max-steps", str(cfg.train_steps)]
+
+    def run() -> None:
+        if not read_release(paths.preprocessed).split("val"):
+            values["validation.enabled"] = False  # too few patients for a validation split
+        train(
+            load_train_config(_demo_config(), values=values),
+            paths.preprocessed,
+            paths.model / "run",
+        )
+
+    return DemoStep("train", tuple(argv), run)
+
+
+def model_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 4 (default): copy the shipped checkpoint and its provenance."""
+    src = shipped_checkpoint()
+    dst = checkpoint_path(cfg, paths)
+
+    def run() -> None:
+        if src is None:
+            raise MetstrackError("no checkpoint is shipped with this installation")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        prov = src.with_name(SHIPPED_PROVENANCE)
+        if prov.is_file():
+            shutil.copyfile(prov, dst.with_name(SHIPPED_PROVENANCE))
+
+    return DemoStep("model", (), run)
+
+
+def predict_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 5: Segmentation-Through-Time over each patient's studies, on native grids."""
+    request = PredictRequest(
+        checkpoint=checkpoint_path(cfg, paths), data=paths.preprocessed, out=paths.predictions
+    )
+
+    def run() -> None:
+        result = predict_dataset(request)
+        if result.failed:
+            first = next(p for p in result.patients if p.error is not None)
+            raise DatasetError(
+                f"{len(result.failed)} patient(s) failed to predict, first "
+                f"{first.patient_id}: {first.error}"
+            )
+
+    argv = ("predict", "--checkpoint", str(request.checkpoint), "--data",
+            str(paths.preprocessed), "--out", str(paths.predictions))  # fmt: skip
+    return DemoStep("predict", argv, run)
+
+
+def evaluate_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 6: lesion-wise and small-lesion metrics against the labels."""
+    ecfg = EvaluationConfig(n_bootstrap=cfg.bootstrap, seed=cfg.seed)
+    argv = ("evaluate", "--pred", str(paths.predictions), "--ref", str(paths.data), "--out",
+            str(paths.evaluation), "--workers", str(cfg.workers), "--seed", str(cfg.seed),
+            "--bootstrap", str(cfg.bootstrap))  # fmt: skip
+    return DemoStep(
+        "evaluate",
+        argv,
+        lambda: evaluate_predictions(
+            paths.predictions, paths.data, paths.evaluation, ecfg, workers=cfg.workers
+        ),
+    )
+
+
+def track_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 7: lesion identities through time, burden, rates and response."""
+    argv = ("track", "--data", str(paths.data), "--masks", str(paths.predictions),
+            "--transforms", str(paths.preprocessed), "--out", str(paths.tracking))  # fmt: skip
+    return DemoStep(
+        "track",
+        argv,
+        lambda: track_dataset(
+            paths.data,
+            paths.tracking,
+            MaskSource("predictions", paths.predictions),
+            transforms=paths.preprocessed,
+        ),
+    )
+
+
+def clinical_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 8a: a clinical-only cohort of the published size for the survival analysis."""
+    argv = ("synth", "--clinical-only", "--patients", str(cfg.clinical_patients), "--seed",
+            str(cfg.seed), "--out", str(paths.clinical))  # fmt: skip
+
+    def run() -> None:
+        scfg = load_config(
+            SynthConfig, values={"n_patients": cfg.clinical_patients, "seed": cfg.seed}
+        )
+        write_clinical_only(
+            generate_clinical_only(scfg.n_patients, scfg.seed, config=scfg), paths.clinical
+        )
+
+    return DemoStep("clinical cohort", argv, run)
+
+
+def survival_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 8b: Cox and Kaplan-Meier on the clinical cohort's burden dynamics."""
+    argv = ("survival", "--data", str(paths.clinical), "--out", str(paths.survival),
+            "--landmark-days", "90")  # fmt: skip
+    scfg = load_config(SurvivalConfig, values={"landmark_days": 90.0})
+    return DemoStep(
+        "survival", argv, lambda: survival_from_dataset(paths.clinical, paths.survival, scfg)
+    )
+
+
+def report_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 9: the HTML report."""
+    argv = ("report", "--data", str(paths.data), "--predictions", str(paths.predictions),
+            "--evaluation", str(paths.evaluation), "--tracking", str(paths.tracking),
+            "--survival", str(paths.survival), "--out", str(paths.report), "--title",
+            REPORT_TITLE)  # fmt: skip
+    inputs = ReportInputs(
+        paths.data, paths.predictions, paths.evaluation, paths.tracking, paths.survival,
+        REPORT_TITLE,
+    )  # fmt: skip
+
+    def run() -> None:
+        cohort = read_dataset(paths.data)
+        build_report(
+            inputs, paths.report, cohort=cohort, patients=[p.patient_id for p in cohort.patients]
+        )
+
+    return DemoStep("report", argv, run)
+
+
+def demo_steps(cfg: DemoConfig, paths: DemoPaths) -> list[DemoStep]:
+    """Every step of the demo, in order."""
+    model = train_step if will_train(cfg) else model_step
+    return [
+        step(cfg, paths)
+        for step in (
+            synth_step,
+            validate_step,
+            preprocess_step,
+            model,
+            predict_step,
+            evaluate_step,
+            track_step,
+            clinical_step,
+            survival_step,
+            report_step,
+        )
+    ]
 
 
 def run_demo(
@@ -135,221 +422,29 @@ def run_demo(
     Raises:
         MetstrackError: A step failed (the message names the step's command).
     """
-    from metstrack.catalog import Catalog, OutputRecord, PredictionRecord, TrackRecord
-    from metstrack.io import schema
-    from metstrack.io.release import read_release
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    d = {
-        k: out / k
-        for k in (
-            "data",
-            "preprocessed",
-            "model",
-            "predictions",
-            "evaluation",
-            "tracking",
-            "clinical",
-            "survival",
-            "report",
-        )
-    }
-    result = DemoResult(out=out, report=d["report"] / "index.html")
-    catalog = Catalog.open(out / "catalog.sqlite")
-    ckpt_src = shipped_checkpoint()
-    train = cfg.train_minutes > 0 or cfg.train_steps > 0 or ckpt_src is None
-    ckpt = d["model"] / ("run/checkpoints/best.ckpt" if train else SHIPPED_CHECKPOINT)
-
-    steps: list[tuple[str, list[str]]] = [
-        (
-            "synth",
-            [
-                "synth",
-                "--patients",
-                str(cfg.patients),
-                "--seed",
-                str(cfg.seed),
-                "--shape",
-                str(cfg.shape),
-                "--spacing",
-                str(cfg.spacing_mm),
-                "--studies-max",
-                str(cfg.max_studies),
-                "--workers",
-                str(cfg.workers),
-                "--out",
-                str(d["data"]),
-            ],
-        ),
-        ("validate", ["validate", str(d["data"])]),
-        (
-            "preprocess",
-            [
-                "preprocess",
-                "--data",
-                str(d["data"]),
-                "--out",
-                str(d["preprocessed"]),
-                "--workers",
-                str(cfg.workers),
-                "--catalog",
-                str(out / "catalog.sqlite"),
-                "--set",
-                f"spacing_mm={cfg.spacing_mm}",
-            ],
-        ),
-    ]
-    if train:
-        cmd = [
-            "train",
-            "--config",
-            str(_demo_config()),
-            "--data",
-            str(d["preprocessed"]),
-            "--out",
-            str(d["model"] / "run"),
-            "--seed",
-            str(cfg.seed),
-        ]
-        # no shipped checkpoint and no budget given: keep the demo within minutes
-        minutes = cfg.train_minutes or (5.0 if cfg.train_steps <= 0 else 0.0)
-        if minutes > 0:
-            cmd += ["--time-budget-min", str(minutes)]
-        if cfg.train_steps > 0:
-            cmd += ["--max-steps", str(cfg.train_steps)]
-        steps.append(("train", cmd))
-    else:
-        steps.append(("model", []))
-    steps += [
-        (
-            "predict",
-            [
-                "predict",
-                "--checkpoint",
-                str(ckpt),
-                "--data",
-                str(d["preprocessed"]),
-                "--out",
-                str(d["predictions"]),
-            ],
-        ),
-        (
-            "evaluate",
-            [
-                "evaluate",
-                "--pred",
-                str(d["predictions"]),
-                "--ref",
-                str(d["data"]),
-                "--out",
-                str(d["evaluation"]),
-                "--workers",
-                str(cfg.workers),
-                "--seed",
-                str(cfg.seed),
-                "--bootstrap",
-                str(cfg.bootstrap),
-            ],
-        ),
-        (
-            "track",
-            [
-                "track",
-                "--data",
-                str(d["data"]),
-                "--masks",
-                str(d["predictions"]),
-                "--transforms",
-                str(d["preprocessed"]),
-                "--out",
-                str(d["tracking"]),
-            ],
-        ),
-        (
-            "clinical cohort",
-            [
-                "synth",
-                "--clinical-only",
-                "--patients",
-                str(cfg.clinical_patients),
-                "--seed",
-                str(cfg.seed),
-                "--out",
-                str(d["clinical"]),
-            ],
-        ),
-        (
-            "survival",
-            [
-                "survival",
-                "--data",
-                str(d["clinical"]),
-                "--out",
-                str(d["survival"]),
-                "--landmark-days",
-                "90",
-            ],
-        ),
-        (
-            "report",
-            [
-                "report",
-                "--data",
-                str(d["data"]),
-                "--predictions",
-                str(d["predictions"]),
-                "--evaluation",
-                str(d["evaluation"]),
-                "--tracking",
-                str(d["tracking"]),
-                "--survival",
-                str(d["survival"]),
-                "--out",
-                str(d["report"]),
-                "--title",
-                "metstrack demo (synthetic cohort)",
-            ],
-        ),
-    ]
-    total = len(steps)
-    for i, (name, argv) in enumerate(steps, start=1):
-        if name == "train" and not read_release(d["preprocessed"]).split("val"):
-            argv = [*argv, "validation.enabled=false"]  # too few patients for a validation split
-        command = (
-            "metstrack " + " ".join(argv) if argv else f"copy the shipped checkpoint to {ckpt}"
-        )
-        if announce:
-            announce(i, total, name, command)
-        t0 = time.perf_counter()
-        if name == "model":
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(ckpt_src, ckpt)
-            prov = Path(str(ckpt_src)).with_name(SHIPPED_PROVENANCE)
-            if prov.is_file():
-                shutil.copyfile(prov, ckpt.with_name(SHIPPED_PROVENANCE))
-        else:
-            _run_cli(argv)
-        secs = time.perf_counter() - t0
-        result.steps.append((name, secs, command))
-        _register(
-            catalog,
-            name,
-            argv,
-            d,
-            out,
-            OutputRecord,
-            PredictionRecord,
-            TrackRecord,
-            schema,
-            read_release,
-        )
-    catalog.close()
-    result.headline = _headline(d)
-    from metstrack.io.atomic import write_json_atomic
-
+    paths = DemoPaths.under(Path(cfg.out))
+    paths.out.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(out=paths.out, report=paths.report / "index.html")
+    steps = demo_steps(cfg, paths)
+    catalog = Catalog.open(paths.catalog)
+    try:
+        for i, step in enumerate(steps, start=1):
+            command = (
+                step.command
+                if step.argv
+                else (f"copy the shipped checkpoint to {checkpoint_path(cfg, paths)}")
+            )
+            if announce:
+                announce(i, len(steps), step.name, command)
+            t0 = time.perf_counter()
+            _run_step(step)
+            result.steps.append((step.name, time.perf_counter() - t0, command))
+            register_step(catalog, step, paths)
+    finally:
+        catalog.close()
+    result.headline = _headline(paths)
     write_json_atomic(
-        out / "demo_summary.json",
+        paths.out / "demo_summary.json",
         {
             "headline": result.headline,
             "report": str(result.report),
@@ -360,40 +455,39 @@ def run_demo(
     return result
 
 
-def _demo_config() -> Path:
-    """The TOML config of the demo's small STT (shipped in ``metstrack/data``)."""
-    return Path(str(resources.files("metstrack") / "data" / "stt_demo.toml"))
+def _run_step(step: DemoStep) -> None:
+    """Run one step; a failure names the step's equivalent command."""
+    try:
+        step.run()
+    except MetstrackError as exc:
+        raise MetstrackError(f"step `{step.command}`: {exc}") from exc
 
 
-def _register(
-    catalog, name, argv, d, out, OutputRecord, PredictionRecord, TrackRecord, schema, read_release
-) -> None:
+def register_step(catalog: Catalog, step: DemoStep, paths: DemoPaths) -> None:
     """Register a finished step's outputs in the catalog (one transaction per call)."""
-    import pandas as pd
-
     folder = {
-        "synth": d["data"],
+        "synth": paths.data,
         "validate": None,
         "preprocess": None,
-        "train": d["model"],
-        "model": d["model"],
-        "predict": d["predictions"],
-        "evaluate": d["evaluation"],
-        "track": d["tracking"],
-        "clinical cohort": d["clinical"],
-        "survival": d["survival"],
-        "report": d["report"],
-    }[name]
-    if name == "synth":
-        catalog.register_dataset(read_release(d["data"]))
+        "train": paths.model,
+        "model": paths.model,
+        "predict": paths.predictions,
+        "evaluate": paths.evaluation,
+        "track": paths.tracking,
+        "clinical cohort": paths.clinical,
+        "survival": paths.survival,
+        "report": paths.report,
+    }[step.name]
+    if step.name == "synth":
+        catalog.register_dataset(read_release(paths.data))
     if folder is None:  # validate writes nothing; preprocess registers itself
         return
-    kind = name.replace(" ", "-")
+    kind = step.name.replace(" ", "-")
     run_id = catalog.begin_run(
-        kind, {"argv": list(argv)}, source=str(d["data"]), output=str(folder)
+        kind, {"argv": list(step.argv)}, source=str(paths.data), output=str(folder)
     )
     catalog.add_outputs(run_id, [OutputRecord(p) for p in _files(folder)])
-    if name == "predict":
+    if step.name == "predict":
         rows = []
         for pdir in sorted((folder / schema.PREDICTIONS_DIR / "patientId").glob("*/studyId/*")):
             mask = next(iter(sorted(pdir.glob(f"{schema.PREDICTION_MASK}.nii*"))), None)
@@ -403,7 +497,7 @@ def _register(
                     PredictionRecord(pdir.name, str(mask), None if prob is None else str(prob))
                 )
         catalog.add_predictions(run_id, rows)
-    if name == "track":
+    if step.name == "track":
         traj = pd.read_csv(folder / "trajectories.csv", dtype={"study_id": str})
         present = traj[traj["present"].astype(bool)]
         catalog.add_tracks(
@@ -416,9 +510,9 @@ def _register(
     catalog.finish_run(run_id)
 
 
-def _headline(d: dict[str, Path]) -> dict[str, float | str]:
+def _headline(paths: DemoPaths) -> dict[str, float | str]:
     h: dict[str, float | str] = {}
-    ev = d["evaluation"] / "summary.json"
+    ev = paths.evaluation / "summary.json"
     if ev.is_file():
         e = json.loads(ev.read_text())["headline"]
         h.update(
@@ -430,13 +524,11 @@ def _headline(d: dict[str, Path]) -> dict[str, float | str]:
                 "voxel_dice": e["dice"],
             }
         )
-    tr = d["tracking"] / "trajectories.csv"
+    tr = paths.tracking / "trajectories.csv"
     if tr.is_file():
-        import pandas as pd
-
         t = pd.read_csv(tr)
         h["tracked_lesions"] = float(t[["patient_id", "lesion_id"]].drop_duplicates().shape[0])
-    sv = d["survival"] / "summary.json"
+    sv = paths.survival / "summary.json"
     if sv.is_file():
         s = json.loads(sv.read_text())["headline"]
         h.update(
@@ -448,28 +540,3 @@ def _headline(d: dict[str, Path]) -> dict[str, float | str]:
             }
         )
     return h
-
-
-def export_checkpoint(src: str | Path, dst: str | Path, provenance: dict) -> Path:
-    """Write a weights-only copy of a training checkpoint plus its provenance JSON.
-
-    This is how ``metstrack/data/stt_demo.pt`` was made from the run recorded in
-    ``metstrack/data/stt_demo.json`` (optimizer state dropped: a smaller file
-    that :func:`metstrack.models.checkpoint.load_checkpoint` reads the same way).
-
-    Args:
-        src: A checkpoint of ``metstrack train`` (``best.ckpt``).
-        dst: Target ``.pt`` file; the provenance goes beside it as ``.json``.
-        provenance: Commands, config and scores that produced ``src``.
-
-    Returns:
-        ``dst``.
-    """
-    from metstrack.io.atomic import write_json_atomic
-    from metstrack.models.checkpoint import load_checkpoint, save_checkpoint
-
-    model, cfg = load_checkpoint(src, map_location="cpu")
-    dst = Path(dst)
-    save_checkpoint(dst, model, cfg, provenance_file=dst.with_suffix(".json").name)
-    write_json_atomic(dst.with_suffix(".json"), provenance)
-    return dst

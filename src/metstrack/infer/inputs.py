@@ -25,8 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from metstrack.core import schema
+from metstrack.core.mapping import TRANSFORMS_DIR
 from metstrack.errors import ConfigError, DatasetError, did_you_mean
-from metstrack.io import schema
+from metstrack.io.dicom import scan_dicom
+from metstrack.io.ingest import IngestConfig, ingest_dicom
 from metstrack.io.layouts import (
     LAYOUTS,
     apply_intervals,
@@ -34,7 +37,8 @@ from metstrack.io.layouts import (
     read_dataset,
     unknown_interval_patients,
 )
-from metstrack.preprocess.mapping import TRANSFORMS_DIR
+from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.pipeline import preprocess_dataset
 from metstrack.types import Cohort
 
 log = logging.getLogger(__name__)
@@ -74,8 +78,6 @@ def is_preprocessed(root: Path) -> bool:
 
 
 def _has_dicom(root: Path) -> bool:
-    from metstrack.io.dicom import scan_dicom
-
     return bool(scan_dicom(root).series)
 
 
@@ -117,8 +119,6 @@ def prepare_input(
         DatasetError: No known layout and no DICOM series in ``data``, or a
             preprocessing failure (the first failed study named).
     """
-    from metstrack.preprocess.pipeline import PreprocessConfig, preprocess_dataset
-
     data, work = Path(data), Path(work)
     if preprocess not in PREPROCESS_CHOICES:
         raise ConfigError(
@@ -139,7 +139,6 @@ def prepare_input(
     if layout == "dicom" or (layout == "auto" and not _any_layout(data)):
         if not _has_dicom(data):
             detect_layout(data)  # raises the message listing every layout
-        from metstrack.io.ingest import IngestConfig, ingest_dicom
 
         source = work / INGESTED_DIR
         ingest_dicom(data, source, config=IngestConfig(), mapping_path=work / "pseudonyms.json")

@@ -14,7 +14,7 @@ study's brain mask (on the baseline grid and again on the output grid), and the
 network only sees the brains' bounding box plus a margin, so sliding-window
 edges in the empty background cannot create components.
 
-Transform convention (:mod:`metstrack.preprocess.spatial`): ``baseline_to_study``
+Transform convention (:mod:`metstrack.core.spatial`): ``baseline_to_study``
 maps a baseline world point (RAS, mm) to the same anatomy in the study; the
 first study's grid is the baseline grid. Without a transform the studies are
 taken as already aligned in world coordinates. Native voxels that fall
@@ -22,10 +22,10 @@ outside the baseline field of view get probability 0.
 
 Studies already put on the baseline grid by ``metstrack preprocess`` give
 their original file's grid and transform as ``output_grid`` /
-``output_transform`` (from :mod:`metstrack.preprocess.mapping`), so the
+``output_transform`` (from :mod:`metstrack.core.mapping`), so the
 outputs still land on the native grid of the original files.
 
-Outputs go under :func:`metstrack.io.schema.prediction_dir`, each file written
+Outputs go under :func:`metstrack.core.schema.prediction_dir`, each file written
 atomically; ``lesions.csv`` is written last, so a study is finished when it
 exists, and a rerun skips finished studies (a patient whose studies are all
 finished is not run at all).
@@ -43,16 +43,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metstrack.core import schema
+from metstrack.core.atomic import write_csv_atomic
+from metstrack.core.lesions import lesion_table
+from metstrack.core.mapping import load_transform
+from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, InvalidImageError
 from metstrack.infer.sliding import predict_sequence
-from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic
-from metstrack.io.nifti import check_same_grid, write_volume
-from metstrack.metrics.lesions import lesion_table
+from metstrack.io.nifti import check_same_grid, read_label, read_volume, write_volume
 from metstrack.models.base import SequenceModel
 from metstrack.preprocess.brain import estimate_brain_mask
 from metstrack.preprocess.intensity import zscore_in_brain
-from metstrack.preprocess.spatial import resample_array
+from metstrack.preprocess.study import brain_mask_path
 from metstrack.types import Patient, Volume
 
 #: The sequence a brain mask is estimated on (T1 post).
@@ -482,9 +484,6 @@ def load_patient_studies(
             folder), or a transform file is missing or malformed.
         ImageReadError, InvalidImageError: A file is missing or corrupt (names the file).
     """
-    from metstrack.io.nifti import read_volume
-    from metstrack.preprocess.mapping import load_transform
-
     out = []
     for st in patient.studies:
         vols = []
@@ -525,9 +524,6 @@ def _preprocessed_brain(
     Without ``native`` the baseline-grid mask (checked against ``image``'s grid);
     with it the mask on the original CT1 file's grid.
     """
-    from metstrack.io.nifti import read_label
-    from metstrack.preprocess.pipeline import brain_mask_path
-
     path = brain_mask_path(root, patient_id, study_id, native=native)
     if not path.is_file():
         return None

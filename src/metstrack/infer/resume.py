@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from metstrack.core import schema
+from metstrack.core.atomic import sweep_stale_temps
 from metstrack.errors import DatasetError
-from metstrack.io import schema
-from metstrack.io.atomic import sweep_stale_temps
 
 log = logging.getLogger(__name__)
 

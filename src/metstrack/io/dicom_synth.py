@@ -22,6 +22,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence as DSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from metstrack.core.affine import spacing_array_mm
 from metstrack.io.nifti import read_volume
 from metstrack.types import Volume
 
@@ -350,7 +351,7 @@ def write_volume_series(folder: Path, volume: Volume, *, description: str, **kwa
     """
     aff = np.asarray(volume.affine, dtype=np.float64)
     flip = np.array([-1.0, -1.0, 1.0])
-    sp = np.linalg.norm(aff[:3, :3], axis=0)
+    sp = spacing_array_mm(aff)
     row = flip * aff[:3, 0] / sp[0]
     col = flip * aff[:3, 1] / sp[1]
     normal = np.cross(row, col)

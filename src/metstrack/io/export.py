@@ -3,7 +3,7 @@
 Both reference the source image series (its study, frame of reference and
 SOP instances) so a treatment-planning system or PACS viewer shows them on the
 scan they came from. The mask must lie on the series' own grid (the grid
-:func:`metstrack.io.dicom.load_series` builds); map predictions back to the
+:func:`metstrack.io.dicom_series.load_series` builds); map predictions back to the
 native grid first.
 
 RTSTRUCT contours are traced per slice with
@@ -31,16 +31,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage.measure import find_contours
 
 from metstrack import __version__
+from metstrack.core.atomic import atomic_path
+from metstrack.core.extras import require
+from metstrack.core.lesions import label_components
 from metstrack.errors import DicomSeriesError, GeometryMismatchError, LabelError
-from metstrack.io.atomic import atomic_path
-from metstrack.io.dicom import (
-    DicomSeriesInfo,
-    SeriesGeometry,
-    scan_dicom,
-    series_geometry,
-    uid_suffix,
-)
-from metstrack.metrics.lesions import label_components
+from metstrack.io.dicom import DicomSeriesInfo, scan_dicom, uid_suffix
+from metstrack.io.dicom_series import SeriesGeometry, series_geometry
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)
@@ -422,7 +418,7 @@ def write_seg(
         GeometryMismatchError: The mask is not on the series' grid.
         LabelError: No lesion, or wrong number of labels.
     """
-    import highdicom as hd
+    hd = require("highdicom", extra="seg", feature="DICOM SEG export")
     from pydicom.sr.codedict import codes
 
     info, geo = _source_geometry(series, series_uid)
@@ -503,7 +499,7 @@ def read_seg(
     Raises:
         DicomSeriesError: Unreadable, or it does not reference this series.
     """
-    import highdicom as hd
+    hd = require("highdicom", extra="seg", feature="DICOM SEG export")
 
     path = Path(path)
     info, geo = _source_geometry(series, series_uid)

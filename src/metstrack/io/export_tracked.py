@@ -43,23 +43,18 @@ import pandas as pd
 import pydicom
 
 from metstrack import __version__
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
+from metstrack.core.grid import Grid
+from metstrack.core.mapping import map_to_native
 from metstrack.errors import DatasetError, DicomSeriesError, GeometryMismatchError, did_you_mean
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
-from metstrack.io.dicom import (
-    DicomScan,
-    DicomSeriesInfo,
-    scan_dicom,
-    series_geometry,
-    uid_suffix,
-)
+from metstrack.io.dicom import DicomScan, DicomSeriesInfo, scan_dicom, uid_suffix
+from metstrack.io.dicom_series import series_geometry
 from metstrack.io.export import GRID_ATOL_MM, PatientIdentity, write_rtstruct, write_seg
-from metstrack.io.ingest import read_mapping
 from metstrack.io.nifti import read_label
+from metstrack.io.pseudonyms import read_mapping
 from metstrack.io.tracked_dicom import LPS_FROM_RAS, LesionEntry, StudyResponse, write_tracked_sr
+from metstrack.io.tracks import read_transforms, tracked_map_path
 from metstrack.metrics.bidimensional import bidimensional_mm
-from metstrack.preprocess.grid import Grid
-from metstrack.preprocess.mapping import map_to_native
-from metstrack.tracking.cohort import read_transforms, tracked_map_path
 from metstrack.tracking.identity import derived_uid, tracking_id, tracking_uid
 from metstrack.types import Volume
 

@@ -56,20 +56,30 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from metstrack.catalog import Catalog
 from metstrack.config import config_fingerprint, save_config
-from metstrack.errors import DatasetError, DicomSeriesError, LabelError
-from metstrack.io import schema
-from metstrack.io.atomic import sweep_stale_temps, write_csv_atomic, write_json_atomic
-from metstrack.io.dicom import (
-    SPACING_RTOL,
-    DicomScan,
-    DicomSeriesInfo,
-    load_series,
-    scan_dicom,
-    uid_suffix,
+from metstrack.core import schema
+from metstrack.core.atomic import (
+    sweep_stale_temps,
+    write_csv_atomic,
+    write_json_atomic,
 )
+from metstrack.errors import (
+    DicomSeriesError,
+    LabelError,
+    MetstrackError,
+)
+from metstrack.io.dicom import DicomScan, DicomSeriesInfo, scan_dicom, uid_suffix
 from metstrack.io.dicom_classify import ClassificationRules, classify_series
+from metstrack.io.dicom_series import SPACING_RTOL, load_series
 from metstrack.io.nifti import write_volume
+from metstrack.io.pseudonyms import (
+    assign_pseudonyms,
+    default_mapping_path,
+    load_mapping,
+    save_mapping,
+)
+from metstrack.io.release import read_release
 from metstrack.io.rtstruct import RoiSelection, check_reference, rasterize_rtstruct, read_rtstruct
 from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE, SEQUENCES, Volume
 
@@ -87,7 +97,6 @@ ROI_COLUMNS = (
     "voxel_count",
     "volume_mm3",
 )
-MAPPING_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -156,93 +165,6 @@ class IngestReport:
         return schema.table_path(self.out, schema.IMAGING_TABLE)
 
 
-def default_mapping_path(out: str | Path) -> Path:
-    """``<out>-pseudonyms.json`` beside ``out`` (outside the shareable dataset)."""
-    out = Path(out)
-    return out.parent / f"{out.name}-pseudonyms.json"
-
-
-def _load_mapping(path: Path) -> dict:
-    if not path.exists():
-        return {"version": MAPPING_VERSION, "patients": {}, "studies": {}}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: pseudonym mapping is unreadable ({exc})") from exc
-    if not isinstance(data, dict) or "patients" not in data or "studies" not in data:
-        raise DatasetError(f"{path}: not a metstrack pseudonym mapping (no patients/studies)")
-    return data
-
-
-def read_mapping(path: str | Path) -> dict:
-    """Read the private pseudonym mapping written by :func:`ingest_dicom`.
-
-    Returns:
-        ``{"patients": {original PatientID: pseudonym}, "studies": {original
-        StudyInstanceUID: {"study_id", "patient_id", "study_date", "series": {SEQ: uid}}}}``.
-
-    Raises:
-        DatasetError: Missing, unreadable or not a mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: pseudonym mapping not found; give the mapping `metstrack ingest` wrote "
-            "(default <out>-pseudonyms.json beside the dataset)"
-        )
-    return _load_mapping(path)
-
-
-def _save_mapping(path: Path, mapping: dict) -> None:
-    from metstrack.io.atomic import atomic_path
-
-    # private from the first byte: the mapping links pseudonyms to real identifiers
-    with atomic_path(path) as tmp:
-        os.chmod(tmp, 0o600)
-        tmp.write_text(json.dumps(mapping, indent=2) + "\n", encoding="utf-8")
-
-
-def _study_date(series: list[DicomSeriesInfo]) -> str:
-    for s in series:
-        if len(s.study_date) >= 8 and s.study_date[:8].isdigit():
-            return s.study_date[:8]
-    return ""
-
-
-def _assign_pseudonyms(
-    by_study: dict[str, list[DicomSeriesInfo]], mapping: dict, cfg: IngestConfig
-) -> list[str]:
-    """Fill ``mapping`` for new studies; return messages for studies without PatientID."""
-    notes = []
-    keys = {}
-    for uid, series in by_study.items():
-        pid = next((s.patient_key for s in series if s.patient_key), "")
-        if not pid:
-            pid = f"study:{uid}"
-            notes.append(
-                f"{series[0].where}: no PatientID; the study is treated as its own patient"
-            )
-        date = _study_date(series)
-        if not date:
-            notes.append(
-                f"{series[0].where}: no StudyDate/SeriesDate; DaysFromBaselineScan left empty"
-            )
-        keys[uid] = (pid, date, uid)
-    patients = mapping["patients"]
-    studies = mapping["studies"]
-    for uid, (pid, date, _) in sorted(keys.items(), key=lambda kv: kv[1]):
-        if pid not in patients:
-            patients[pid] = f"{cfg.patient_prefix}{len(patients) + 1:04d}"
-        if uid not in studies:
-            studies[uid] = {
-                "study_id": f"{cfg.study_prefix}{len(studies) + 1:05d}",
-                "patient_id": patients[pid],
-                "study_date": date,
-                "series": {},
-            }
-    return notes
-
-
 def ingest_dicom(
     src: str | Path,
     out: str | Path,
@@ -285,12 +207,12 @@ def ingest_dicom(
         by_study[_home_study(s, scan)].append(s)
     catalog = run_id = None
     if catalog_path is not None:  # an unusable catalog is refused before anything is written
-        from metstrack.catalog import Catalog
-
         catalog = Catalog.open(catalog_path)
-    mapping = _load_mapping(mapping_path)
-    problems += _assign_pseudonyms(by_study, mapping, cfg)
-    _save_mapping(mapping_path, mapping)  # pseudonyms fixed before any study is written
+    mapping = load_mapping(mapping_path)
+    problems += assign_pseudonyms(
+        by_study, mapping, patient_prefix=cfg.patient_prefix, study_prefix=cfg.study_prefix
+    )
+    save_mapping(mapping_path, mapping)  # pseudonyms fixed before any study is written
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / INGEST_DIR / "config.json")
     _clean_partials(out)
@@ -305,7 +227,7 @@ def ingest_dicom(
             outcome, uncl, probs = _ingest_study(uid, by_study[uid], scan, out, entry, cfg)
             outcomes.append(outcome)
             if outcome.status == "written":  # record its source series UIDs at once
-                _save_mapping(mapping_path, mapping)
+                save_mapping(mapping_path, mapping)
             unclassified += uncl
             problems += probs
             for m in uncl + probs:  # returned in the report (the CLI prints each once)
@@ -321,7 +243,7 @@ def ingest_dicom(
                 )
             if on_study is not None:
                 on_study(outcome)
-        _save_mapping(mapping_path, mapping)
+        save_mapping(mapping_path, mapping)
         write_tables(out, mapping)
         if catalog is not None:
             problems += _register_dataset(catalog, out)
@@ -569,9 +491,6 @@ def write_tables(out: Path, mapping: dict) -> None:
 
 def _register_dataset(catalog, out: Path) -> list[str]:
     """Register the ingested dataset's patients, studies, series and labels in the catalog."""
-    from metstrack.errors import MetstrackError
-    from metstrack.io.release import read_release
-
     try:
         catalog.register_dataset(read_release(out))
     except MetstrackError as exc:
@@ -579,35 +498,3 @@ def _register_dataset(catalog, out: Path) -> list[str]:
         log.warning(msg)
         return [msg]
     return []
-
-
-def source_series_uid(mapping_path: str | Path, study_id: str, sequence: str = "CT1") -> str:
-    """The SeriesInstanceUID an ingested sequence came from (read from the private mapping).
-
-    Use it to export predictions back onto the source series
-    (``metstrack export-rtstruct --series <export> --study <S> --mapping <file>``).
-
-    Args:
-        mapping_path: The pseudonym mapping file written by :func:`ingest_dicom`.
-        study_id: Study pseudonym.
-        sequence: One of :data:`~metstrack.types.SEQUENCES` written for that study.
-
-    Raises:
-        DatasetError: Unknown study or sequence (with the valid ones).
-    """
-    from metstrack.errors import did_you_mean
-
-    mapping = _load_mapping(Path(mapping_path))
-    for entry in mapping["studies"].values():
-        if entry["study_id"] == study_id:
-            series = entry.get("series", {})
-            if sequence not in series:
-                raise DatasetError(
-                    f"{mapping_path}: study {study_id} has no ingested {sequence}; "
-                    + did_you_mean(sequence, series)
-                )
-            return str(series[sequence])
-    ids = [e["study_id"] for e in mapping["studies"].values()]
-    raise DatasetError(
-        f"{mapping_path}: unknown study {study_id!r}; " + did_you_mean(study_id, ids)
-    )

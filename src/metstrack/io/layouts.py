@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from metstrack.core import schema
 from metstrack.errors import ConfigError, DatasetError, LabelError, did_you_mean
 from metstrack.io import bids, brainmetshare, brats, release, study_folder
 from metstrack.io.nifti import check_same_grid, read_label
@@ -60,8 +61,6 @@ class Layout:
 
 
 def _release_detect(root: Path) -> bool:
-    from metstrack.io import schema
-
     return (
         schema.table_path(root, schema.IMAGING_TABLE).is_file()
         or (root / schema.IMAGING_DIR / "patientId").is_dir()

@@ -15,13 +15,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from metstrack.core.affine import spacing_array_mm
+from metstrack.core.atomic import atomic_path
 from metstrack.errors import (
     GeometryMismatchError,
     ImageReadError,
     InvalidImageError,
     LabelError,
 )
-from metstrack.io.atomic import atomic_path
 from metstrack.types import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -135,7 +136,7 @@ def validate_affine(affine: np.ndarray, path: str | Path | None = None) -> None:
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InvalidImageError(f"{path}: affine must be a finite 4x4 matrix, found {affine!r}")
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = spacing_array_mm(affine)
     if np.any(spacing <= 1e-6):
         raise InvalidImageError(
             f"{path}: zero voxel spacing {tuple(np.round(spacing, 6))} mm in the affine; "

@@ -40,18 +40,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from metstrack import __version__
+from metstrack.core.atomic import atomic_path
+from metstrack.core.extras import require
 from metstrack.errors import DicomSeriesError
-from metstrack.io.atomic import atomic_path
 from metstrack.io.dicom import uid_suffix
 from metstrack.io.export import PatientIdentity, fill_type2_context
 from metstrack.tracking.identity import derived_uid, lesion_id_of
+
+hd = require("highdicom", extra="seg", feature="DICOM SR and SEG export")
 
 log = logging.getLogger(__name__)
 

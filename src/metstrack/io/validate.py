@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from metstrack.core import schema
+from metstrack.core.affine import spacing_array_mm
 from metstrack.errors import DatasetError, ImageReadError, InvalidImageError, MetstrackError
+from metstrack.io.layouts import detect_layout, resolve_layout, scan_dataset
 from metstrack.io.nifti import read_volume
 from metstrack.io.problems import ERROR, WARNING, DatasetScan, Problem
 from metstrack.types import (
@@ -166,8 +169,6 @@ def validate_dataset(
         ConfigError: ``layout`` is not a known layout name, or an option does not
             apply to it.
     """
-    from metstrack.io.layouts import detect_layout, resolve_layout, scan_dataset
-
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found")
@@ -304,7 +305,7 @@ class _GridOnly:
 
 
 def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    return spacing_array_mm(affine)
 
 
 def _tup(values) -> str:
@@ -359,8 +360,6 @@ def _check_files_readable(paths: list[Path]) -> list[Problem]:
 
 def _image_files(root: Path, layout: str) -> list[Path]:
     """Image files a layout's index should account for (release: under ``imaging/``)."""
-    from metstrack.io import schema
-
     if layout == "release":
         base = root / schema.IMAGING_DIR
         if not base.is_dir():

@@ -6,7 +6,7 @@ mask this becomes, for the slices (constant Z index) of the grid:
 
 - **long axis**: the largest distance between two voxel centres of the lesion
   lying in the same slice, over every slice (the same voxel-centre convention
-  as :func:`metstrack.metrics.lesions.longest_diameter_mm`, restricted to one
+  as :func:`metstrack.core.lesions.longest_diameter_mm`, restricted to one
   plane; 0 for a single voxel);
 - **short axis**: in that slice, the lesion's voxel centres are projected on
   the long axis direction ``u`` and on the in-plane perpendicular ``v``; centres

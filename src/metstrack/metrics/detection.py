@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from metstrack.metrics.lesions import LabelMap
+from metstrack.core.lesions import LabelMap
 from metstrack.metrics.matching import LesionMatching
 from metstrack.metrics.voxel import grouped_hd95
 

@@ -10,7 +10,7 @@ is a ``bincount`` or a sorted reduction over that list. No further pass over
 the whole volume is made, so the cost is flat in the number of lesions.
 
 The results equal the straightforward ones exactly
-(:func:`metstrack.metrics.lesions.label_map` with ``cc3d.statistics``, and
+(:func:`metstrack.core.lesions.label_map` with ``cc3d.statistics``, and
 :func:`metstrack.metrics.detection.component_surfaces` with an erosion per
 lesion), which the tests check on random masks.
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metstrack.core.lesions import LabelMap, label_components
 from metstrack.errors import LabelError
-from metstrack.metrics.lesions import LabelMap, label_components
 
 
 @dataclass(frozen=True, eq=False)

@@ -43,7 +43,6 @@ lesion pair.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cc3d
@@ -51,8 +50,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from metstrack.core.lesions import LabelMap
 from metstrack.errors import did_you_mean
-from metstrack.metrics.lesions import LabelMap
 
 MATCH_MODES: tuple[str, ...] = ("overlap", "brats")
 CRITERIA: tuple[str, ...] = ("iou", "ior")
@@ -190,7 +189,7 @@ def match_lesions(
     """Match predicted to reference lesions (see the module docstring for both modes).
 
     Args:
-        pred: Labelled prediction (:func:`metstrack.metrics.lesions.label_map`).
+        pred: Labelled prediction (:func:`metstrack.core.lesions.label_map`).
         ref: Labelled reference on the same grid.
         options: Matching settings (default: one-to-one, IoU > 0).
         voxel_volume_mm3: Volume of one voxel (for ``min_ref_volume_mm3``).
@@ -337,14 +336,3 @@ def _match_brats(
         unit_ignored=tuple(ignored),
         false_positive_pred=tuple(p for p in range(1, pred.n + 1) if p not in matched),
     )
-
-
-def unit_box(
-    pred: LabelMap, ref: LabelMap, ref_labels: Sequence[int], pred_labels: Sequence[int]
-) -> tuple[slice, slice, slice]:
-    """Union bounding box of some reference and predicted components, grown by one voxel."""
-    rows = [ref.bboxes[r] for r in ref_labels] + [pred.bboxes[p] for p in pred_labels]
-    b = np.asarray(rows)
-    lo = np.maximum(b[:, :3].min(axis=0) - 1, 0)
-    hi = np.minimum(b[:, 3:].max(axis=0) + 1, np.array(ref.labels.shape))
-    return tuple(slice(int(a), int(c)) for a, c in zip(lo, hi, strict=True))  # type: ignore[return-value]

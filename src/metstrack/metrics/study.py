@@ -19,7 +19,7 @@ voxels occurs in the previous study. Otherwise the counterpart is found by
 overlap on a common grid: a lesion is new when none of its voxels overlaps the
 previous reference (dilated by ``new_lesion_margin_voxels``). The previous
 reference must then be on the study's grid (register and resample it first,
-e.g. with ``metstrack.preprocess.spatial.resample_array``).
+e.g. with ``metstrack.core.spatial.resample_array``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage
 
+from metstrack.core.affine import spacing_from_affine
+from metstrack.core.lesions import LabelMap
 from metstrack.errors import GeometryMismatchError, LabelError
 from metstrack.metrics.detection import (
     BRATS_HD95_PENALTY_MM,
@@ -42,14 +44,13 @@ from metstrack.metrics.detection import (
     compute_detection,
 )
 from metstrack.metrics.foreground import foreground_overlaps, label_foreground
-from metstrack.metrics.lesions import LabelMap
 from metstrack.metrics.matching import (
     BRATS_METS_DILATION_VOXELS,
     LesionMatching,
     MatchingOptions,
     match_lesions,
 )
-from metstrack.metrics.voxel import VoxelMetrics, spacing_from_affine, voxel_metrics_from_parts
+from metstrack.metrics.voxel import VoxelMetrics, voxel_metrics_from_parts
 
 log = logging.getLogger(__name__)
 
@@ -231,39 +232,11 @@ def new_lesion_flags(
     return tuple(flags)
 
 
-def evaluate_study(
-    pred: np.ndarray | None,
-    ref: np.ndarray,
-    *,
-    spacing_mm: Sequence[float] | None = None,
-    affine: np.ndarray | None = None,
-    mode: str = "overlap",
-    criterion: str = "iou",
-    match_threshold: float = 0.0,
-    match_objective: str = "overlap",
-    dilation_voxels: int = BRATS_METS_DILATION_VOXELS,
-    min_ref_volume_mm3: float = 0.0,
-    connectivity: int = 26,
-    tolerance_mm: float = 1.0,
-    volume_bins_mm3: Sequence[float] = DEFAULT_VOLUME_BINS_MM3,
-    beta: float = 2.0,
-    hd95_penalty_mm: float = BRATS_HD95_PENALTY_MM,
-    previous_ref: np.ndarray | None = None,
-    ref_instances: np.ndarray | None = None,
-    previous_ref_instances: np.ndarray | None = None,
-    new_lesion_margin_voxels: int = 0,
-    patient_id: str = "",
-    study_id: str = "",
-) -> StudyEvaluation:
-    """Evaluate one study's prediction against its reference.
+@dataclass(frozen=True)
+class StudyOptions:
+    """How one study is evaluated: matching, strata, surfaces (one record, not 12 arguments).
 
-    Args:
-        pred: (X, Y, Z) predicted mask (bool or integer; non-zero is lesion), or
-            ``None`` for a missing prediction (evaluated as empty, flagged).
-        ref: (X, Y, Z) reference mask, same shape.
-        spacing_mm: Voxel spacing along X, Y, Z in mm (or give ``affine``).
-        affine: (4, 4) voxel-to-world matrix (RAS, mm); gives spacing, voxel volume
-            and world centroids.
+    Attributes:
         mode: ``"overlap"`` (one-to-one Hungarian) or ``"brats"`` (BraTS-METS).
         criterion: ``"iou"`` or ``"ior"`` for the ``overlap`` mode.
         match_threshold: Candidate pairs need a score strictly above this.
@@ -276,10 +249,65 @@ def evaluate_study(
         volume_bins_mm3: Stratum edges (10 mm3 is always added).
         beta: Beta of the F-beta score.
         hd95_penalty_mm: HD95 of missed/false lesions in the penalised lesion-wise score.
+        new_lesion_margin_voxels: Dilation of the previous reference for the new-lesion test.
+
+    Example:
+        >>> StudyOptions(mode="brats", min_ref_volume_mm3=5.0).matching().mode
+        'brats'
+    """
+
+    mode: str = "overlap"
+    criterion: str = "iou"
+    match_threshold: float = 0.0
+    match_objective: str = "overlap"
+    dilation_voxels: int = BRATS_METS_DILATION_VOXELS
+    min_ref_volume_mm3: float = 0.0
+    connectivity: int = 26
+    tolerance_mm: float = 1.0
+    volume_bins_mm3: Sequence[float] = DEFAULT_VOLUME_BINS_MM3
+    beta: float = 2.0
+    hd95_penalty_mm: float = BRATS_HD95_PENALTY_MM
+    new_lesion_margin_voxels: int = 0
+
+    def matching(self) -> MatchingOptions:
+        """The lesion-matching part of these options (validated there)."""
+        return MatchingOptions(
+            mode=self.mode,
+            criterion=self.criterion,
+            threshold=self.match_threshold,
+            dilation_voxels=self.dilation_voxels,
+            min_ref_volume_mm3=self.min_ref_volume_mm3,
+            objective=self.match_objective,
+        )
+
+
+def evaluate_study(
+    pred: np.ndarray | None,
+    ref: np.ndarray,
+    *,
+    spacing_mm: Sequence[float] | None = None,
+    affine: np.ndarray | None = None,
+    options: StudyOptions | None = None,
+    previous_ref: np.ndarray | None = None,
+    ref_instances: np.ndarray | None = None,
+    previous_ref_instances: np.ndarray | None = None,
+    patient_id: str = "",
+    study_id: str = "",
+) -> StudyEvaluation:
+    """Evaluate one study's prediction against its reference.
+
+    Args:
+        pred: (X, Y, Z) predicted mask (bool or integer; non-zero is lesion), or
+            ``None`` for a missing prediction (evaluated as empty, flagged).
+        ref: (X, Y, Z) reference mask, same shape.
+        spacing_mm: Voxel spacing along X, Y, Z in mm (or give ``affine``).
+        affine: (4, 4) voxel-to-world matrix (RAS, mm); gives spacing, voxel volume
+            and world centroids.
+        options: Matching, stratification and surface settings (defaults:
+            one-to-one IoU > 0 matching, 26-connectivity), see :class:`StudyOptions`.
         previous_ref: Previous study's reference on this grid (for new lesions).
         ref_instances: This study's ground-truth instance map (identities).
         previous_ref_instances: The previous study's instance map.
-        new_lesion_margin_voxels: Dilation of ``previous_ref`` for the overlap test.
         patient_id: Recorded in the result.
         study_id: Recorded in the result.
 
@@ -291,6 +319,8 @@ def evaluate_study(
             (a probability map).
         GeometryMismatchError: Shapes differ.
     """
+    o = options or StudyOptions()
+    mode, connectivity, tolerance_mm = o.mode, o.connectivity, o.tolerance_mm
     r = _as_mask(ref, "reference mask", name=study_id or "ref")
     missing = pred is None
     p = (
@@ -304,20 +334,15 @@ def evaluate_study(
             f"differs from reference shape {r.shape}"
         )
     spacing, aff, vv = resolve_geometry(r.shape, spacing_mm, affine)
-    options = MatchingOptions(
-        mode=mode,
-        criterion=criterion,
-        threshold=match_threshold,
-        dilation_voxels=dilation_voxels,
-        min_ref_volume_mm3=min_ref_volume_mm3,
-        objective=match_objective,
-    )
+    matching_options = o.matching()
     lp = label_foreground(p, connectivity=connectivity)
     lr = label_foreground(r, connectivity=connectivity)
     pm, rm = lp.map, lr.map
     psurf, rsurf = lp.surfaces, lr.surfaces
     overlaps = foreground_overlaps(lp, lr)
-    matching = match_lesions(pm, rm, options=options, voxel_volume_mm3=vv, overlaps=overlaps)
+    matching = match_lesions(
+        pm, rm, options=matching_options, voxel_volume_mm3=vv, overlaps=overlaps
+    )
     has_prev = previous_ref is not None or (
         ref_instances is not None and previous_ref_instances is not None
     )
@@ -327,7 +352,7 @@ def evaluate_study(
         previous_ref=previous_ref,
         ref_instances=ref_instances,
         previous_ref_instances=previous_ref_instances,
-        margin_voxels=new_lesion_margin_voxels,
+        margin_voxels=o.new_lesion_margin_voxels,
     )
     detection, strata, lesions = compute_detection(
         pm,
@@ -336,9 +361,9 @@ def evaluate_study(
         spacing_mm=spacing,
         affine=aff,
         voxel_volume_mm3=vv,
-        volume_bins_mm3=volume_bins_mm3,
-        beta=beta,
-        hd95_penalty_mm=hd95_penalty_mm,
+        volume_bins_mm3=o.volume_bins_mm3,
+        beta=o.beta,
+        hd95_penalty_mm=o.hd95_penalty_mm,
         pred_surfaces=psurf,
         ref_surfaces=rsurf,
         unit_is_new=flags,

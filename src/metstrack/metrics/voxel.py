@@ -39,6 +39,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from metstrack.core.affine import spacing_from_affine
+
 __all__ = [
     "SurfaceDistances",
     "VoxelMetrics",
@@ -52,12 +54,6 @@ __all__ = [
     "spacing_from_affine",
     "surface_voxels",
 ]
-
-
-def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel spacing (mm) along X, Y, Z: the column norms of a 4x4 affine."""
-    sp = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-    return (float(sp[0]), float(sp[1]), float(sp[2]))
 
 
 def _check_spacing(spacing_mm: Sequence[float]) -> np.ndarray:

@@ -16,7 +16,7 @@ class ModelConfig:
     """Settings of one network; saved inside every checkpoint.
 
     Attributes:
-        name: Registry name (``"stt"``, ``"unet"``, ``"dynunet"``, ``"segresnet"``,
+        name: Registry name (``"stt"``, ``"stt-ms"``, ``"unet"``, ``"dynunet"``, ``"segresnet"``,
             ``"unetr"``, ``"swinunetr"``); see :mod:`metstrack.models.registry`.
         in_channels: Image channels per study (MRI contrasts), without the prior mask.
         out_channels: Classes K of the logits (2: background, metastasis).

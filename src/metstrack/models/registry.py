@@ -4,6 +4,7 @@
 name           network
 =============  ==============================================================
 ``stt``        Segmentation-Through-Time: basic U-Net + ConvLSTM bottleneck
+``stt-ms``     STT with memory also at every skip level (full to 1/8 resolution)
 ``unet``       the same basic U-Net without memory (the ablation)
 ``dynunet``    MONAI DynUNet, nnU-Net-style
 ``segresnet``  MONAI SegResNet
@@ -21,10 +22,12 @@ from metstrack.models.base import SequenceModel
 from metstrack.models.baselines import DynUNetSeq, SegResNetSeq, SwinUNETRSeq, UNETRSeq
 from metstrack.models.config import ModelConfig
 from metstrack.models.stt import BasicUNetSeq, STTUNet
+from metstrack.models.stt_ms import STTMultiScale
 
 #: Every registered network, by name.
 MODELS: dict[str, Callable[[ModelConfig], SequenceModel]] = {
     "stt": STTUNet,
+    "stt-ms": STTMultiScale,
     "unet": BasicUNetSeq,
     "dynunet": DynUNetSeq,
     "segresnet": SegResNetSeq,

@@ -37,9 +37,11 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from metstrack.core.grid import isotropic_grid
+from metstrack.core.spatial import resample_array
 from metstrack.errors import ConfigError, InvalidImageError, MetstrackError, did_you_mean
-from metstrack.preprocess.grid import Grid, isotropic_grid
-from metstrack.preprocess.spatial import resample_array
+from metstrack.io.nifti import read_volume
+from metstrack.preprocess.register import RegistrationConfig, register
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)
@@ -167,20 +169,6 @@ def nonzero_mask(vol: Volume) -> np.ndarray:
     return ndimage.binary_fill_holes(np.asarray(vol.array) != 0)
 
 
-def mask_on_grid(mask: np.ndarray, source: Volume | Grid, target: Grid) -> np.ndarray:
-    """Nearest-neighbour copy of a boolean mask from one grid onto another."""
-    src = Grid.of(source)
-    out = resample_array(mask.astype(np.uint8), src.affine, target.shape, target.affine, order=0)
-    return out.astype(bool)
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (NaN when both are empty)."""
-    p, r = np.asarray(pred, bool), np.asarray(ref, bool)
-    denom = int(p.sum()) + int(r.sum())
-    return float("nan") if denom == 0 else 2.0 * int((p & r).sum()) / denom
-
-
 #: Spacing (mm) deepbet's input is resampled to: the CNN rescales its input box
 #: to 256^3 voxels whatever the spacing, so it must see near-isotropic voxels.
 DEEPBET_SPACING_MM = 1.0
@@ -254,9 +242,6 @@ def template_mask(vol: Volume) -> np.ndarray:
         bool (X, Y, Z) array on ``vol``'s grid.
     """
     from importlib.resources import files
-
-    from metstrack.io.nifti import read_volume
-    from metstrack.preprocess.register import RegistrationConfig, register
 
     path = files("nilearn.datasets") / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     tpl = read_volume(Path(str(path)))

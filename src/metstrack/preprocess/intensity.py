@@ -12,6 +12,7 @@ import logging
 import numpy as np
 
 from metstrack.errors import InvalidImageError
+from metstrack.preprocess.register import from_sitk, to_sitk
 from metstrack.types import Volume
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,6 @@ def n4_correct(
         float32 volume on the same grid: ``vol / exp(log_bias_field)``.
     """
     import SimpleITK as sitk  # noqa: N813
-
-    from metstrack.preprocess.register import from_sitk, to_sitk
 
     arr = np.asarray(vol.array, dtype=np.float32)
     shift = float(min(0.0, arr.min()))

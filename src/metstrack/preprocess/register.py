@@ -1,6 +1,6 @@
 """Rigid and affine registration with SimpleITK (Mattes mutual information).
 
-Results are 4x4 world matrices (RAS+, mm) in :mod:`metstrack.preprocess.spatial`'s
+Results are 4x4 world matrices (RAS+, mm) in :mod:`metstrack.core.spatial`'s
 convention: the transform maps a point of the *fixed* image to the point of
 the *moving* image holding the same anatomy (``baseline_to_study`` when the
 baseline is fixed and the follow-up moves), so ``resample_array(moving, ...,
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
+from metstrack.core.affine import spacing_array_mm
 from metstrack.errors import ConfigError, InvalidImageError
 from metstrack.types import Volume
 
@@ -120,7 +121,7 @@ def to_sitk(vol: Volume, *, dtype: int = sitk.sitkFloat32) -> sitk.Image:
         dtype: SimpleITK pixel type.
     """
     a = np.asarray(vol.affine, dtype=np.float64)
-    spacing = np.linalg.norm(a[:3, :3], axis=0)
+    spacing = spacing_array_mm(a)
     direction = (_FLIP[:3, :3] @ a[:3, :3]) / spacing
     origin = _FLIP[:3, :3] @ a[:3, 3]
     arr = np.asarray(vol.array)

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metstrack.io import schema
-from metstrack.io.atomic import write_json_atomic, write_text_atomic
+from metstrack.core import schema
+from metstrack.core.atomic import write_json_atomic, write_text_atomic
+from metstrack.core.lesions import lesion_table
+from metstrack.io.layouts import read_dataset
 from metstrack.io.nifti import find_nifti, read_label, read_volume
-from metstrack.metrics.lesions import lesion_table
+from metstrack.io.tracks import tracked_map_path
 from metstrack.report.figures import StripLesion, lesion_strip
 from metstrack.report.html import cards, esc, figure, fmt, page, table
 from metstrack.tracking.identity import lesion_id_of, tracking_id
@@ -145,8 +147,6 @@ def build_report(
     Returns:
         Path of ``index.html``.
     """
-    from metstrack.io.layouts import read_dataset
-
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "patients").mkdir(parents=True, exist_ok=True)
@@ -391,8 +391,6 @@ def _patient_page(p: Patient, inputs: ReportInputs, out: Path, *, traj, max_lesi
         pred, ref = _study_masks(s, inputs, img)
         tracked = None
         if inputs.tracking is not None:
-            from metstrack.tracking.cohort import tracked_map_path
-
             tp = tracked_map_path(inputs.tracking, pid, s.study_id)
             if tp.is_file():
                 tv = read_label(tp, binary=False)

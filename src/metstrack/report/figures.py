@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metstrack.io.atomic import atomic_path
+from metstrack.core.atomic import atomic_path
 
 PRED_COLOR = "#ff7f0e"
 REF_COLOR = "#17becf"

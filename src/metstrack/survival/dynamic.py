@@ -24,10 +24,10 @@ import pandas as pd
 from lifelines import CoxTimeVaryingFitter
 from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 
+from metstrack.core.rate import monthly_count_rate_of_change, monthly_rate_of_change
 from metstrack.errors import SurvivalDataError
 from metstrack.survival.cox import check_survival_data, unit_of
 from metstrack.survival.table import AnalysisTable, patient_rates
-from metstrack.tracking.rate import monthly_count_rate_of_change, monthly_rate_of_change
 
 
 def _scan_clock_days(table: AnalysisTable, burden: pd.DataFrame) -> pd.DataFrame:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metstrack.core.atomic import atomic_path
 from metstrack.errors import SurvivalDataError
-from metstrack.io.atomic import atomic_path
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ Definitions:
   ``first_scan`` the first radiosurgery's offset from the first scan is added.
 - ``rate_volume_cm3_per_month``: the monthly rate of change of total
   metastasis volume over the patient's studies (see
-  :func:`metstrack.tracking.rate.monthly_rate_of_change`), NaN for
+  :func:`metstrack.core.rate.monthly_rate_of_change`), NaN for
   patients with one study.
 - ``n_treatments``: number of radiosurgery sessions (``visit_class`` 2 events).
 - ``wbrt``: 1 when a medication/radiosurgery event's description mentions
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from metstrack.errors import SurvivalDataError
-from metstrack.survival.config import SurvivalConfig
+from metstrack.core.rate import monthly_count_rate_of_change, monthly_rate_of_change
+from metstrack.errors import SurvivalDataError, did_you_mean
+from metstrack.survival.config import COVARIATE_UNITS, SurvivalConfig
 from metstrack.types import ClinicalEvent, ClinicalPatient
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,6 @@ def patient_rates(
         ``rate_count_per_month``, ``baseline_volume_cm3``,
         ``baseline_lesion_count``, ``n_studies``.
     """
-    from metstrack.tracking.rate import monthly_count_rate_of_change, monthly_rate_of_change
-
     out = []
     for pid, g in burden.groupby("PatientID", sort=True):
         if until_day is not None:
@@ -280,9 +279,6 @@ def build_analysis_table(
         if cov == "primary_histology":
             continue
         if cov not in frame.columns:
-            from metstrack.errors import did_you_mean
-            from metstrack.survival.config import COVARIATE_UNITS
-
             raise SurvivalDataError(
                 f"unknown covariate {cov!r}; "
                 + did_you_mean(cov, [*COVARIATE_UNITS, "primary_histology"])

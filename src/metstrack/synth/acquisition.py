@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from metstrack.preprocess.spatial import resample_array
+from metstrack.core.affine import spacing_from_affine
+from metstrack.core.spatial import resample_array
 
 #: Acquisition modes.
 ACQUISITION_MODES = ("clinical", "fixed")
@@ -60,7 +61,7 @@ class Acquisition:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel size along each grid axis (mm)."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        return spacing_from_affine(self.affine)
 
 
 def _small_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:

@@ -10,14 +10,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from metstrack.config import save_config
-from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+from metstrack.core import schema
 from metstrack.synth.config import SynthConfig
 from metstrack.synth.timeline import HISTOLOGIES, Timeline, simulate_timeline
 from metstrack.types import DAYS_PER_MONTH, MODALITIES
@@ -188,230 +185,235 @@ def survival_truth(cfg: SynthConfig) -> dict:
     }
 
 
-def build_tables(records: list[PatientRecord], cfg: SynthConfig) -> CohortTables:
-    """Build every table from per-patient records (shared by both cohort modes)."""
-    img_rows, split_rows, ev_rows, pat_rows, tgt_rows = [], [], [], [], []
-    traj_rows, burden_rows, truth_rows, tf_rows = [], [], [], []
-    for rec in records:
-        tl = rec.timeline
-        pid = tl.patient_id
-        n_w = tl.n_written
-        days = tl.written_days
-        treated = tl.treated_mask()
-        for j in range(n_w):
-            sid = study_id(pid, j)
-            planning = bool(tl.srs_at_study[j])
-            flags = {m: int(rec.has_images) for m in MODALITIES}
-            img_rows.append(
-                {
-                    "PatientID": pid,
-                    "StudyID": sid,
-                    **flags,
-                    "RTSTRUCT_segmentation": int(rec.has_images and rec.labelled[j]),
-                    "RTSTRUCT_MRI": int(rec.has_images and planning),
-                    "ExpertAdjusted": int(rec.has_images and rec.labelled[j] and planning),
-                    "DaysFromBaselineScan": int(days[j]),
-                    "RelativeTimepoint": j + 1,
-                }
-            )
-            split_rows.append(
-                {
-                    "StudyID": sid,
-                    "train": int(rec.split == "train"),
-                    "val": int(rec.split == "val"),
-                    "test": int(rec.split == "test"),
-                }
-            )
-            ev_rows.append(
-                {
-                    "PatientID": pid,
-                    "visit_class": 3,
-                    "days_from_first_srs": int(days[j] - tl.srs_day),
-                    "StudyID": sid,
-                    "description": "MRI brain with and without contrast",
-                }
-            )
-            vols = rec.volume_mm3[:, j]
-            if planning:
-                chosen = np.flatnonzero(tl.lesion_treated_at == j)
-                ev_rows.append(
-                    {
-                        "PatientID": pid,
-                        "visit_class": 2,
-                        "days_from_first_srs": int(days[j] - tl.srs_day),
-                        "StudyID": sid,
-                        "description": f"stereotactic radiosurgery, {chosen.size} target(s)",
-                    }
-                )
-                for lid in chosen:
-                    if vols[lid] <= 0:  # too small to render on this grid: not contoured
-                        continue
-                    c = (
-                        rec.centroids_mm[lid, j]
-                        if rec.centroids_mm is not None
-                        else np.full(3, np.nan)
-                    )
-                    tgt_rows.append(
-                        {
-                            "PatientID": pid,
-                            "target_id": 0,  # numbered below
-                            "StudyID": sid,
-                            "days_from_first_srs": int(days[j] - tl.srs_day),
-                            "target_volume_mm3": round(float(vols[lid]), 3),
-                            "dose_gy": dose_gy(float(vols[lid])),
-                            "centroid_x_mm": round(float(c[0]), 3),
-                            "centroid_y_mm": round(float(c[1]), 3),
-                            "centroid_z_mm": round(float(c[2]), 3),
-                            "_lesion_id": int(lid) + 1,
-                        }
-                    )
-            for lid in range(tl.n_lesions):
-                traj_rows.append(
-                    {
-                        "PatientID": pid,
-                        "lesion_id": lid + 1,
-                        "StudyID": sid,
-                        "days_from_baseline": int(days[j]),
-                        "volume_mm3": float(vols[lid]),
-                        "planned_volume_mm3": float(tl.lesion_volume_mm3[lid, j]),
-                        "treated": int(treated[lid, j]),
-                        "kind": tl.lesion_kind[lid],
-                    }
-                )
-            burden_rows.append(
-                {
-                    "PatientID": pid,
-                    "StudyID": sid,
-                    "days_from_baseline": int(days[j]),
-                    "total_volume_mm3": float(vols.sum()),
-                    "lesion_count": int(np.count_nonzero(vols > 0)),
-                }
-            )
-            if rec.transforms is not None:
-                m = rec.transforms[j]
-                row = {"PatientID": pid, "StudyID": sid}
-                for a in range(4):
-                    for b in range(4):
-                        row[f"m{a}{b}"] = float(m[a, b])
-                cos = np.clip((np.trace(m[:3, :3]) - 1) / 2, -1, 1)
-                row["angle_deg"] = float(np.degrees(np.arccos(cos)))
-                row["translation_mm"] = float(np.linalg.norm(m[:3, 3]))
-                tf_rows.append(row)
-        for d, name in tl.medications:
-            if d < tl.days_to_death_or_followup:
-                ev_rows.append(
-                    {
-                        "PatientID": pid,
-                        "visit_class": 1,
-                        "days_from_first_srs": int(d),
-                        "StudyID": None,
-                        "description": name,
-                    }
-                )
-        for d in tl.followup_days_from_srs:
-            ev_rows.append(
-                {
-                    "PatientID": pid,
-                    "visit_class": 4,
-                    "days_from_first_srs": int(d),
-                    "StudyID": None,
-                    "description": "clinic follow-up",
-                }
-            )
-        if tl.death:
-            ev_rows.append(
-                {
-                    "PatientID": pid,
-                    "visit_class": 5,
-                    "days_from_first_srs": int(tl.days_to_death_or_followup),
-                    "StudyID": None,
-                    "description": "death",
-                }
-            )
-        else:
-            ev_rows.append(
-                {
-                    "PatientID": pid,
-                    "visit_class": 4,
-                    "days_from_first_srs": int(tl.days_to_death_or_followup),
-                    "StudyID": None,
-                    "description": "last follow-up",
-                }
-            )
-        pat_rows.append(
+def _imaging_rows(rec: PatientRecord) -> list[dict]:
+    """Imaging-table rows of one patient (sequence flags 0 without images)."""
+    tl, rows = rec.timeline, []
+    for j in range(tl.n_written):
+        planning = bool(tl.srs_at_study[j])
+        rows.append(
             {
-                "PatientID": pid,
-                "age_years": tl.age_years,
-                "sex": tl.sex,
-                "primary_histology": tl.histology,
-                "kps": tl.kps,
-                "extracranial_disease": int(tl.extracranial_disease),
-                "death": int(tl.death),
-                "days_to_death_or_followup": int(tl.days_to_death_or_followup),
-                "first_srs_days_from_baseline_scan": int(tl.srs_day),
+                "PatientID": tl.patient_id,
+                "StudyID": study_id(tl.patient_id, j),
+                **{m: int(rec.has_images) for m in MODALITIES},
+                "RTSTRUCT_segmentation": int(rec.has_images and rec.labelled[j]),
+                "RTSTRUCT_MRI": int(rec.has_images and planning),
+                "ExpertAdjusted": int(rec.has_images and rec.labelled[j] and planning),
+                "DaysFromBaselineScan": int(tl.written_days[j]),
+                "RelativeTimepoint": j + 1,
             }
         )
-        truth_rows.append(
-            {
-                "PatientID": pid,
-                "rate_cm3_per_month": tl.rate_cm3_per_month,
-                "intercept_mm3": tl.intercept_mm3,
-                "linear_predictor": tl.linear_predictor,
-                "death_day_from_srs": tl.death_day_from_srs,
-                "censor_day_from_srs": tl.censor_day_from_srs,
-                "n_studies": n_w,
-                "n_lesions": tl.n_lesions,
-                "forced_schedule": int(tl.forced),
-            }
-        )
+    return rows
 
-    targets = pd.DataFrame(tgt_rows, columns=[*schema.TARGET_COLUMNS, "lesion_id"])
-    if tgt_rows:
-        targets = pd.DataFrame(tgt_rows).rename(columns={"_lesion_id": "lesion_id"})
+
+def _split_rows(rec: PatientRecord) -> list[dict]:
+    """Split-table rows of one patient (every study in the patient's split)."""
+    tl = rec.timeline
+    return [
+        {
+            "StudyID": study_id(tl.patient_id, j),
+            "train": int(rec.split == "train"),
+            "val": int(rec.split == "val"),
+            "test": int(rec.split == "test"),
+        }
+        for j in range(tl.n_written)
+    ]
+
+
+def _event(pid: str, visit_class: int, day: float, sid: str | None, description: str) -> dict:
+    return {
+        "PatientID": pid,
+        "visit_class": visit_class,
+        "days_from_first_srs": int(day),
+        "StudyID": sid,
+        "description": description,
+    }
+
+
+def _event_rows(rec: PatientRecord) -> list[dict]:
+    """Clinical events of one patient: scans, radiosurgery, medications, visits, death."""
+    tl = rec.timeline
+    pid, days = tl.patient_id, tl.written_days
+    rows = []
+    for j in range(tl.n_written):
+        sid = study_id(pid, j)
+        day = days[j] - tl.srs_day
+        rows.append(_event(pid, 3, day, sid, "MRI brain with and without contrast"))
+        if tl.srs_at_study[j]:
+            n = np.flatnonzero(tl.lesion_treated_at == j).size
+            rows.append(_event(pid, 2, day, sid, f"stereotactic radiosurgery, {n} target(s)"))
+    rows += [
+        _event(pid, 1, d, None, name)
+        for d, name in tl.medications
+        if d < tl.days_to_death_or_followup
+    ]
+    rows += [_event(pid, 4, d, None, "clinic follow-up") for d in tl.followup_days_from_srs]
+    last = ("death", 5) if tl.death else ("last follow-up", 4)
+    rows.append(_event(pid, last[1], tl.days_to_death_or_followup, None, last[0]))
+    return rows
+
+
+def _target_rows(rec: PatientRecord) -> list[dict]:
+    """Radiosurgery targets of one patient (lesions too small to render are not contoured)."""
+    tl = rec.timeline
+    pid, days = tl.patient_id, tl.written_days
+    rows = []
+    for j in range(tl.n_written):
+        if not tl.srs_at_study[j]:
+            continue
+        vols = rec.volume_mm3[:, j]
+        for lid in np.flatnonzero(tl.lesion_treated_at == j):
+            if vols[lid] <= 0:  # too small to render on this grid: not contoured
+                continue
+            c = rec.centroids_mm[lid, j] if rec.centroids_mm is not None else np.full(3, np.nan)
+            rows.append(
+                {
+                    "PatientID": pid,
+                    "target_id": 0,  # numbered in _target_tables
+                    "StudyID": study_id(pid, j),
+                    "days_from_first_srs": int(days[j] - tl.srs_day),
+                    "target_volume_mm3": round(float(vols[lid]), 3),
+                    "dose_gy": dose_gy(float(vols[lid])),
+                    "centroid_x_mm": round(float(c[0]), 3),
+                    "centroid_y_mm": round(float(c[1]), 3),
+                    "centroid_z_mm": round(float(c[2]), 3),
+                    "_lesion_id": int(lid) + 1,
+                }
+            )
+    return rows
+
+
+def _trajectory_rows(rec: PatientRecord) -> list[dict]:
+    """Ground-truth lesion trajectories: one row per lesion and written study."""
+    tl = rec.timeline
+    treated = tl.treated_mask()
+    return [
+        {
+            "PatientID": tl.patient_id,
+            "lesion_id": lid + 1,
+            "StudyID": study_id(tl.patient_id, j),
+            "days_from_baseline": int(tl.written_days[j]),
+            "volume_mm3": float(rec.volume_mm3[lid, j]),
+            "planned_volume_mm3": float(tl.lesion_volume_mm3[lid, j]),
+            "treated": int(treated[lid, j]),
+            "kind": tl.lesion_kind[lid],
+        }
+        for j in range(tl.n_written)
+        for lid in range(tl.n_lesions)
+    ]
+
+
+def _burden_rows(rec: PatientRecord) -> list[dict]:
+    """Ground-truth burden: total volume and lesion count per written study."""
+    tl = rec.timeline
+    rows = []
+    for j in range(tl.n_written):
+        vols = rec.volume_mm3[:, j]
+        rows.append(
+            {
+                "PatientID": tl.patient_id,
+                "StudyID": study_id(tl.patient_id, j),
+                "days_from_baseline": int(tl.written_days[j]),
+                "total_volume_mm3": float(vols.sum()),
+                "lesion_count": int(np.count_nonzero(vols > 0)),
+            }
+        )
+    return rows
+
+
+def _transform_rows(rec: PatientRecord) -> list[dict]:
+    """True ``baseline_to_study`` matrices (m00..m33), rotation angle and translation."""
+    if rec.transforms is None:
+        return []
+    tl, rows = rec.timeline, []
+    for j in range(tl.n_written):
+        m = rec.transforms[j]
+        row: dict = {"PatientID": tl.patient_id, "StudyID": study_id(tl.patient_id, j)}
+        for a in range(4):
+            for b in range(4):
+                row[f"m{a}{b}"] = float(m[a, b])
+        cos = np.clip((np.trace(m[:3, :3]) - 1) / 2, -1, 1)
+        row["angle_deg"] = float(np.degrees(np.arccos(cos)))
+        row["translation_mm"] = float(np.linalg.norm(m[:3, 3]))
+        rows.append(row)
+    return rows
+
+
+def _patient_row(rec: PatientRecord) -> dict:
+    """The clinical-patients row (demographics, outcome)."""
+    tl = rec.timeline
+    return {
+        "PatientID": tl.patient_id,
+        "age_years": tl.age_years,
+        "sex": tl.sex,
+        "primary_histology": tl.histology,
+        "kps": tl.kps,
+        "extracranial_disease": int(tl.extracranial_disease),
+        "death": int(tl.death),
+        "days_to_death_or_followup": int(tl.days_to_death_or_followup),
+        "first_srs_days_from_baseline_scan": int(tl.srs_day),
+    }
+
+
+def _truth_row(rec: PatientRecord) -> dict:
+    """The patient's planted survival truth (rate, linear predictor, event days)."""
+    tl = rec.timeline
+    return {
+        "PatientID": tl.patient_id,
+        "rate_cm3_per_month": tl.rate_cm3_per_month,
+        "intercept_mm3": tl.intercept_mm3,
+        "linear_predictor": tl.linear_predictor,
+        "death_day_from_srs": tl.death_day_from_srs,
+        "censor_day_from_srs": tl.censor_day_from_srs,
+        "n_studies": tl.n_written,
+        "n_lesions": tl.n_lesions,
+        "forced_schedule": int(tl.forced),
+    }
+
+
+def _target_tables(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The release targets table and the ground-truth target -> lesion link."""
+    targets = pd.DataFrame(rows, columns=[*schema.TARGET_COLUMNS, "lesion_id"])
+    if rows:
+        targets = pd.DataFrame(rows).rename(columns={"_lesion_id": "lesion_id"})
         targets["target_id"] = targets.groupby("PatientID").cumcount() + 1
     # The release table has no lesion identities; the link lives in the ground truth.
     target_lesions = targets[["PatientID", "target_id", "StudyID", "lesion_id"]].copy()
-    targets = targets[list(schema.TARGET_COLUMNS)]
-    events = pd.DataFrame(ev_rows, columns=list(schema.EVENT_COLUMNS))
+    return targets[list(schema.TARGET_COLUMNS)], target_lesions
+
+
+def build_tables(records: list[PatientRecord], cfg: SynthConfig) -> CohortTables:
+    """Build every table from per-patient records (shared by both cohort modes).
+
+    Each table has its own row builder (``_imaging_rows``, ``_event_rows``,
+    ``_target_rows``, ``_trajectory_rows``, ...), applied patient by patient.
+    """
+
+    def rows(fn) -> list[dict]:
+        return [row for rec in records for row in fn(rec)]
+
+    targets, target_lesions = _target_tables(rows(_target_rows))
+    events = pd.DataFrame(rows(_event_rows), columns=list(schema.EVENT_COLUMNS))
     events = events.sort_values(
         ["PatientID", "days_from_first_srs", "visit_class"], kind="stable"
     ).reset_index(drop=True)
     tf = None
     if any(r.transforms is not None for r in records):
-        tf = pd.DataFrame(tf_rows)
+        tf = pd.DataFrame(rows(_transform_rows))
     return CohortTables(
-        imaging=pd.DataFrame(img_rows, columns=list(schema.IMAGING_COLUMNS)),
-        split=pd.DataFrame(split_rows, columns=list(schema.SPLIT_COLUMNS)),
+        imaging=pd.DataFrame(rows(_imaging_rows), columns=list(schema.IMAGING_COLUMNS)),
+        split=pd.DataFrame(rows(_split_rows), columns=list(schema.SPLIT_COLUMNS)),
         events=events,
-        patients=pd.DataFrame(pat_rows, columns=list(schema.PATIENT_COLUMNS)),
+        patients=pd.DataFrame(
+            [_patient_row(r) for r in records], columns=list(schema.PATIENT_COLUMNS)
+        ),
         targets=targets,
-        trajectories=pd.DataFrame(traj_rows),
-        burden=pd.DataFrame(burden_rows),
-        patient_truth=pd.DataFrame(truth_rows),
+        trajectories=pd.DataFrame(rows(_trajectory_rows)),
+        burden=pd.DataFrame(rows(_burden_rows)),
+        patient_truth=pd.DataFrame([_truth_row(r) for r in records]),
         transforms=tf,
         survival_truth=survival_truth(cfg),
         target_lesions=target_lesions,
     )
-
-
-def write_tables(tables: CohortTables, root: str | Path, cfg: SynthConfig, **extra) -> None:
-    """Write the release tables under ``root/tables`` and the ground truth under
-    ``root/ground_truth`` (every file atomically)."""
-    root = Path(root)
-    write_csv_atomic(schema.table_path(root, schema.IMAGING_TABLE), tables.imaging)
-    write_csv_atomic(schema.table_path(root, schema.SPLIT_TABLE), tables.split)
-    write_csv_atomic(schema.table_path(root, schema.EVENTS_TABLE), tables.events)
-    write_csv_atomic(schema.table_path(root, schema.PATIENTS_TABLE), tables.patients)
-    write_csv_atomic(schema.table_path(root, schema.TARGETS_TABLE), tables.targets)
-    gt = root / schema.GROUND_TRUTH_DIR
-    write_csv_atomic(gt / GT_TRAJECTORIES, tables.trajectories, float_format="%.6f")
-    write_csv_atomic(gt / GT_BURDEN, tables.burden, float_format="%.6f")
-    write_csv_atomic(gt / GT_PATIENTS, tables.patient_truth, float_format="%.9g")
-    write_csv_atomic(gt / GT_TARGETS, tables.target_lesions)
-    if tables.transforms is not None:
-        write_csv_atomic(gt / GT_TRANSFORMS, tables.transforms, float_format="%.9g")
-    write_json_atomic(gt / GT_SURVIVAL, tables.survival_truth)
-    save_config(cfg, gt / GT_CONFIG, **extra)
 
 
 @dataclass(frozen=True, eq=False)
@@ -495,28 +497,6 @@ def labelled_flags(tl: Timeline, frac: float | None, ss: np.random.SeedSequence)
     if frac is None:
         return tl.srs_at_study[:n_w].copy()
     return np.random.default_rng(ss).random(n_w) < frac
-
-
-def write_clinical_only(
-    cohort: ClinicalCohort, out_dir: str | Path, *, overwrite: bool = False
-) -> Path:
-    """Write a clinical-only cohort: ``tables/`` and ``ground_truth/`` (no ``imaging/``).
-
-    The imaging table lists every study with all sequence flags 0 (no files).
-    ``out_dir`` follows the rules of :func:`metstrack.synth.cohort.prepare_output`
-    (a previous synthetic cohort is replaced); files appear all at once.
-    """
-    from metstrack.synth.cohort import prepare_output, publish_output
-
-    staging = prepare_output(out_dir, overwrite=overwrite)
-    try:
-        write_tables(cohort.tables, staging, cohort.config, mode="clinical-only")
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return publish_output(staging, out_dir)
 
 
 def summary(tables: CohortTables) -> dict[str, float]:

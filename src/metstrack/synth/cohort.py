@@ -1,15 +1,15 @@
 """Imaging cohorts: in-memory patients (:func:`make_patient`) and the release layout on disk
-(:func:`generate_cohort`).
+(:func:`metstrack.workflows.synth.generate_cohort`).
 
 Every patient has an isotropic baseline grid (RAS, origin at the grid centre)
 on which each study is rendered; a follow-up's content is rigidly moved: anatomy
 at baseline world point ``p`` appears at ``baseline_to_study @ p`` (the
-convention of :mod:`metstrack.preprocess.spatial`). Each study is then acquired
+convention of :mod:`metstrack.core.spatial`). Each study is then acquired
 on its own grid (:mod:`metstrack.synth.acquisition`: voxel size, thick oblique
 slices, scanner scale, skull on or stripped); ``acquisition = "fixed"`` keeps
 every study on the baseline grid.
 
-Layout written by :func:`generate_cohort`::
+Layout written by :func:`metstrack.workflows.synth.generate_cohort`::
 
     <out>/imaging/patientId/<P>/studyId/<S>/{T1,CT1,T2,FLAIR}.nii.gz
         (+ RTSTRUCT_MRI.nii.gz for radiosurgery-planning studies,
@@ -31,36 +31,14 @@ evaluation read the hidden labels from the ground truth
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from metstrack.errors import DatasetError
-from metstrack.io import schema
-from metstrack.io.atomic import staging_prefix, sweep_stale_staging, write_csv_atomic
-from metstrack.io.nifti import write_volume
 from metstrack.synth.acquisition import Acquisition, acquire, draw_acquisition
 from metstrack.synth.anatomy import Anatomy, build_phantom
-from metstrack.synth.clinical import (
-    GT_CONFIG,
-    GT_INSTANCES,
-    GT_VESSELS,
-    PatientRecord,
-    assign_splits,
-    build_tables,
-    labelled_flags,
-    patient_id,
-    patient_streams,
-    study_id,
-    write_tables,
-)
+from metstrack.synth.clinical import labelled_flags, patient_id, patient_streams, study_id
 from metstrack.synth.config import SynthConfig
 from metstrack.synth.contrast import draw_appearance, draw_table
 from metstrack.synth.head import build_template_anatomy
@@ -73,7 +51,7 @@ from metstrack.synth.render import (
     render_study,
 )
 from metstrack.synth.timeline import Timeline, simulate_timeline
-from metstrack.types import LABEL_SEQUENCE, MODALITIES, PLANNING_SEQUENCE
+from metstrack.types import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +123,9 @@ class SynthPatient:
 
 
 @dataclass(frozen=True, eq=False)
-class _Plan:
+class PatientPlan:
+    """Everything drawn for one patient before any study is rendered (seeded per patient)."""
+
     patient_id: str
     timeline: Timeline
     anatomy: Anatomy
@@ -158,7 +138,8 @@ class _Plan:
     contrast: str
 
 
-def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Plan:
+def plan_patient(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> PatientPlan:
+    """Draw patient ``index``'s timeline, anatomy, lesions, motion and acquisitions."""
     clin_ss, img_ss, flag_ss = patient_streams(cfg.seed, index)
     pid = patient_id(index)
     tl = simulate_timeline(
@@ -212,7 +193,7 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
             for _ in range(tl.n_written - 1)
         ]
     )
-    return _Plan(
+    return PatientPlan(
         patient_id=pid,
         timeline=tl,
         anatomy=anatomy,
@@ -226,7 +207,7 @@ def _plan(cfg: SynthConfig, index: int, *, n_studies: int | None = None) -> _Pla
     )
 
 
-def _render(plan: _Plan, j: int) -> SynthStudy:
+def _render(plan: PatientPlan, j: int) -> SynthStudy:
     tl = plan.timeline
     render_ss, look_ss = plan.study_seeds[j].spawn(2)
     r = render_study(
@@ -263,7 +244,8 @@ def _render(plan: _Plan, j: int) -> SynthStudy:
     )
 
 
-def _iter_studies(plan: _Plan) -> Iterator[SynthStudy]:
+def iter_studies(plan: PatientPlan) -> Iterator[SynthStudy]:
+    """Render the planned patient's written studies one at a time, in time order."""
     for j in range(plan.timeline.n_written):
         yield _render(plan, j)
 
@@ -291,197 +273,12 @@ def make_patient(
         writes for the same seed, shape, index and ``n_studies=None``.
     """
     cfg = replace(config or SynthConfig(), seed=seed, shape=shape)
-    plan = _plan(cfg, index, n_studies=n_studies)
+    plan = plan_patient(cfg, index, n_studies=n_studies)
     return SynthPatient(
         patient_id=plan.patient_id,
         affine=plan.anatomy.affine.copy(),
-        studies=tuple(_iter_studies(plan)),
+        studies=tuple(iter_studies(plan)),
         timeline=plan.timeline,
         geometry=plan.geometry,
         tissues=plan.anatomy.labels,
     )
-
-
-@dataclass(frozen=True, eq=False)
-class _Written:
-    record_volume: np.ndarray
-    centroids: np.ndarray
-    transforms: np.ndarray
-    labelled: np.ndarray
-    timeline: Timeline
-    vessels: pd.DataFrame
-
-
-def _write_patient(cfg: SynthConfig, index: int, out: Path) -> _Written:
-    """Render and write one patient's studies; return what the tables need."""
-    plan = _plan(cfg, index)
-    tl = plan.timeline
-    n_w = tl.n_written
-    vols = np.zeros((tl.n_lesions, n_w))
-    cents = np.zeros((tl.n_lesions, n_w, 3))
-    for j, st in enumerate(_iter_studies(plan)):
-        folder = schema.study_dir(out, plan.patient_id, st.study_id)
-        aff = st.affine
-        images = np.clip(np.rint(st.images), 0, 32767).astype(np.int16)
-        for c, m in enumerate(MODALITIES):
-            write_volume(images[c], folder / f"{m}.nii.gz", affine=aff)
-        if st.planning:
-            write_volume(images[1], folder / f"{PLANNING_SEQUENCE}.nii.gz", affine=aff)
-        if st.labelled:  # the release file only where the imaging table flags it
-            write_volume(st.label, folder / f"{LABEL_SEQUENCE}.nii.gz", affine=aff)
-        truth = schema.truth_label_path(out, plan.patient_id, st.study_id)
-        write_volume(st.label, truth, affine=aff)
-        gt = out / schema.GROUND_TRUTH_DIR / GT_INSTANCES / plan.patient_id
-        write_volume(st.instances, gt / f"{st.study_id}.nii.gz", affine=aff)
-        vols[:, j] = st.lesion_volume_mm3
-        t = st.baseline_to_study
-        cents[:, j] = plan.geometry.centres_mm @ t[:3, :3].T + t[:3, 3]
-    g = plan.geometry
-    vessels = pd.DataFrame(
-        {
-            "PatientID": plan.patient_id,
-            "vessel_id": np.arange(1, len(g.vessel_radius_mm) + 1),
-            "kind": np.where(
-                np.linalg.norm(g.vessel_end_mm - g.vessel_start_mm, axis=1) > 0, "tube", "dot"
-            ),
-            "start_x_mm": g.vessel_start_mm[:, 0],
-            "start_y_mm": g.vessel_start_mm[:, 1],
-            "start_z_mm": g.vessel_start_mm[:, 2],
-            "end_x_mm": g.vessel_end_mm[:, 0],
-            "end_y_mm": g.vessel_end_mm[:, 1],
-            "end_z_mm": g.vessel_end_mm[:, 2],
-            "radius_mm": g.vessel_radius_mm,
-        }
-    )
-    return _Written(
-        record_volume=vols,
-        centroids=cents,
-        transforms=plan.transforms,
-        labelled=plan.labelled,
-        timeline=tl,
-        vessels=vessels,
-    )
-
-
-#: Entries a folder may hold for ``overwrite=True`` to replace it.
-_COHORT_ENTRIES = {schema.IMAGING_DIR, schema.TABLES_DIR, schema.GROUND_TRUTH_DIR}
-
-
-def prepare_output(out_dir: str | Path, *, overwrite: bool) -> Path:
-    """Check that ``out_dir`` may receive a cohort; return a fresh staging folder beside it.
-
-    ``out_dir`` may be missing, empty, or a previous *synthetic* cohort (it has
-    ``ground_truth/config.json``), which is replaced, so re-running a command is
-    harmless. Any other cohort-like folder (a real release) is replaced only with
-    ``overwrite``; a folder holding anything else is never touched. The cohort is
-    built in the staging folder and moved into place by :func:`publish_output`, so
-    an interrupted run never leaves a half-written cohort.
-
-    Raises:
-        DatasetError: ``out_dir`` is not a folder, holds files that are not part
-            of a cohort, or holds a non-synthetic cohort and ``overwrite`` is false.
-    """
-    out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise DatasetError(f"{out}: exists and is not a folder; choose another --out")
-        entries = {p.name for p in out.iterdir()}
-        foreign = sorted(entries - _COHORT_ENTRIES)
-        if foreign:
-            raise DatasetError(
-                f"{out}: holds files that are not part of a cohort ({', '.join(foreign[:3])}); "
-                "refusing to replace it, choose a new --out"
-            )
-        synthetic = (out / schema.GROUND_TRUTH_DIR / GT_CONFIG).is_file()
-        if entries and not (synthetic or overwrite):
-            raise DatasetError(
-                f"{out}: holds a dataset that metstrack synth did not write; "
-                "choose a new --out or pass --overwrite to replace it"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_staging(out.parent, out.name)  # left by a killed run
-    return Path(tempfile.mkdtemp(prefix=staging_prefix(out.name), dir=out.parent))
-
-
-def publish_output(staging: Path, out_dir: str | Path) -> Path:
-    """Move a finished staging folder onto ``out_dir`` (replacing a previous cohort)."""
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
-    return out
-
-
-def generate_cohort(
-    cfg: SynthConfig,
-    out_dir: str | Path,
-    *,
-    overwrite: bool = False,
-    on_patient: Callable[[str], None] | None = None,
-) -> Path:
-    """Generate an imaging cohort in the release layout with ground truth beside it.
-
-    Args:
-        cfg: Settings; ``cfg.workers > 1`` renders patients in parallel processes
-            (the output is identical for any number of workers).
-        out_dir: Output folder: missing, empty, or a previous synthetic cohort
-            (replaced); see :func:`prepare_output`. The cohort is built in a
-            staging folder beside it and moved into place when complete.
-        overwrite: Also replace a non-synthetic cohort (a release layout) there.
-        on_patient: Called with each PatientID when its files are written (progress).
-
-    Returns:
-        ``out_dir`` as a Path.
-
-    Raises:
-        DatasetError: ``out_dir`` may not be replaced (see :func:`prepare_output`).
-    """
-    staging = prepare_output(out_dir, overwrite=overwrite)
-    try:
-        _generate_into(cfg, staging, on_patient)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return publish_output(staging, out_dir)
-
-
-def _generate_into(cfg: SynthConfig, out: Path, on_patient: Callable[[str], None] | None) -> None:
-    splits = assign_splits(cfg.n_patients, cfg.seed, cfg.split_fractions)
-    results: list[_Written | None] = [None] * cfg.n_patients
-    if cfg.workers > 1 and cfg.n_patients > 1:
-        workers = min(cfg.workers, cfg.n_patients, os.cpu_count() or 1)
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(_write_patient, cfg, i, out): i for i in range(cfg.n_patients)}
-            from concurrent.futures import as_completed
-
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                if on_patient:
-                    on_patient(patient_id(i))
-    else:
-        for i in range(cfg.n_patients):
-            results[i] = _write_patient(cfg, i, out)
-            if on_patient:
-                on_patient(patient_id(i))
-    written = [r for r in results if r is not None]
-    records = [
-        PatientRecord(
-            timeline=w.timeline,
-            split=splits[i],
-            volume_mm3=w.record_volume,
-            labelled=w.labelled,
-            has_images=True,
-            centroids_mm=w.centroids,
-            transforms=w.transforms,
-        )
-        for i, w in enumerate(written)
-    ]
-    tables = build_tables(records, cfg)
-    write_tables(tables, out, cfg, mode="imaging")
-    write_csv_atomic(
-        out / schema.GROUND_TRUTH_DIR / GT_VESSELS,
-        pd.concat([w.vessels for w in written], ignore_index=True),
-        float_format="%.6f",
-    )
-    log.info("synthetic cohort: %d patients, %d studies", len(written), len(tables.imaging))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from metstrack.preprocess.spatial import resample_array
+from metstrack.core.spatial import resample_array
 from metstrack.synth.anatomy import Anatomy, smooth_noise
 from metstrack.synth.contrast import StudyAppearance
 from metstrack.synth.vessels import (

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from metstrack.tracking.config import ResponseConfig
-from metstrack.tracking.tracker import TrackingResult
+from metstrack.tracking.records import TrackingResult
 from metstrack.types import RadiosurgeryTarget
 
 RESPONSE_CATEGORIES: tuple[str, ...] = ("CR", "PR", "SD", "PD")

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from metstrack.io.atomic import atomic_path  # noqa: E402
+from metstrack.core.atomic import atomic_path  # noqa: E402
 from metstrack.types import DAYS_PER_MONTH  # noqa: E402
 
 

@@ -3,8 +3,8 @@
 Algorithm (per patient, studies in time order, all masks on the baseline grid):
 
 1. Each study's mask is split into lesions (connected components,
-   :func:`metstrack.metrics.lesions.label_components`) and measured
-   (:func:`metstrack.metrics.lesions.lesion_table`).
+   :func:`metstrack.core.lesions.label_components`) and measured
+   (:func:`metstrack.core.lesions.lesion_table`).
 2. Baseline lesions get IDs 1..n in component order.
 3. For each follow-up ``t``, lesions of ``t - 1`` and ``t`` are linked one-to-one
    by the optimal assignment of :mod:`metstrack.tracking.match`; a linked
@@ -28,89 +28,22 @@ same ID for the same lesion in every study.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pandas as pd
 
+from metstrack.core.grid import Grid
+from metstrack.core.lesions import label_components, lesion_table
+from metstrack.core.mapping import map_to_baseline
 from metstrack.errors import GeometryMismatchError
-from metstrack.metrics.lesions import label_components, lesion_table
-from metstrack.preprocess.grid import Grid
-from metstrack.tracking.config import TrackConfig
-from metstrack.tracking.match import link_cost, optimal_links, pair_scores
+from metstrack.tracking.config import MatchingConfig, TrackConfig
+from metstrack.tracking.match import PairScores, link_cost, optimal_links, pair_scores
+from metstrack.tracking.records import StudyLesions, TrackEvent, TrackingResult
+from metstrack.tracking.trajectory import build_burden, build_trajectories
 from metstrack.types import Lesion, Volume
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrackEvent:
-    """A split, merge or reappearance between two studies.
-
-    Attributes:
-        kind: ``"split"``, ``"merge"`` or ``"reappear"``.
-        study_index: Index of the study in which the event is observed.
-        source_ids: Lesion IDs before the event (split: the parent; merge: every
-            lesion that coalesced; reappear: the lesion).
-        target_ids: Lesion IDs after it (split: the parent's continuation and
-            the fragments; merge: the coalesced lesion; reappear: the lesion).
-    """
-
-    kind: str
-    study_index: int
-    source_ids: tuple[int, ...]
-    target_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class StudyLesions:
-    """The tracked lesions of one study.
-
-    Attributes:
-        study_index: 0-based index in the patient's timeline.
-        lesions: Measured lesions; ``Lesion.label`` is the persistent lesion ID.
-    """
-
-    study_index: int
-    lesions: tuple[Lesion, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class TrackingResult:
-    """Tracking output of one patient.
-
-    Attributes:
-        patient_id: Release PatientID.
-        study_ids: StudyIDs in time order.
-        days_from_baseline: Days of each study from the first.
-        tracked_maps: int32 (X, Y, Z) label maps on the baseline grid, one per
-            study; voxel value = persistent lesion ID (0 background).
-        study_lesions: Per study, the lesions measured on the tracked map.
-        events: Splits, merges and reappearances in time order.
-        split_from: Fragment ID -> parent ID.
-        merged_into: Absorbed ID -> (study index, coalesced ID).
-        reappeared: (study index, lesion ID) pairs linked by look-back.
-        trajectories: Trajectory table (see :mod:`metstrack.tracking.trajectory`).
-        burden: Per-study burden table.
-    """
-
-    patient_id: str
-    study_ids: tuple[str, ...]
-    days_from_baseline: tuple[float, ...]
-    tracked_maps: tuple[Volume, ...]
-    study_lesions: tuple[StudyLesions, ...]
-    events: tuple[TrackEvent, ...]
-    split_from: dict[int, int] = field(default_factory=dict)
-    merged_into: dict[int, tuple[int, int]] = field(default_factory=dict)
-    reappeared: frozenset[tuple[int, int]] = frozenset()
-    trajectories: pd.DataFrame = field(default_factory=pd.DataFrame)
-    burden: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-    @property
-    def n_lesions(self) -> int:
-        """Number of distinct lesion IDs over the patient's studies."""
-        return len({les.label for s in self.study_lesions for les in s.lesions})
 
 
 def _binary(vol: Volume) -> Volume:
@@ -130,11 +63,11 @@ def to_common_grid(
         masks: One (X, Y, Z) mask per study, time order; non-zero = lesion.
         baseline_to_study: Per study, the 4x4 world transform taking a baseline
             point to the same anatomy in that study (the
-            :mod:`metstrack.preprocess.spatial` convention), or ``None`` for the
+            :mod:`metstrack.core.spatial` convention), or ``None`` for the
             identity. When omitted, every mask must already share one grid.
         atol_mm: Tolerance on the affines (mm).
         baseline_grid: The grid to map onto (e.g. the preprocessed baseline grid
-            of :class:`metstrack.preprocess.mapping.StudyTransform`); default: the
+            of :class:`metstrack.core.mapping.StudyTransform`); default: the
             first mask's grid.
 
     Returns:
@@ -165,8 +98,6 @@ def to_common_grid(
         raise GeometryMismatchError(
             f"{len(masks)} masks but {len(baseline_to_study)} baseline_to_study transforms"
         )
-    from metstrack.preprocess.mapping import map_to_baseline
-
     target = Grid.of(ref if baseline_grid is None else baseline_grid)
     out = []
     for m, t in zip(masks, baseline_to_study, strict=True):
@@ -193,6 +124,220 @@ def _measure(mask: Volume, cfg: TrackConfig) -> tuple[np.ndarray, list[Lesion]]:
     return labels, lesions
 
 
+def _check_inputs(
+    n: int, days_from_baseline: Sequence[float], study_ids: Sequence[str] | None
+) -> tuple[list[float], tuple[str, ...]]:
+    """Days as floats and StudyIDs (default ``S0, S1...``), or ValueError on a mismatch."""
+    days = [float(d) for d in days_from_baseline]
+    if len(days) != n:
+        raise ValueError(f"{n} masks but {len(days)} days_from_baseline")
+    if any(b < a for a, b in zip(days, days[1:], strict=False)):
+        raise ValueError(f"days_from_baseline must be in time order, got {days}")
+    sids = tuple(study_ids) if study_ids is not None else tuple(f"S{i}" for i in range(n))
+    if len(sids) != n:
+        raise ValueError(f"{n} masks but {len(sids)} study_ids")
+    return days, sids
+
+
+@dataclass
+class _Tracks:
+    """Everything the tracker knows after the studies seen so far (grows study by study).
+
+    Attributes:
+        labels: Per study, its (X, Y, Z) component label map.
+        lesions: Per study, its measured components (``Lesion.label`` = component label).
+        ids: Per study, component label -> persistent lesion ID.
+        last_seen: Lesion ID -> (study index, component) of its last appearance.
+        split_from: Fragment ID -> parent ID.
+        merged_into: Absorbed ID -> (study index, coalesced ID).
+        reappeared: (study index, lesion ID) pairs linked by look-back.
+        events: Splits, merges and reappearances in time order.
+        next_id: The next unused lesion ID (IDs are never reused).
+    """
+
+    labels: list[np.ndarray] = field(default_factory=list)
+    lesions: list[list[Lesion]] = field(default_factory=list)
+    ids: list[dict[int, int]] = field(default_factory=list)
+    last_seen: dict[int, tuple[int, Lesion]] = field(default_factory=dict)
+    split_from: dict[int, int] = field(default_factory=dict)
+    merged_into: dict[int, tuple[int, int]] = field(default_factory=dict)
+    reappeared: set[tuple[int, int]] = field(default_factory=set)
+    events: list[TrackEvent] = field(default_factory=list)
+    next_id: int = 1
+
+    def new_id(self) -> int:
+        """A fresh lesion ID."""
+        self.next_id += 1
+        return self.next_id - 1
+
+    def add_study(self, t: int, lab: np.ndarray, les: list[Lesion], assign: dict[int, int]) -> None:
+        """Record study ``t`` once every component has its ID."""
+        for cl in les:
+            self.last_seen[assign[cl.label]] = (t, cl)
+        self.labels.append(lab)
+        self.lesions.append(les)
+        self.ids.append(assign)
+
+
+@dataclass(frozen=True)
+class _Links:
+    """How a study's components link to the previous study's (one-to-one step).
+
+    Attributes:
+        assign: Component label -> lesion ID of its linked previous lesion.
+        linked_prev: Indices of the previous study's linked lesions.
+        scores: Overlap and distance of every (previous, current) pair.
+    """
+
+    assign: dict[int, int]
+    linked_prev: frozenset[int]
+    scores: PairScores
+
+
+def _link_previous(
+    tracks: _Tracks, lab: np.ndarray, les: list[Lesion], m: MatchingConfig
+) -> _Links:
+    """Step 3: one-to-one optimal links between the previous study's lesions and these."""
+    prev, prev_lab, prev_ids = tracks.lesions[-1], tracks.labels[-1], tracks.ids[-1]
+    scores = pair_scores(prev_lab, prev, lab, les)
+    cost, ok = link_cost(
+        scores,
+        max_distance_mm=m.max_distance_mm,
+        distance_weight=m.distance_weight,
+        min_overlap_fraction=m.min_overlap_fraction,
+    )
+    links = optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight))
+    assign = {les[j].label: prev_ids[prev[i].label] for i, j in links}
+    return _Links(assign, frozenset(i for i, _ in links), scores)
+
+
+def _split_parents(
+    tracks: _Tracks, les: list[Lesion], links: _Links, m: MatchingConfig
+) -> list[tuple[int, int]]:
+    """Step 4: (component label, parent ID) of unlinked lesions overlapping a linked one."""
+    prev, prev_ids = tracks.lesions[-1], tracks.ids[-1]
+    overl = links.scores.overlap >= m.min_overlap_fraction
+    out = []
+    for j, cl in enumerate(les):
+        if cl.label in links.assign or not overl[:, j].any():
+            continue
+        cand = np.where(overl[:, j])[0]
+        i = int(cand[np.argmax(links.scores.intersection_voxels[cand, j])])
+        if i in links.linked_prev:
+            out.append((cl.label, prev_ids[prev[i].label]))
+    return out
+
+
+def _merge_targets(
+    tracks: _Tracks, les: list[Lesion], links: _Links, assign: dict[int, int], m: MatchingConfig
+) -> list[tuple[int, int]]:
+    """Step 5: (absorbed ID, coalesced ID) of unlinked previous lesions overlapping a linked one."""
+    prev, prev_ids = tracks.lesions[-1], tracks.ids[-1]
+    overl = links.scores.overlap >= m.min_overlap_fraction
+    out = []
+    for i, pl in enumerate(prev):
+        if i in links.linked_prev or not overl[i, :].any():
+            continue
+        cand = np.where(overl[i, :])[0]
+        j = int(cand[np.argmax(links.scores.intersection_voxels[i, cand])])
+        if les[j].label in assign:
+            out.append((prev_ids[pl.label], assign[les[j].label]))
+    return out
+
+
+@dataclass(frozen=True)
+class _LookbackState:
+    """What the look-back reads: tracks missed recently and where each was last seen.
+
+    Attributes:
+        lesion_ids: IDs absent from the previous study, not merged, last seen
+            within ``lookback_studies`` studies before it, and not yet linked.
+        last_seen: Lesion ID -> (study index, component) of its last appearance.
+        labels: Per study, its component label map.
+    """
+
+    lesion_ids: tuple[int, ...]
+    last_seen: Mapping[int, tuple[int, Lesion]]
+    labels: Sequence[np.ndarray]
+
+    @classmethod
+    def of(cls, tracks: _Tracks, t: int, assign: dict[int, int], lookback: int) -> _LookbackState:
+        """The candidates of study ``t`` given the links made so far."""
+        present_prev = set(tracks.ids[-1].values())
+        linked = set(assign.values())
+        ids = tuple(
+            lid
+            for lid, (s, _) in tracks.last_seen.items()
+            if lid not in present_prev
+            and lid not in tracks.merged_into
+            and t - 1 - lookback <= s <= t - 2
+            and lid not in linked
+        )
+        return cls(ids, tracks.last_seen, tracks.labels)
+
+
+def _lookback(
+    state: _LookbackState, cur: list[Lesion], lab: np.ndarray, m: MatchingConfig
+) -> dict[int, int]:
+    """Step 6: link still-open current lesions to recently missed tracks.
+
+    Args:
+        state: The candidates.
+        cur: The current study's lesions not linked yet.
+        lab: The current study's component label map.
+        m: Matching settings (the same cost and assignment as step 3).
+
+    Returns:
+        Component label -> the reappearing lesion ID, in link order.
+    """
+    cost = np.zeros((len(state.lesion_ids), len(cur)))
+    ok = np.zeros((len(state.lesion_ids), len(cur)), dtype=bool)
+    for r, lid in enumerate(state.lesion_ids):
+        s, old = state.last_seen[lid]
+        sc = pair_scores(state.labels[s], [old], lab, cur)
+        c, a = link_cost(
+            sc,
+            max_distance_mm=m.max_distance_mm,
+            distance_weight=m.distance_weight,
+            min_overlap_fraction=m.min_overlap_fraction,
+        )
+        cost[r], ok[r] = c[0], a[0]
+    links = optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight))
+    return {cur[k].label: state.lesion_ids[r] for r, k in links}
+
+
+def _link_study(
+    tracks: _Tracks, t: int, lab: np.ndarray, les: list[Lesion], m: MatchingConfig
+) -> dict[int, int]:
+    """Steps 3-7 for study ``t > 0``: every component's lesion ID; events recorded in ``tracks``."""
+    links = _link_previous(tracks, lab, les, m)
+    assign = dict(links.assign)
+    fragments: dict[int, list[int]] = {}
+    for comp, parent in _split_parents(tracks, les, links, m):
+        fid = tracks.new_id()
+        assign[comp] = fid
+        tracks.split_from[fid] = parent
+        fragments.setdefault(parent, []).append(fid)
+    for parent, frags in fragments.items():
+        cont = (parent,) if parent in assign.values() else ()
+        tracks.events.append(TrackEvent("split", t, (parent,), cont + tuple(frags)))
+    absorbed: dict[int, list[int]] = {}
+    for src, target in _merge_targets(tracks, les, links, assign, m):
+        tracks.merged_into[src] = (t, target)
+        absorbed.setdefault(target, []).append(src)
+    for target, srcs in absorbed.items():
+        tracks.events.append(TrackEvent("merge", t, (target, *srcs), (target,)))
+    if m.lookback_studies > 0:
+        state = _LookbackState.of(tracks, t, assign, m.lookback_studies)
+        open_les = [cl for cl in les if cl.label not in assign]
+        if state.lesion_ids and open_les:
+            for comp, lid in _lookback(state, open_les, lab, m).items():
+                assign[comp] = lid
+                tracks.reappeared.add((t, lid))
+                tracks.events.append(TrackEvent("reappear", t, (lid,), (lid,)))
+    return assign
+
+
 def track_patient(
     masks: Sequence[Volume],
     days_from_baseline: Sequence[float],
@@ -204,6 +349,10 @@ def track_patient(
     baseline_grid: Volume | Grid | None = None,
 ) -> TrackingResult:
     """Give every lesion of a patient a persistent ID across studies.
+
+    The steps of the module docstring, one function each: masks on one grid
+    (:func:`to_common_grid`), lesions measured, one-to-one links to the previous
+    study, splits, merges, look-back, new IDs for the rest.
 
     Args:
         masks: One lesion mask per study in time order, (X, Y, Z), non-zero =
@@ -227,178 +376,48 @@ def track_patient(
         GeometryMismatchError: Masks are not on one grid and no transforms were given.
         ValueError: Lengths differ or days decrease.
     """
-    from metstrack.tracking.trajectory import build_burden, build_trajectories
-
     cfg = config or TrackConfig()
     n = len(masks)
-    days = [float(d) for d in days_from_baseline]
-    if len(days) != n:
-        raise ValueError(f"{n} masks but {len(days)} days_from_baseline")
-    if any(b < a for a, b in zip(days, days[1:], strict=False)):
-        raise ValueError(f"days_from_baseline must be in time order, got {days}")
-    sids = tuple(study_ids) if study_ids is not None else tuple(f"S{i}" for i in range(n))
-    if len(sids) != n:
-        raise ValueError(f"{n} masks but {len(sids)} study_ids")
+    days, sids = _check_inputs(n, days_from_baseline, study_ids)
     common = to_common_grid(
         masks,
         baseline_to_study=baseline_to_study,
         atol_mm=cfg.grid_atol_mm,
         baseline_grid=baseline_grid,
     )
-    m = cfg.matching
-
-    labels: list[np.ndarray] = []
-    lesions: list[list[Lesion]] = []
-    ids: list[dict[int, int]] = []  # per study: component label -> lesion ID
-    last_seen: dict[int, tuple[int, Lesion]] = {}  # ID -> (study, lesion with component label)
-    split_from: dict[int, int] = {}
-    merged_into: dict[int, tuple[int, int]] = {}
-    reappeared: set[tuple[int, int]] = set()
-    events: list[TrackEvent] = []
-    next_id = 1
-
+    tracks = _Tracks()
     for t, mask in enumerate(common):
         lab, les = _measure(mask, cfg)
-        assign: dict[int, int] = {}
-        if t > 0 and les:
-            prev, prev_lab, prev_ids = lesions[t - 1], labels[t - 1], ids[t - 1]
-            scores = pair_scores(prev_lab, prev, lab, les)
-            cost, ok = link_cost(
-                scores,
-                max_distance_mm=m.max_distance_mm,
-                distance_weight=m.distance_weight,
-                min_overlap_fraction=m.min_overlap_fraction,
-            )
-            links = optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight))
-            linked_prev = {i for i, _ in links}
-            for i, j in links:
-                assign[les[j].label] = prev_ids[prev[i].label]
-            overl = scores.overlap >= m.min_overlap_fraction
-            # splits: unlinked current lesions overlapping a linked previous lesion
-            fragments: dict[int, list[int]] = {}
-            for j, cl in enumerate(les):
-                if cl.label in assign or not overl[:, j].any():
-                    continue
-                cand = np.where(overl[:, j])[0]
-                i = int(cand[np.argmax(scores.intersection_voxels[cand, j])])
-                if i not in linked_prev:
-                    continue
-                parent = prev_ids[prev[i].label]
-                assign[cl.label] = next_id
-                split_from[next_id] = parent
-                fragments.setdefault(parent, []).append(next_id)
-                next_id += 1
-            for parent, frags in fragments.items():
-                cont = (parent,) if parent in assign.values() else ()
-                events.append(TrackEvent("split", t, (parent,), cont + tuple(frags)))
-            # merges: unlinked previous lesions overlapping a linked current lesion
-            absorbed: dict[int, list[int]] = {}
-            for i, pl in enumerate(prev):
-                if i in linked_prev or not overl[i, :].any():
-                    continue
-                cand = np.where(overl[i, :])[0]
-                j = int(cand[np.argmax(scores.intersection_voxels[i, cand])])
-                if les[j].label not in assign:
-                    continue
-                target = assign[les[j].label]
-                src = prev_ids[pl.label]
-                merged_into[src] = (t, target)
-                absorbed.setdefault(target, []).append(src)
-            for target, srcs in absorbed.items():
-                events.append(TrackEvent("merge", t, (target, *srcs), (target,)))
-            # look-back: lesions missed in the previous study(ies)
-            if m.lookback_studies > 0:
-                present_prev = set(prev_ids.values())
-                cand_ids = [
-                    lid
-                    for lid, (s, _) in last_seen.items()
-                    if lid not in present_prev
-                    and lid not in merged_into
-                    and t - 1 - m.lookback_studies <= s <= t - 2
-                    and lid not in assign.values()
-                ]
-                open_j = [j for j, cl in enumerate(les) if cl.label not in assign]
-                if cand_ids and open_j:
-                    _lookback(
-                        cand_ids,
-                        open_j,
-                        les,
-                        lab,
-                        labels,
-                        last_seen,
-                        assign,
-                        cfg,
-                        t,
-                        reappeared,
-                        events,
-                    )
-        for cl in les:
+        assign = _link_study(tracks, t, lab, les, cfg.matching) if t > 0 and les else {}
+        for cl in les:  # step 7: anything left is a new lesion
             if cl.label not in assign:
-                assign[cl.label] = next_id
-                next_id += 1
-        for cl in les:
-            last_seen[assign[cl.label]] = (t, cl)
-        labels.append(lab)
-        lesions.append(les)
-        ids.append(assign)
+                assign[cl.label] = tracks.new_id()
+        tracks.add_study(t, lab, les, assign)
 
-    tracked_maps, study_lesions = _relabel(common, labels, lesions, ids)
+    tracked_maps, study_lesions = _relabel(common, tracks.labels, tracks.lesions, tracks.ids)
     result = TrackingResult(
         patient_id=patient_id,
         study_ids=sids,
         days_from_baseline=tuple(days),
         tracked_maps=tuple(tracked_maps),
         study_lesions=tuple(study_lesions),
-        events=tuple(events),
-        split_from=split_from,
-        merged_into=merged_into,
-        reappeared=frozenset(reappeared),
+        events=tuple(tracks.events),
+        split_from=tracks.split_from,
+        merged_into=tracks.merged_into,
+        reappeared=frozenset(tracks.reappeared),
     )
-    traj = build_trajectories(result, status=cfg.status)
-    burden = build_burden(result)
     log.info(
         "patient %s: %d studies, %d lesion IDs, %d events",
         patient_id,
         n,
         result.n_lesions,
-        len(events),
+        len(tracks.events),
     )
-    return TrackingResult(**{**result.__dict__, "trajectories": traj, "burden": burden})
-
-
-def _lookback(
-    cand_ids: list[int],
-    open_j: list[int],
-    les: list[Lesion],
-    lab: np.ndarray,
-    labels: list[np.ndarray],
-    last_seen: dict[int, tuple[int, Lesion]],
-    assign: dict[int, int],
-    cfg: TrackConfig,
-    t: int,
-    reappeared: set[tuple[int, int]],
-    events: list[TrackEvent],
-) -> None:
-    """Link still-open current lesions to recently missed tracks (in place)."""
-    m = cfg.matching
-    cur = [les[j] for j in open_j]
-    cost = np.zeros((len(cand_ids), len(cur)))
-    ok = np.zeros((len(cand_ids), len(cur)), dtype=bool)
-    for r, lid in enumerate(cand_ids):
-        s, old = last_seen[lid]
-        sc = pair_scores(labels[s], [old], lab, cur)
-        c, a = link_cost(
-            sc,
-            max_distance_mm=m.max_distance_mm,
-            distance_weight=m.distance_weight,
-            min_overlap_fraction=m.min_overlap_fraction,
-        )
-        cost[r], ok[r] = c[0], a[0]
-    for r, k in optimal_links(cost, ok, unlinked_cost=0.5 * (1.0 + m.distance_weight)):
-        lid = cand_ids[r]
-        assign[cur[k].label] = lid
-        reappeared.add((t, lid))
-        events.append(TrackEvent("reappear", t, (lid,), (lid,)))
+    return replace(
+        result,
+        trajectories=build_trajectories(result, status=cfg.status),
+        burden=build_burden(result),
+    )
 
 
 def _relabel(

@@ -38,17 +38,14 @@ seen in this study after baseline, split fragments excluded) and
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from metstrack.core.rate import MM3_PER_CM3, monthly_count_rate_of_change
+from metstrack.core.rate import monthly_rate_of_change as _volume_rate
 from metstrack.tracking.config import StatusConfig
-from metstrack.tracking.rate import MM3_PER_CM3, monthly_count_rate_of_change
-from metstrack.tracking.rate import monthly_rate_of_change as _volume_rate
+from metstrack.tracking.records import TrackingResult
 from metstrack.types import DAYS_PER_MONTH, Lesion
-
-if TYPE_CHECKING:
-    from metstrack.tracking.tracker import TrackingResult
 
 TRAJECTORY_COLUMNS: tuple[str, ...] = (
     "patient_id",
@@ -285,7 +282,7 @@ def patient_rates(burden: pd.DataFrame, *, method: str = "ols") -> pd.DataFrame:
     Args:
         burden: Rows of :func:`build_burden` for one or more patients.
         method: ``"ols"``, ``"log_ols"`` or ``"first_last"``
-            (see :mod:`metstrack.tracking.rate`).
+            (see :mod:`metstrack.core.rate`).
 
     Returns:
         One row per patient with :data:`RATE_COLUMNS`; ``defined`` is False and

@@ -50,11 +50,19 @@ import pandas as pd
 import torch
 
 from metstrack.config import to_dict
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from metstrack.errors import ConfigError, DatasetError, did_you_mean
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from metstrack.infer.sliding import predict_sequence
+from metstrack.io.checkpoint import load_checkpoint
+from metstrack.io.release import read_release
 from metstrack.metrics.cohort import SMALL_STRATUM, _bootstrap_weights, _study_metrics
 from metstrack.metrics.study import StudyEvaluation, evaluate_study
+from metstrack.train.api import train
+from metstrack.train.cache import StudyCache
 from metstrack.train.config import DataConfig, TrainConfig, check_train_config
+from metstrack.train.dataset import PatientSequenceDataset
+from metstrack.train.pretrain import pretrain
+from metstrack.train.pretrain_config import PretrainConfig, PretrainTrainerConfig
 from metstrack.types import MODALITIES, Cohort, Patient
 
 log = logging.getLogger(__name__)
@@ -221,11 +229,6 @@ def evaluate_run(
     Returns:
         One :class:`StudyEvaluation` per study with a reference.
     """
-    from metstrack.infer.sliding import predict_sequence
-    from metstrack.models.checkpoint import load_checkpoint
-    from metstrack.train.cache import StudyCache
-    from metstrack.train.dataset import PatientSequenceDataset
-
     model, mcfg = load_checkpoint(ckpt)
     cache = StudyCache(
         cache_dir,
@@ -453,21 +456,15 @@ def ablate(
     Returns:
         An :class:`AblationResult`.
     """
-    from metstrack.train.api import train
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = expand_variants(variants, base)
     if cohort is None:
-        from metstrack.io.release import read_release
-
         cohort = read_release(data_dir)
     eval_patients = evaluation_patients(cohort, eval_split)
     cache_dir = Path(base.data.cache_dir) if base.data.cache_dir else out / "cache"
     timings: dict[str, float] = {}
     if "pretrain" in names and not pretrained:
-        from metstrack.train.pretrain import PretrainConfig, PretrainTrainerConfig, pretrain
-
         steps = pretrain_steps or (base.trainer.max_steps if base.trainer.max_steps > 0 else 100)
         pcfg = PretrainConfig(
             model=base.model,

@@ -41,12 +41,14 @@ from lightning.pytorch.loggers import CSVLogger
 
 from metstrack import __version__
 from metstrack.config import save_config, to_dict
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import ConfigError
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+from metstrack.io.release import read_release
 from metstrack.train.cache import data_fingerprint
 from metstrack.train.config import TrainConfig, check_train_config
 from metstrack.train.datamodule import SequenceDataModule
 from metstrack.train.module import ScoreHook, SequenceSegmentationModule
+from metstrack.train.ssl_weights import init_from_pretrained
 from metstrack.types import Cohort
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,159 @@ class TrainResult:
     rank: int = 0
 
 
+def _build_module(
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: str | Path | None,
+    score_hooks: Sequence[ScoreHook],
+) -> SequenceSegmentationModule:
+    """The Lightning module, initialised from pretrained weights when asked (not on resume)."""
+    module = SequenceSegmentationModule(to_dict(cfg.model), to_dict(cfg))
+    module.score_hooks.extend(score_hooks)
+    if cfg.trainer.init_weights and resume is None:
+        init_from_pretrained(
+            module.net,
+            cfg.trainer.init_weights,
+            modalities=cfg.model.modalities,
+            prior_mask=cfg.model.prior_mask,
+            out_dir=out,
+        )
+    return module
+
+
+def _callbacks(
+    cfg: TrainConfig, ckpt_dir: Path, extra: Sequence[Callback]
+) -> tuple[ModelCheckpoint, list[Callback]]:
+    """The best-checkpoint callback, and every callback of the run (early stopping, LR)."""
+    validate = cfg.validation.enabled
+    best_cb = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val/score" if validate else None,
+        mode="max",
+        save_top_k=1,
+        save_last=False,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    cbs: list[Callback] = [best_cb, *extra]
+    if validate and cfg.trainer.early_stopping_patience > 0:
+        cbs.append(
+            EarlyStopping(
+                monitor="val/score",
+                mode="max",
+                patience=cfg.trainer.early_stopping_patience,
+                check_on_train_epoch_end=False,
+            )
+        )
+    cbs.append(LearningRateMonitor(logging_interval="step"))
+    return best_cb, cbs
+
+
+def _loggers(out: Path) -> list[Any]:
+    """CSV metrics under ``logs/``, plus TensorBoard when it is installed."""
+    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="", version="logs")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(out), name="", version="tensorboard"))
+    except ImportError:
+        pass
+    return loggers
+
+
+def _build_trainer(
+    cfg: TrainConfig,
+    out: Path,
+    n_train_patients: int,
+    callbacks: list[Callback],
+    loggers: list[Any],
+) -> pl.Trainer:
+    """The Lightning trainer: budget, precision, validation schedule, distribution."""
+    t = cfg.trainer
+    steps_per_epoch = max(
+        1,
+        math.ceil(
+            (cfg.data.samples_per_epoch or n_train_patients)
+            / (t.devices * t.num_nodes * cfg.data.batch_size)
+        ),
+    )
+    val_kwargs: dict[str, Any] = {}
+    if not cfg.validation.enabled:
+        val_kwargs["limit_val_batches"] = 0
+    elif cfg.validation.val_check_interval_steps > 0:
+        val_kwargs["val_check_interval"] = cfg.validation.val_check_interval_steps
+        val_kwargs["check_val_every_n_epoch"] = None
+    else:
+        val_kwargs["check_val_every_n_epoch"] = cfg.validation.every_n_epochs
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=dt.timedelta(minutes=t.time_budget_min) if t.time_budget_min > 0 else None,
+        gradient_clip_val=cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else None,
+        gradient_clip_algorithm="norm",
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
+        deterministic=t.deterministic,
+        callbacks=callbacks,
+        logger=loggers,
+        log_every_n_steps=max(1, min(t.log_every_n_steps, steps_per_epoch)),
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(out),
+        **val_kwargs,
+    )
+
+
+def _fit(
+    trainer: pl.Trainer,
+    module: SequenceSegmentationModule,
+    datamodule: SequenceDataModule,
+    *,
+    resume: str | Path | None,
+    ckpt_dir: Path,
+    best_cb: ModelCheckpoint,
+    validate: bool,
+) -> Path:
+    """Train; save ``last.ckpt`` (and a validated ``best.ckpt`` if none was kept); return last."""
+    with warnings.catch_warnings():
+        for pattern in _BENIGN_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        last = ckpt_dir / LAST_CKPT
+        trainer.save_checkpoint(last, weights_only=False)
+        if validate and not best_cb.best_model_path:
+            # the budget ended before any validation: validate the final weights once
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            trainer.save_checkpoint(ckpt_dir / BEST_CKPT, weights_only=False)
+    return last
+
+
+def _best_checkpoint(
+    trainer: pl.Trainer, best_cb: ModelCheckpoint, ckpt_dir: Path, *, validate: bool
+) -> Path:
+    """``best.ckpt`` of this run folder (copied in when a resumed run did not beat it)."""
+    best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
+    if best.resolve().parent == ckpt_dir.resolve():
+        best = ckpt_dir / best.name  # same spelling as last_ckpt (relative stays relative)
+    elif best.is_file():
+        # resumed from another run whose best was not beaten: keep the folder self-contained
+        if trainer.is_global_zero:
+            shutil.copy2(best, ckpt_dir / BEST_CKPT)
+        best = ckpt_dir / BEST_CKPT
+    if not validate:
+        trainer.save_checkpoint(best, weights_only=False)
+    return best
+
+
 def train(
     cfg: TrainConfig,
     data_dir: str | Path,
@@ -115,6 +270,10 @@ def train(
     callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train a network on a cohort's patient sequences.
+
+    Named steps: :func:`_build_module`, :func:`_callbacks`, :func:`_loggers`,
+    :func:`_build_trainer`, :func:`_fit`, :func:`_best_checkpoint`, then the
+    result is written (``validation.csv``, ``result.json``).
 
     Args:
         cfg: Every setting (see :mod:`metstrack.train.config`).
@@ -146,8 +305,6 @@ def train(
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"--resume {resume}: checkpoint file not found")
     if cohort is None:
-        from metstrack.io.release import read_release
-
         cohort = read_release(data_dir)
     t = cfg.trainer
     if t.threads > 0:
@@ -156,89 +313,11 @@ def train(
     fingerprint = data_fingerprint(cohort.patients)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
     datamodule = SequenceDataModule(cfg, cohort, cache_dir)
-    module = SequenceSegmentationModule(to_dict(cfg.model), to_dict(cfg))
-    module.score_hooks.extend(score_hooks)
-    if t.init_weights and resume is None:
-        from metstrack.train.ssl_weights import init_from_pretrained
-
-        init_from_pretrained(
-            module.net,
-            t.init_weights,
-            modalities=cfg.model.modalities,
-            prior_mask=cfg.model.prior_mask,
-            out_dir=out,
-        )
-
+    module = _build_module(cfg, out, resume=resume, score_hooks=score_hooks)
     ckpt_dir = out / CHECKPOINT_DIR
     validate = cfg.validation.enabled
-    best_cb = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
-        monitor="val/score" if validate else None,
-        mode="max",
-        save_top_k=1,
-        save_last=False,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    cbs: list[Callback] = [best_cb, *callbacks]
-    if validate and t.early_stopping_patience > 0:
-        cbs.append(
-            EarlyStopping(
-                monitor="val/score",
-                mode="max",
-                patience=t.early_stopping_patience,
-                check_on_train_epoch_end=False,
-            )
-        )
-    loggers: list[Any] = [CSVLogger(save_dir=str(out), name="", version="logs")]
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=str(out), name="", version="tensorboard"))
-    except ImportError:
-        pass
-    cbs.append(LearningRateMonitor(logging_interval="step"))
-
-    steps_per_epoch = max(
-        1,
-        math.ceil(
-            (cfg.data.samples_per_epoch or len(datamodule.train_patients))
-            / (t.devices * t.num_nodes * cfg.data.batch_size)
-        ),
-    )
-    val_kwargs: dict[str, Any] = {}
-    if not validate:
-        val_kwargs["limit_val_batches"] = 0
-    elif cfg.validation.val_check_interval_steps > 0:
-        val_kwargs["val_check_interval"] = cfg.validation.val_check_interval_steps
-        val_kwargs["check_val_every_n_epoch"] = None
-    else:
-        val_kwargs["check_val_every_n_epoch"] = cfg.validation.every_n_epochs
-    trainer = pl.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        max_time=dt.timedelta(minutes=t.time_budget_min) if t.time_budget_min > 0 else None,
-        gradient_clip_val=cfg.optim.grad_clip_norm if cfg.optim.grad_clip_norm > 0 else None,
-        gradient_clip_algorithm="norm",
-        accumulate_grad_batches=cfg.optim.accumulate_grad_batches,
-        deterministic=t.deterministic,
-        callbacks=cbs,
-        logger=loggers,
-        log_every_n_steps=max(1, min(t.log_every_n_steps, steps_per_epoch)),
-        enable_progress_bar=t.progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        default_root_dir=str(out),
-        **val_kwargs,
-    )
+    best_cb, cbs = _callbacks(cfg, ckpt_dir, callbacks)
+    trainer = _build_trainer(cfg, out, len(datamodule.train_patients), cbs, _loggers(out))
     if trainer.is_global_zero:
         save_config(
             cfg,
@@ -249,26 +328,16 @@ def train(
             torch_version=torch.__version__,
             lightning_version=pl.__version__,
         )
-    with warnings.catch_warnings():
-        for pattern in _BENIGN_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-        last = ckpt_dir / LAST_CKPT
-        trainer.save_checkpoint(last, weights_only=False)
-        if validate and not best_cb.best_model_path:
-            # the budget ended before any validation: validate the final weights once
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-            trainer.save_checkpoint(ckpt_dir / BEST_CKPT, weights_only=False)
-    best = Path(best_cb.best_model_path) if best_cb.best_model_path else ckpt_dir / BEST_CKPT
-    if best.resolve().parent == ckpt_dir.resolve():
-        best = ckpt_dir / best.name  # same spelling as last_ckpt (relative stays relative)
-    elif best.is_file():
-        # resumed from another run whose best was not beaten: keep the folder self-contained
-        if trainer.is_global_zero:
-            shutil.copy2(best, ckpt_dir / BEST_CKPT)
-        best = ckpt_dir / BEST_CKPT
-    if not validate:
-        trainer.save_checkpoint(best, weights_only=False)
+    last = _fit(
+        trainer,
+        module,
+        datamodule,
+        resume=resume,
+        ckpt_dir=ckpt_dir,
+        best_cb=best_cb,
+        validate=validate,
+    )
+    best = _best_checkpoint(trainer, best_cb, ckpt_dir, validate=validate)
     best_score = (
         float(best_cb.best_model_score)
         if best_cb.best_model_score is not None

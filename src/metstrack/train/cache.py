@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metstrack.core.affine import spacing_from_affine
+from metstrack.core.lesions import label_components
 from metstrack.errors import DatasetError, GeometryMismatchError
 from metstrack.io.nifti import read_label, read_volume
-from metstrack.metrics.lesions import label_components
 from metstrack.preprocess.intensity import zscore_in_brain
 from metstrack.types import Patient, Study
 
@@ -78,8 +79,7 @@ class StudyArrays:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel spacing (X, Y, Z) in mm."""
-        sp = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(sp[0]), float(sp[1]), float(sp[2]))
+        return spacing_from_affine(self.affine)
 
 
 def study_label_path(study: Study, *, use_all_labels: bool) -> Path | None:

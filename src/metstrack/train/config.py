@@ -17,10 +17,10 @@ saved as ``config.json`` in the run folder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
@@ -244,18 +244,24 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def load_train_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_train_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Any] | None = None,
+) -> TrainConfig:
     """Load and check a training config: defaults, then a TOML file, then overrides.
 
     Args:
         path: TOML file or ``None`` for the defaults.
         overrides: Dotted ``section.key=value`` strings, e.g. ``"optim.lr=3e-4"``.
+        values: Typed values by dotted key, applied last (``None`` values skipped).
 
     Raises:
         ConfigError: Unknown key or section (with a suggestion), bad value, or
             inconsistent settings (see :func:`check_train_config`).
     """
-    cfg = load_config(TrainConfig, path, overrides)
+    cfg = load_config(TrainConfig, path, overrides, values=values)
     check_train_config(cfg, where=str(path) if path is not None else "config")
     return cfg
 
@@ -332,10 +338,3 @@ def check_train_config(cfg: TrainConfig, *, where: str = "config") -> None:
             f"{where}: the run has no end; set trainer.max_steps, trainer.max_epochs "
             "or trainer.time_budget_min"
         )
-
-
-def with_overrides(cfg: TrainConfig, **sections: object) -> TrainConfig:
-    """Return ``cfg`` with whole sections replaced (``data=DataConfig(...)``), re-checked."""
-    out = replace(cfg, **sections)  # type: ignore[arg-type]
-    check_train_config(out)
-    return out

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from metstrack.train.augment import SequenceAugment
-from metstrack.train.cache import StudyArrays, StudyCache
+from metstrack.train.cache import StudyArrays, StudyCache, study_label_path
 from metstrack.train.config import AugmentConfig, DataConfig
 from metstrack.train.sampling import (
     choose_patch_start,
@@ -161,8 +161,6 @@ class PatientSequenceDataset(Dataset):
         return out
 
     def _labelled_flags(self, patient: Patient) -> list[bool]:
-        from metstrack.train.cache import study_label_path
-
         return [
             study_label_path(s, use_all_labels=self.data.use_all_labels) is not None
             for s in patient.studies

@@ -2,7 +2,7 @@
 
 Checkpoints written by Lightning hold the network's weights under ``net.``
 and the model configuration in ``hyper_parameters["model"]``, so
-:func:`metstrack.models.checkpoint.load_checkpoint` rebuilds the network
+:func:`metstrack.io.checkpoint.load_checkpoint` rebuilds the network
 without this module.
 
 Validation runs each validation patient's whole sequence through
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from metstrack.config import from_dict
+from metstrack.core.lesions import label_components
 from metstrack.infer.sliding import predict_sequence
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
@@ -47,7 +48,7 @@ class SequenceSegmentationModule(pl.LightningModule):
         train: The whole training configuration as a plain dict (``to_dict(TrainConfig)``).
 
     Both are saved as hyper-parameters, so ``load_from_checkpoint`` and
-    :func:`metstrack.models.checkpoint.load_checkpoint` rebuild the network.
+    :func:`metstrack.io.checkpoint.load_checkpoint` rebuild the network.
     """
 
     def __init__(self, model: dict[str, Any], train: dict[str, Any]) -> None:
@@ -161,8 +162,6 @@ class SequenceSegmentationModule(pl.LightningModule):
 
 
 def _drop_small(pred: np.ndarray, min_mm3: float, spacing: tuple[float, ...]) -> np.ndarray:
-    from metstrack.metrics.lesions import label_components
-
     comps, n = label_components(pred)
     if n == 0:
         return pred

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import CheckpointError
-from metstrack.io.atomic import write_json_atomic
-from metstrack.models.checkpoint import _network_state, _read
+from metstrack.io.checkpoint import _network_state, _read
 
 log = logging.getLogger(__name__)
 

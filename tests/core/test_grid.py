@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from metstrack.core.grid import Grid, isotropic_grid, obliquity_deg, reorient_to_ras
+from metstrack.core.spatial import resample_array, rigid_transform, voxel_to_world
 from metstrack.io.nifti import read_volume
-from metstrack.preprocess.grid import Grid, isotropic_grid, obliquity_deg, reorient_to_ras
-from metstrack.preprocess.spatial import resample_array, rigid_transform, voxel_to_world
 from metstrack.types import Volume
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metstrack.preprocess.spatial import (
+from metstrack.core.spatial import (
     resample_array,
     rigid_transform,
     rotation_angle_deg,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from metstrack.errors import CheckpointError
-from metstrack.models.checkpoint import load_checkpoint, save_checkpoint
+from metstrack.io.checkpoint import load_checkpoint, save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 

@@ -10,7 +10,7 @@ ground-truth label (``ground_truth/labels/<P>/<S>.nii.gz``, present also for the
 studies the release flags unlabelled). The prediction of a study is looked up, in order, at
 
 1. ``<pred>/predictions/patientId/<P>/studyId/<S>/mask.nii[.gz]``
-   (:func:`metstrack.io.schema.prediction_dir`, what ``metstrack predict`` writes),
+   (:func:`metstrack.core.schema.prediction_dir`, what ``metstrack predict`` writes),
 2. ``<pred>/patientId/<P>/studyId/<S>/mask.nii[.gz]`` (the same tree without
    the ``predictions/`` level),
 3. ``<pred>/imaging/patientId/<P>/studyId/<S>/RTSTRUCT_segmentation.nii[.gz]``
@@ -36,22 +36,26 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from metstrack.config import save_config
+from metstrack.core import schema
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import DatasetError, LabelError
-from metstrack.io import schema
+from metstrack.infer.inputs import prepare_input
 from metstrack.io.labels import lesion_mask
+from metstrack.io.layouts import read_dataset
 from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_volume
 from metstrack.metrics.cohort import CohortSummary, summarize_cohort
 from metstrack.metrics.detection import BRATS_HD95_PENALTY_MM, DEFAULT_VOLUME_BINS_MM3
 from metstrack.metrics.longitudinal import StudyPairChange, compute_longitudinal
-from metstrack.metrics.matching import BRATS_METS_DILATION_VOXELS, MatchingOptions
-from metstrack.metrics.study import StudyEvaluation, evaluate_study
+from metstrack.metrics.matching import BRATS_METS_DILATION_VOXELS
+from metstrack.metrics.study import StudyEvaluation, StudyOptions, evaluate_study
 from metstrack.types import AFFINE_ATOL_MM, LABEL_SEQUENCE, Volume
 
 log = logging.getLogger(__name__)
@@ -109,18 +113,15 @@ class EvaluationConfig:
     label_values: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        MatchingOptions(
-            mode=self.mode,
-            criterion=self.criterion,
-            threshold=self.match_threshold,
-            objective=self.match_objective,
-            dilation_voxels=self.dilation_voxels,
-            min_ref_volume_mm3=self.min_ref_volume_mm3,
-        )
+        self.study_options().matching()  # validates the matching settings
         if self.connectivity not in (6, 18, 26):
             raise ValueError(f"connectivity must be 6, 18 or 26, got {self.connectivity}")
         if self.prob_threshold is not None and not 0.0 < self.prob_threshold <= 1.0:
             raise ValueError(f"prob_threshold must be in (0, 1], got {self.prob_threshold}")
+
+    def study_options(self) -> StudyOptions:
+        """The per-study part of these settings (:func:`metstrack.metrics.study.evaluate_study`)."""
+        return StudyOptions(**{f.name: getattr(self, f.name) for f in fields(StudyOptions)})
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,6 @@ def plan_jobs(
         DatasetError: The reference is not a readable release dataset, it has no
             labelled study, or the prediction folder does not exist.
     """
-    from metstrack.io.layouts import read_dataset
-
     pred_root = Path(pred_root)
     if not pred_root.is_dir():
         raise DatasetError(f"{pred_root}: prediction folder not found")
@@ -348,23 +347,12 @@ def evaluate_job(job: StudyJob, config: EvaluationConfig) -> StudyEvaluation:
         pred_arr,
         ref.array != 0,
         affine=ref.affine,
-        mode=config.mode,
-        criterion=config.criterion,
-        match_threshold=config.match_threshold,
-        match_objective=config.match_objective,
-        dilation_voxels=config.dilation_voxels,
-        min_ref_volume_mm3=config.min_ref_volume_mm3,
-        connectivity=config.connectivity,
-        tolerance_mm=config.tolerance_mm,
-        volume_bins_mm3=config.volume_bins_mm3,
-        beta=config.beta,
-        hd95_penalty_mm=config.hd95_penalty_mm,
         previous_ref=prev_arr,
         ref_instances=inst,
         previous_ref_instances=prev_inst,
-        new_lesion_margin_voxels=config.new_lesion_margin_voxels,
         patient_id=job.patient_id,
         study_id=job.study_id,
+        options=config.study_options(),
     )
 
 
@@ -411,6 +399,7 @@ def evaluate_cohort(
     config: EvaluationConfig | None = None,
     *,
     workers: int = 1,
+    patients: Collection[str] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[StudyEvaluation], None] | None = None,
 ) -> CohortEvaluation:
@@ -421,14 +410,24 @@ def evaluate_cohort(
         ref_root: Reference dataset root in the release layout.
         config: Settings (defaults: one-to-one IoU > 0 matching, 1000 bootstrap resamples).
         workers: Worker processes.
+        patients: Evaluate only these PatientIDs (``None``: all); the benchmark
+            passes its test patients.
         on_start: Called with the number of studies before work starts.
         on_done: Called with each finished study (for progress bars).
 
     Returns:
         A :class:`CohortEvaluation`.
+
+    Raises:
+        DatasetError: ``patients`` given and none of them has a labelled study.
     """
     config = config or EvaluationConfig()
     jobs = plan_jobs(pred_root, ref_root, config)
+    if patients is not None:
+        wanted = set(patients)
+        jobs = [j for j in jobs if j.patient_id in wanted]
+        if not jobs:
+            raise DatasetError(f"{ref_root}: no labelled study among the test patients")
     if on_start:
         on_start(len(jobs))
     studies = run_jobs(jobs, config, workers=workers, on_done=on_done)
@@ -490,9 +489,6 @@ def write_outputs(
     """
     import pandas as pd
 
-    from metstrack.config import save_config
-    from metstrack.io.atomic import write_csv_atomic, write_json_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in OUTPUT_FILES.items()}
@@ -515,3 +511,39 @@ def write_outputs(
     write_json_atomic(paths["summary_json"], summary_dict(result.summary))
     save_config(result.config, paths["config"], **provenance)
     return paths
+
+
+def evaluate_predictions(
+    pred: str | Path,
+    ref: str | Path,
+    out: str | Path,
+    config: EvaluationConfig | None = None,
+    *,
+    workers: int = 1,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[StudyEvaluation], None] | None = None,
+) -> tuple[CohortEvaluation, dict[str, Path]]:
+    """``metstrack evaluate`` as a function: evaluate, then write every table to ``out``.
+
+    Args:
+        pred: What ``metstrack predict`` wrote, or a plain folder of mask files
+            (then paired by file name with the plain folder ``ref``).
+        ref: Reference dataset in any layout; DICOM is ingested (RTSTRUCT
+            rasterised) into ``<out>/input`` first.
+        out: Output folder.
+        config: Settings.
+        workers: Worker processes.
+        on_start: Called with the number of studies before work starts.
+        on_done: Called with each finished study.
+
+    Returns:
+        The evaluation and the paths written (keys of :data:`OUTPUT_FILES`).
+    """
+    pred, ref, out = Path(pred), Path(ref), Path(out)
+    ref_root = ref
+    if pred.is_dir() and not is_mask_folder(pred):
+        ref_root = prepare_input(ref, out / "input", preprocess="never").root
+    result = evaluate_cohort(
+        pred, ref_root, config, workers=workers, on_start=on_start, on_done=on_done
+    )
+    return result, write_outputs(result, out, pred=str(pred), ref=str(ref))

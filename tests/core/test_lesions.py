@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from metstrack.metrics.lesions import label_components, lesion_table
+from metstrack.core.lesions import label_components, lesion_table
 
 
 def test_cube_and_single_voxel_anisotropic():
@@ -45,7 +45,7 @@ def test_sphere_diameter_close_to_analytic():
 
 
 def test_label_map_agrees_with_lesion_table_and_scipy(rng):
-    from metstrack.metrics.lesions import label_map
+    from metstrack.core.lesions import label_map
 
     m = rng.random((20, 18, 16)) > 0.85
     lm = label_map(m)

@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from metstrack.errors import ConfigError, did_you_mean
 from metstrack.types import DAYS_PER_MONTH
 
 RateMethod = Literal["ols", "log_ols", "first_last"]
@@ -110,8 +111,6 @@ def rate_per_month(
         distinct days.
     """
     if method not in RATE_METHODS:
-        from metstrack.errors import ConfigError, did_you_mean
-
         raise ConfigError(f"unknown rate method {method!r}; {did_you_mean(method, RATE_METHODS)}")
     d, v = _check_inputs(days, values, "values")
     n = int(d.size)

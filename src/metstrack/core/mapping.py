@@ -7,7 +7,7 @@ and tracking work on the baseline grid; :func:`map_to_native` brings a result
 back onto the study's original T1 post file grid, :func:`map_to_baseline` the
 other way.
 
-Convention (:mod:`metstrack.preprocess.spatial`): ``baseline_to_study`` maps a
+Convention (:mod:`metstrack.core.spatial`): ``baseline_to_study`` maps a
 baseline world point (RAS, mm) to where the same anatomy lies in the study's
 native world space. It is the identity for the baseline study itself up to its
 own reorientation (world coordinates never change under reorientation).
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from metstrack.core.atomic import write_json_atomic
+from metstrack.core.grid import Grid
+from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, GeometryMismatchError
-from metstrack.io.atomic import write_json_atomic
-from metstrack.preprocess.grid import Grid
-from metstrack.preprocess.spatial import resample_array
 from metstrack.types import Volume
 
 TRANSFORMS_DIR = "transforms"

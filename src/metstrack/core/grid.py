@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from nibabel import orientations as ornt
 
+from metstrack.core.affine import spacing_from_affine
 from metstrack.types import Volume
 
 
@@ -38,8 +39,7 @@ class Grid:
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
         """Voxel spacing along X, Y, Z in mm."""
-        sp = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(sp[0]), float(sp[1]), float(sp[2]))
+        return spacing_from_affine(self.affine)
 
     def to_dict(self) -> dict:
         """JSON-friendly form: ``{"shape": [...], "affine": [[...] x4]}``."""

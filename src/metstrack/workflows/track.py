@@ -20,152 +20,35 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from metstrack.config import save_config
+from metstrack.core import schema
+from metstrack.core.atomic import write_csv_atomic
 from metstrack.errors import DatasetError, MetstrackError
-from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic
-from metstrack.io.nifti import find_nifti, read_label, write_volume
+from metstrack.io.nifti import read_label, write_volume
+from metstrack.io.release import read_release
+from metstrack.io.tracks import GT_TRANSFORMS, MaskSource, read_transforms, tracked_map_path
 from metstrack.tracking.config import TrackConfig
-from metstrack.tracking.response import assess_response, local_control
-from metstrack.tracking.tracker import TrackingResult, track_patient
-from metstrack.tracking.trajectory import patient_rates
-from metstrack.types import Cohort, Patient, Study
+from metstrack.tracking.records import TrackingResult
+from metstrack.tracking.response import (
+    LOCAL_CONTROL_COLUMNS,
+    RESPONSE_COLUMNS,
+    assess_response,
+    local_control,
+)
+from metstrack.tracking.timeline import plot_timeline
+from metstrack.tracking.tracker import track_patient
+from metstrack.tracking.trajectory import BURDEN_COLUMNS, TRAJECTORY_COLUMNS, patient_rates
+from metstrack.types import Cohort, Patient
 
 if TYPE_CHECKING:
-    from metstrack.preprocess.mapping import StudyTransform
+    from metstrack.core.mapping import StudyTransform
 
 log = logging.getLogger(__name__)
-
-MaskKind = Literal["predictions", "labels", "ground-truth"]
-#: Folder of the synthetic cohort's true instance maps: ``<root>/ground_truth/instances/<P>/<S>``.
-GT_INSTANCES_DIR = "instances"
-#: The synthetic cohort's true transforms table.
-GT_TRANSFORMS = "transforms.csv"
-TRACKED_DIR = "tracked"
-TRACKED_MAP = "tracked"
-
-
-@dataclass(frozen=True)
-class MaskSource:
-    """Where each study's lesion mask comes from.
-
-    Attributes:
-        kind: ``"predictions"`` (``<root>/predictions/patientId/<P>/studyId/<S>/mask.nii.gz``),
-            ``"labels"`` (the dataset's ``RTSTRUCT_segmentation`` files) or
-            ``"ground-truth"`` (``<data>/ground_truth/instances/<P>/<S>.nii.gz``,
-            synthetic cohorts).
-        root: The predictions root, or the dataset root for ground truth.
-    """
-
-    kind: MaskKind
-    root: Path | None = None
-
-    def path(self, study: Study) -> Path | None:
-        """The mask file of ``study``, or ``None`` when there is none."""
-        if self.kind == "labels":
-            return study.label_path
-        if self.root is None:
-            raise ValueError(f"mask source {self.kind!r} needs a root folder")
-        if self.kind == "predictions":
-            folder = schema.prediction_dir(self.root, study.patient_id, study.study_id)
-            return find_nifti(folder, schema.PREDICTION_MASK)
-        folder = self.root / schema.GROUND_TRUTH_DIR / GT_INSTANCES_DIR / study.patient_id
-        return find_nifti(folder, study.study_id)
-
-
-def tracked_map_path(out: str | Path, patient_id: str, study_id: str) -> Path:
-    """Where ``write_outputs`` puts one study's tracked map."""
-    return (
-        Path(out)
-        / TRACKED_DIR
-        / "patientId"
-        / patient_id
-        / "studyId"
-        / study_id
-        / f"{TRACKED_MAP}.nii.gz"
-    )
-
-
-def read_transforms_csv(path: str | Path) -> dict[tuple[str, str], np.ndarray]:
-    """Read per-study ``baseline_to_study`` transforms from a CSV.
-
-    Accepted layouts: columns ``PatientID, StudyID`` plus either sixteen
-    columns ``m00 .. m33`` (row-major 4x4), or one column ``baseline_to_study``
-    holding 16 numbers (JSON list or whitespace/comma separated).
-
-    Returns:
-        (PatientID, StudyID) -> float64 (4, 4) matrix.
-
-    Raises:
-        DatasetError: Missing file, missing columns or a malformed matrix.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: transforms table not found")
-    df = pd.read_csv(path, dtype={"PatientID": str, "StudyID": str})
-    for col in ("PatientID", "StudyID"):
-        if col not in df.columns:
-            raise DatasetError(f"{path}: missing column {col!r} (found {', '.join(df.columns)})")
-    mcols = [f"m{i}{j}" for i in range(4) for j in range(4)]
-    out: dict[tuple[str, str], np.ndarray] = {}
-    for n, row in df.iterrows():
-        if all(c in df.columns for c in mcols):
-            vals = [row[c] for c in mcols]
-        elif "baseline_to_study" in df.columns:
-            text = str(row["baseline_to_study"]).replace("[", " ").replace("]", " ")
-            vals = [v for v in text.replace(",", " ").split() if v]
-        else:
-            raise DatasetError(
-                f"{path}: expected columns m00..m33 or baseline_to_study holding the 4x4 "
-                "baseline_to_study matrix"
-            )
-        try:
-            mat = np.asarray([float(v) for v in vals], dtype=np.float64).reshape(4, 4)
-        except ValueError as exc:
-            raise DatasetError(f"{path}: row {n + 2}: not a 4x4 matrix ({exc})") from None
-        if not np.all(np.isfinite(mat)) or abs(np.linalg.det(mat[:3, :3])) < 1e-9:
-            raise DatasetError(f"{path}: row {n + 2}: singular or non-finite transform")
-        out[(str(row["PatientID"]), str(row["StudyID"]))] = mat
-    return out
-
-
-def read_transforms(path: str | Path) -> dict[tuple[str, str], np.ndarray | StudyTransform]:
-    """Read per-study transforms from a CSV or from a preprocessed dataset.
-
-    Args:
-        path: A CSV (see :func:`read_transforms_csv`), or a folder written by
-            ``metstrack preprocess`` holding ``transforms/<P>/<S>.json`` (or that
-            ``transforms`` folder itself); the JSON files also give each
-            patient's baseline grid.
-
-    Returns:
-        (PatientID, StudyID) -> 4x4 matrix (CSV) or
-        :class:`~metstrack.preprocess.mapping.StudyTransform` (JSON).
-
-    Raises:
-        DatasetError: Nothing readable at ``path``.
-    """
-    from metstrack.preprocess.mapping import TRANSFORMS_DIR, load_transform
-
-    path = Path(path)
-    if path.is_file():
-        return dict(read_transforms_csv(path))
-    folder = path / TRANSFORMS_DIR if (path / TRANSFORMS_DIR).is_dir() else path
-    files = sorted(folder.glob("*/*.json")) if folder.is_dir() else []
-    if not files:
-        raise DatasetError(
-            f"{path}: no transforms found; give a CSV (PatientID, StudyID, m00..m33) or a "
-            "folder written by `metstrack preprocess` (transforms/<PatientID>/<StudyID>.json)"
-        )
-    out: dict[tuple[str, str], np.ndarray | StudyTransform] = {}
-    for f in files:
-        st = load_transform(f)
-        out[(st.patient_id, st.study_id)] = st
-    return out
 
 
 def _matrix(t: np.ndarray | StudyTransform | None) -> np.ndarray | None:
@@ -315,8 +198,6 @@ def track_cohort(
                 lcs.append(local_control(res, tgts, config=config.response, baseline_to_study=tf))
         if on_patient is not None:
             on_patient(patient.patient_id)
-    from metstrack.tracking.response import LOCAL_CONTROL_COLUMNS, RESPONSE_COLUMNS
-    from metstrack.tracking.trajectory import BURDEN_COLUMNS, TRAJECTORY_COLUMNS
 
     def cat(frames: list[pd.DataFrame], cols: tuple[str, ...]) -> pd.DataFrame:
         frames = [f for f in frames if len(f)]
@@ -360,8 +241,6 @@ def write_outputs(
     Returns:
         Every written path.
     """
-    from metstrack.tracking.timeline import plot_timeline
-
     out = Path(out)
     written: list[Path] = []
     for res in tracking.results:
@@ -383,3 +262,60 @@ def write_outputs(
                 )
             )
     return written
+
+
+def track_dataset(
+    data: str | Path,
+    out: str | Path,
+    source: MaskSource,
+    *,
+    config: TrackConfig | None = None,
+    transforms: str | Path | None = None,
+    patients: tuple[str, ...] = (),
+    figures: bool = True,
+    on_patient: Callable[[str], None] | None = None,
+) -> CohortTracking:
+    """``metstrack track`` as a function: track a release dataset and write every output.
+
+    Args:
+        data: Release dataset root.
+        out: Output folder (tables, tracked maps, timelines, ``track_config.json``).
+        source: Where each study's mask comes from; for ``ground-truth`` the
+            synthetic cohort's true transforms are used unless ``transforms`` is given.
+        config: Tracking settings.
+        transforms: A transforms CSV or a folder written by ``metstrack
+            preprocess``; masks are then mapped to each patient's baseline grid first.
+        patients: PatientIDs to track (empty: all).
+        figures: Draw the timelines (when ``config.figures`` allows it too).
+        on_patient: Called with each tracked PatientID.
+
+    Returns:
+        The tracked cohort's tables.
+    """
+    data, out = Path(data), Path(out)
+    cfg = config or TrackConfig()
+    cohort = read_release(data)
+    truth = data / schema.GROUND_TRUTH_DIR / GT_TRANSFORMS
+    if source.kind == "ground-truth" and transforms is None and truth.is_file():
+        transforms = truth
+    tfs = read_transforms(transforms) if transforms is not None else None
+    result = track_cohort(
+        cohort,
+        source,
+        config=cfg,
+        transforms=tfs,
+        patients=patients,
+        on_patient=on_patient,
+        maps_out=out,
+    )
+    write_outputs(result, out, cohort=cohort, figures=figures and cfg.figures)
+    save_config(
+        cfg,
+        out / "track_config.json",
+        data=str(data),
+        mask_source=source.kind,
+        masks=str(source.root) if source.kind == "predictions" else None,
+        transforms=str(transforms) if transforms is not None else None,
+        skipped=[list(s) for s in result.skipped],
+    )
+    return result

@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metstrack.errors import DatasetError, GeometryMismatchError
-from metstrack.preprocess.grid import Grid
-from metstrack.preprocess.mapping import (
+from metstrack.core.grid import Grid
+from metstrack.core.mapping import (
     StudyTransform,
     load_transform,
     map_to_baseline,
     map_to_native,
     save_transform,
 )
-from metstrack.preprocess.spatial import rigid_transform
+from metstrack.core.spatial import rigid_transform
+from metstrack.errors import DatasetError, GeometryMismatchError
 from metstrack.types import Volume
 
 

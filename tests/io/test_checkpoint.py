@@ -9,14 +9,11 @@ import pytest
 import torch
 
 from metstrack.errors import CheckpointError
-from metstrack.models.checkpoint import (
-    load_checkpoint,
-    published_layout,
-    save_checkpoint,
-)
+from metstrack.io.checkpoint import load_checkpoint, save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.models.stt import STTUNet
+from metstrack.models.weights import published_layout
 
 SMALL = (8, 8, 16, 32, 64, 8)
 

@@ -10,14 +10,20 @@ from pathlib import Path
 import pandas as pd
 
 from metstrack.config import save_config
-from metstrack.errors import SurvivalDataError
-from metstrack.io import schema
-from metstrack.io.atomic import write_csv_atomic, write_json_atomic
+from metstrack.core import schema
+from metstrack.core.atomic import write_csv_atomic, write_json_atomic
+from metstrack.errors import DatasetError, SurvivalDataError
+from metstrack.io.release import read_clinical_tables
 from metstrack.survival.config import SurvivalConfig
 from metstrack.survival.cox import CoxAnalysis
 from metstrack.survival.dynamic import fit_time_varying, landmark_table, time_varying_table
 from metstrack.survival.km import KaplanMeierResult, kaplan_meier, plot_kaplan_meier
-from metstrack.survival.table import AnalysisTable, build_analysis_table, check_burden
+from metstrack.survival.table import (
+    AnalysisTable,
+    build_analysis_table,
+    check_burden,
+    clinical_frame,
+)
 from metstrack.types import ClinicalEvent
 
 log = logging.getLogger(__name__)
@@ -162,3 +168,63 @@ def run_survival(
         files["config"] = save_config(cfg, out / "config.json", inputs=inputs or {})
         return SurvivalResult(table, cox, lm, tv, km, files)
     return SurvivalResult(table, cox, lm, tv, km, files)
+
+
+def resolve_burden(data: Path, burden: Path | None, tracking: Path | None) -> Path:
+    """Pick the burden table: ``burden``, else ``<tracking>/burden.csv``, else ground truth.
+
+    Raises:
+        DatasetError: The chosen table does not exist (the message names the fix).
+    """
+    if burden is not None:
+        candidates = [burden]
+    elif tracking is not None:
+        candidates = [tracking / "burden.csv"]
+    else:
+        candidates = [data / schema.GROUND_TRUTH_DIR / "burden.csv"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DatasetError(
+        f"{candidates[0]}: burden table not found; run `metstrack track` and pass "
+        "--tracking OUT (or --burden FILE with PatientID, days_from_baseline, "
+        "total_volume_mm3, lesion_count)"
+    )
+
+
+def survival_from_dataset(
+    data: str | Path,
+    out: str | Path,
+    config: SurvivalConfig | None = None,
+    *,
+    burden: str | Path | None = None,
+    tracking: str | Path | None = None,
+) -> SurvivalResult:
+    """``metstrack survival`` as a function: read the clinical tables and a burden table, fit.
+
+    Args:
+        data: Dataset root with ``tables/`` (clinical tables).
+        out: Output folder.
+        config: Settings.
+        burden: A burden CSV (else ``tracking``'s, else the synthetic ground truth's).
+        tracking: Output folder of ``metstrack track``.
+
+    Returns:
+        What :func:`run_survival` returned.
+    """
+    data = Path(data)
+    burden_path = resolve_burden(
+        data,
+        Path(burden) if burden is not None else None,
+        Path(tracking) if tracking is not None else None,
+    )
+    patients, events, _ = read_clinical_tables(data)
+    bt = pd.read_csv(burden_path, dtype={"PatientID": str, "StudyID": str})
+    return run_survival(
+        clinical_frame(patients),
+        bt,
+        out,
+        events=events,
+        config=config,
+        inputs={"data": str(data), "burden": str(burden_path)},
+    )
