@@ -119,6 +119,8 @@ def run_child(
 def training_table(quick: bool, threads: int, repeats: int = 2, warmup: int = 1) -> None:
     """Print the training-step table of STT and ``unet``."""
     patch = 64 if quick else 96
+    params = {n: run_child("params", n, 0, 0, 0, threads)["params"] for n in ("stt", "unet")}
+    print(f"\nparameters: stt {params['stt']:,}   unet (no memory) {params['unet']:,}")
     train = {n: run_child("train", n, patch, 4, 1, threads, 0) for n in ("stt", "unet")}
     timing = run_child("train-time", "both", patch, 4, repeats, threads, warmup)
     print(f"\ntraining step, 1 patient x 4 studies x 4 x {patch}^3 (forward + backward + AdamW):")
