@@ -121,8 +121,11 @@ def test_every_model_gets_the_same_budget_and_seed():
         assert r.trainer.seed == runs[0].trainer.seed
         assert r.trainer.threads == cfg.budget.threads
         assert r.data == runs[0].data and r.optim == runs[0].optim
-    assert cfg.cohort.spacing_mm == 1.0
     assert cfg.cohort.split_fractions[2] > 0 and cfg.cohort.split_fractions[1] > 0
+    # issue 17: equal optimiser steps, 3 seeds, both label regimes, >= 24 test patients
+    assert cfg.budget.max_steps > 0 and len(cfg.budget.seeds) == 3
+    assert cfg.regimes == ("all", "radiosurgery")
+    assert round(cfg.cohort.n_patients * cfg.cohort.split_fractions[2]) >= 24
 
 
 def test_rerun_reuses_finished_models(tiny_run, cli):
