@@ -64,11 +64,13 @@ LAYER_NAMES = {1: "core", 2: "pure domains", 3: "I/O", 4: "workflows", 5: "faces
 
 @dataclass(frozen=True)
 class Import:
-    """One import of a metstrack module: target, line, and whether inside a function."""
+    """One import of a metstrack module: target, line, whether inside a function, and the
+    module path as written when no such module exists (a path that moved), else ``""``."""
 
     target: str
     line: int
     in_function: bool
+    missing: str = ""
 
 
 def module_name(path: Path, src: Path = SRC) -> str:
@@ -95,11 +97,12 @@ def parse_imports(module: str, source: str, modules: set[str]) -> list[Import]:
     package = module if is_pkg else module.rpartition(".")[0]
     found: list[Import] = []
 
-    def add(target: str, node: ast.stmt, depth: int) -> None:
+    def add(target: str, node: ast.stmt, depth: int, written: str) -> None:
+        missing = "" if written in modules else written
         while target and target not in modules:
             target = target.rpartition(".")[0]
         if target and target != module:
-            found.append(Import(target, node.lineno, depth > 0))
+            found.append(Import(target, node.lineno, depth > 0, missing))
 
     def visit(node: ast.AST, depth: int) -> None:
         for child in ast.iter_child_nodes(node):
@@ -107,7 +110,7 @@ def parse_imports(module: str, source: str, modules: set[str]) -> list[Import]:
             if isinstance(child, ast.Import):
                 for alias in child.names:
                     if alias.name.split(".")[0] == "metstrack":
-                        add(alias.name, child, depth)
+                        add(alias.name, child, depth, alias.name)
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = package.split(".")[: len(package.split(".")) - (child.level - 1)]
@@ -118,7 +121,7 @@ def parse_imports(module: str, source: str, modules: set[str]) -> list[Import]:
                     continue
                 for alias in child.names:
                     full = f"{mod}.{alias.name}"
-                    add(full if full in modules else mod, child, depth)
+                    add(full if full in modules else mod, child, depth, mod)
             visit(child, inner)
 
     visit(ast.parse(source), 0)
@@ -229,6 +232,21 @@ def test_no_import_goes_up_a_layer_crosses_domains_or_hides_in_a_function() -> N
     assert layer_violations(read_graph()) == []
 
 
+def missing_modules(graph: Mapping[str, Iterable[Import]]) -> list[str]:
+    """Imports naming a metstrack module that does not exist (a path that moved)."""
+    return [
+        f"{module}:{imp.line} imports {imp.missing}, which does not exist; "
+        "see the moved paths in docs/architecture.md"
+        for module, imports in sorted(graph.items())
+        for imp in imports
+        if imp.missing
+    ]
+
+
+def test_every_import_names_an_existing_module() -> None:
+    assert missing_modules(read_graph()) == []
+
+
 def test_no_module_cycle() -> None:
     assert cycles(module_edges(read_graph())) == []
 
@@ -284,6 +302,11 @@ def test_checker_finds_a_cycle_through_a_function_local_import() -> None:
         "metstrack.b": parse_imports("metstrack.b", source_b, modules),
     }
     assert graph["metstrack.b"] == [Import("metstrack.a", 2, True)]
+    stale = parse_imports("metstrack.a", "from metstrack.old.place import f\n", modules)
+    assert missing_modules({"metstrack.a": stale}) == [
+        "metstrack.a:1 imports metstrack.old.place, which does not exist; "
+        "see the moved paths in docs/architecture.md"
+    ]
     assert cycles(module_edges(graph)) == [["metstrack.a", "metstrack.b"]]
 
 

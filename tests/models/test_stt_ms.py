@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from metstrack.infer.sliding import predict_sequence
-from metstrack.models.checkpoint import load_checkpoint, save_checkpoint
+from metstrack.io.checkpoint import load_checkpoint, save_checkpoint
 from metstrack.models.config import ModelConfig
 from metstrack.models.registry import build_model
 from metstrack.models.stt_ms import MEMORY_LEVELS, STTMultiScale
