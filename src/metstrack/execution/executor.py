@@ -26,6 +26,7 @@ Use an executor as a context manager; :func:`open_executor` builds one from
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -219,18 +220,20 @@ class DaskExecutor:
             return
         from distributed import Client, LocalCluster
 
+        if logging.getLogger().getEffectiveLevel() > logging.INFO:
+            # distributed logs every worker start and stop at INFO on its own handler
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         if self.scheduler is not None:
-            try:
-                self.client = Client(
-                    self.scheduler, timeout=f"{self.connect_timeout_s}s", set_as_default=False
-                )
-            except (OSError, TimeoutError, ValueError) as exc:
+            problem = _probe_scheduler(self.scheduler, self.connect_timeout_s)
+            if problem is not None:
                 raise SchedulerUnreachableError(
-                    f"Dask scheduler {self.scheduler} did not answer within "
-                    f"{self.connect_timeout_s:g} s ({type(exc).__name__}); check the address "
-                    "(tcp://HOST:8786) and that `dask scheduler` runs there, or leave out "
-                    "--scheduler to start a local cluster"
-                ) from None
+                    f"Dask scheduler {self.scheduler} cannot be reached ({problem}); check the "
+                    "address (tcp://HOST:8786) and that `dask scheduler` runs there, or leave "
+                    "out --scheduler to start a local cluster"
+                )
+            self.client = Client(
+                self.scheduler, timeout=f"{self.connect_timeout_s}s", set_as_default=False
+            )
         else:
             total_gib = _total_memory_gib()
             per_worker = max(total_gib / max(self.workers, 1), 0.5)
@@ -301,10 +304,42 @@ class DaskExecutor:
             for i, item in enumerate(items)
         }
         try:
-            for fut in as_completed(list(futures)):
+            for fut in as_completed(list(futures), loop=self.client.loop):
                 yield futures[fut], fut.result()
         finally:
             self.client.cancel(list(futures))
+
+
+def _probe_scheduler(address: str, timeout_s: float) -> str | None:
+    """Why ``address`` is not a Dask scheduler answering within ``timeout_s``; ``None`` if it is.
+
+    A plain handshake in a private event loop, so a dead address costs at most
+    ``timeout_s`` and leaves no half-started client behind.
+    """
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await connect(address, timeout=timeout_s)
+        try:
+            reply = await asyncio.wait_for(_identity(comm), timeout_s)
+        finally:
+            await comm.close()
+        if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+            raise ConnectionError(f"the server there is not a Dask scheduler ({reply!r:.60})")
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), 2 * timeout_s))
+    except (OSError, TimeoutError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else f"no answer in {timeout_s:g} s"
+        return f"{type(exc).__name__}: {text[:160]}"
+    except Exception:  # noqa: BLE001 - garbage from a server that is not a scheduler
+        return "the server there does not answer as a Dask scheduler"
+    return None
+
+
+async def _identity(comm: Any) -> Any:
+    await comm.write({"op": "identity", "reply": True})
+    return await comm.read()
 
 
 def _total_memory_gib() -> float:
