@@ -30,6 +30,7 @@ from metstrack.core import schema
 from metstrack.core.atomic import sweep_stale_temps, write_csv_atomic
 from metstrack.errors import DatasetError, MetstrackError
 from metstrack.execution.executor import Executor, LocalExecutor
+from metstrack.io.figures import plot_timeline
 from metstrack.io.nifti import read_label, write_volume
 from metstrack.io.release import read_release
 from metstrack.io.tracks import GT_TRANSFORMS, MaskSource, read_transforms, tracked_map_path
@@ -41,7 +42,6 @@ from metstrack.tracking.response import (
     assess_response,
     local_control,
 )
-from metstrack.tracking.timeline import plot_timeline
 from metstrack.tracking.tracker import track_patient
 from metstrack.tracking.trajectory import BURDEN_COLUMNS, TRAJECTORY_COLUMNS, patient_rates
 from metstrack.types import Cohort, Patient
