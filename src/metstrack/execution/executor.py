@@ -56,6 +56,10 @@ class SchedulerUnreachableError(MetstrackError):
     """The Dask scheduler at ``--scheduler`` did not answer."""
 
 
+class WorkerLostError(MetstrackError):
+    """One unit of work took down every worker it was given (Dask's ``KilledWorker``)."""
+
+
 @dataclass(frozen=True)
 class ExecutorOptions:
     """How to run a cohort workflow's units of work.
@@ -281,7 +285,7 @@ class DaskExecutor:
         self, fn: Callable[..., R], items: Sequence[T], /, *args: Any, **kwargs: Any
     ) -> Iterator[tuple[int, R]]:
         """See :meth:`Executor.map_unordered`; one Dask task per item."""
-        from distributed import as_completed
+        from distributed import KilledWorker, as_completed
 
         self.open()
         if not items:
@@ -305,7 +309,16 @@ class DaskExecutor:
         }
         try:
             for fut in as_completed(list(futures), loop=self.client.loop):
-                yield futures[fut], fut.result()
+                try:
+                    result = fut.result()
+                except KilledWorker as exc:
+                    item = items[futures[fut]]
+                    raise WorkerLostError(
+                        f"{getattr(item, 'patient_id', item)!s:.80}: every worker that ran it "
+                        f"died ({exc}); it probably needs more memory than a worker has: "
+                        "give --task-memory and workers with more memory"
+                    ) from None
+                yield futures[fut], result
         finally:
             self.client.cancel(list(futures))
 
@@ -376,5 +389,6 @@ __all__ = [
     "ExecutorOptions",
     "LocalExecutor",
     "SchedulerUnreachableError",
+    "WorkerLostError",
     "open_executor",
 ]
