@@ -30,6 +30,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -330,6 +331,14 @@ def _probe_scheduler(address: str, timeout_s: float) -> str | None:
     ``timeout_s`` and leaves no half-started client behind.
     """
     from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme == "tcp":  # nothing listening is known at once, without Dask's retries
+            socket.create_connection(parse_host_port(location), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
 
     async def probe() -> None:
         comm = await connect(address, timeout=timeout_s)
