@@ -26,9 +26,9 @@ from metstrack.core.mapping import load_transform
 from metstrack.core.spatial import voxel_to_world
 from metstrack.io.nifti import read_volume
 from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.outputs import brain_mask_path
 from metstrack.preprocess.pipeline import preprocess_dataset
 from metstrack.preprocess.register import residual_mm
-from metstrack.preprocess.study import brain_mask_path
 from metstrack.synth.config import SynthConfig
 from metstrack.workflows.synth import generate_cohort
 

@@ -7,6 +7,7 @@ graph must satisfy:
 * no import goes up a layer (core 1 < pure domains 2 < I/O 3 < workflows 4 < faces 5);
 * no import crosses between two pure domains (metrics, models, tracking, survival, synth);
 * no cycle, between modules or between the packages of the table below;
+* no pure domain imports the atomic file writer (pure domains write no files);
 * no function-local import of metstrack outside ``metstrack.cli`` (the CLI
   imports each command's workflow when the command runs, so ``metstrack --help``
   starts without importing torch).
@@ -51,12 +52,15 @@ LAYERS: dict[str, tuple[int, str]] = {
     "metstrack.train": (4, "train"),
     "metstrack.workflows": (4, "workflows"),
     "metstrack.benchmark": (4, "benchmark"),
+    "metstrack.execution": (4, "execution"),
     # 5. faces: the report, the demo that ends in it, the CLI
     "metstrack.report": (5, "report"),
     "metstrack.demo": (5, "demo"),
     "metstrack.cli": (5, "cli"),
 }
 PURE_DOMAIN_LAYER = 2
+#: Modules that write files, which no pure domain may import.
+FILE_WRITERS = ("metstrack.core.atomic",)
 #: The only package whose functions may import metstrack lazily (CLI start-up time).
 LAZY_IMPORTS_ALLOWED = ("metstrack.cli",)
 LAYER_NAMES = {1: "core", 2: "pure domains", 3: "I/O", 4: "workflows", 5: "faces"}
@@ -159,6 +163,8 @@ def layer_violations(
                 )
             elif layer == t_layer == PURE_DOMAIN_LAYER and group != t_group:
                 out.append(f"{where}: crosses between pure domains ({group} -> {t_group})")
+            if layer == PURE_DOMAIN_LAYER and imp.target in FILE_WRITERS:
+                out.append(f"{where}: a pure domain writes no files (move the writing to io/)")
             if imp.in_function and not module.startswith(lazy_allowed):
                 out.append(f"{where}: inside a function (import it at the top of the module)")
     return out
@@ -269,6 +275,12 @@ def test_checker_flags_an_import_between_pure_domains() -> None:
     graph = {"metstrack.survival.table": [Import("metstrack.tracking.trajectory", 3, False)]}
     (msg,) = layer_violations(graph)
     assert "crosses between pure domains (survival -> tracking)" in msg
+
+
+def test_checker_flags_a_pure_domain_that_writes_files() -> None:
+    graph = {"metstrack.survival.km": [Import("metstrack.core.atomic", 11, False)]}
+    (msg,) = layer_violations(graph)
+    assert msg.startswith("metstrack.survival.km:11") and "writes no files" in msg
 
 
 def test_checker_flags_a_function_local_import_outside_the_cli() -> None:

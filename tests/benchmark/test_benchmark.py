@@ -121,8 +121,11 @@ def test_every_model_gets_the_same_budget_and_seed():
         assert r.trainer.seed == runs[0].trainer.seed
         assert r.trainer.threads == cfg.budget.threads
         assert r.data == runs[0].data and r.optim == runs[0].optim
-    assert cfg.cohort.spacing_mm == 1.0
     assert cfg.cohort.split_fractions[2] > 0 and cfg.cohort.split_fractions[1] > 0
+    # issue 17: equal optimiser steps, 3 seeds, both label regimes, >= 24 test patients
+    assert cfg.budget.max_steps > 0 and len(cfg.budget.seeds) == 3
+    assert cfg.regimes == ("all", "radiosurgery")
+    assert round(cfg.cohort.n_patients * cfg.cohort.split_fractions[2]) >= 24
 
 
 def test_rerun_reuses_finished_models(tiny_run, cli):
@@ -221,3 +224,62 @@ def test_run_benchmark_script_copies_the_leaderboard(tiny_run, tmp_path):
         "stt_prior",
         "dynunet",
     ]
+
+
+def test_froc_comparison_is_written_for_every_arm(tiny_run):
+    _, out = tiny_run
+    cfg = load_benchmark_config(TINY)
+    table = pd.read_csv(out / "froc.csv")
+    assert table["arm"].tolist() == [m.name for m in cfg.models]
+    assert set(table["regime"]) == {"all"}
+    grid = set(cfg.froc.thresholds)
+    for t in table["thresholds"].astype(str):
+        assert {float(x) for x in t.split(",")} <= grid
+    for col in ("sensitivity_all", "fp_per_scan", "val_fp_per_scan"):
+        vals = table[col].dropna()
+        assert len(vals) == len(table) and (vals >= 0).all()
+    assert ((table["sensitivity_all"] >= 0) & (table["sensitivity_all"] <= 1)).all()
+    # every arm but the reference is compared with it
+    ref = table["arm"] == cfg.froc.reference
+    assert table.loc[ref, "diff_all"].isna().all() and table.loc[~ref, "diff_all"].notna().all()
+    curves = pd.read_csv(out / "froc_curves.csv")
+    assert set(curves["stratum"]) == {"all", "lt10_mm3", "new"}
+    assert len(curves) == len(table) * 3 * len(cfg.froc.thresholds)
+    assert (out / "froc_all.png").stat().st_size > 1000
+    md = (out / "froc.md").read_text(encoding="utf-8")
+    assert "Regime: all" in md and f"at most {cfg.froc.fp_per_scan_target:g}" in md
+    # each run's detections are cached next to it
+    assert all((out / "models" / m.name / "froc.json").is_file() for m in cfg.models)
+
+
+def test_seeds_and_label_regimes_each_train_their_own_run(tmp_path):
+    from metstrack.benchmark.runner import run_benchmark
+
+    cfg = load_benchmark_config(TINY, ["budget.seeds=[0, 1]", "regimes=['all', 'radiosurgery']"])
+    runs = {
+        (r, s): model_train_config(cfg, cfg.models[0], seed=s, regime=r)
+        for r in cfg.regimes
+        for s in (0, 1)
+    }
+    assert (
+        runs[("all", 0)].data.use_all_labels and not runs[("radiosurgery", 0)].data.use_all_labels
+    )
+    assert runs[("all", 1)].trainer.seed == 1
+    res = run_benchmark(cfg, tmp_path / "b", models=["stt", "unet"])
+    frame = res.leaderboard
+    assert len(frame) == 8 and set(frame["regime"]) == {"all", "radiosurgery"}
+    assert sorted(set(frame["seed"])) == [0, 1]
+    for r in cfg.regimes:
+        for name in ("stt", "unet"):
+            for s in (0, 1):
+                assert (tmp_path / "b" / "models" / r / name / f"seed{s}" / "stage.json").is_file()
+    table = pd.read_csv(tmp_path / "b" / "froc.csv")
+    assert len(table) == 4 and set(table["seeds"].astype(str)) == {"0,1"}
+    assert (tmp_path / "b" / "froc_radiosurgery.png").is_file()
+
+
+def test_unknown_regime_is_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean 'radiosurgery'"):
+        load_benchmark_config(TINY, ["regimes=['radiosurgry']"])
+    with pytest.raises(ConfigError, match="seeds"):
+        load_benchmark_config(TINY, ["budget.seeds=[1, 1]"])

@@ -60,6 +60,7 @@ def test_closing_summary_names_the_report_and_headline_numbers(demo):
         "predict",
         "evaluate",
         "track",
+        "survival (tracked burden)",
         "clinical cohort",
         "survival",
         "report",
@@ -120,3 +121,19 @@ def test_every_step_is_in_the_catalog(demo):
     n_patients = con.execute("SELECT COUNT(*) FROM patients").fetchone()[0]
     assert n_patients >= 3
     con.close()
+
+
+def test_too_small_a_cohort_says_so_and_the_report_labels_the_separate_cohort(demo):
+    out, output = demo
+    s = json.loads((out / "demo_summary.json").read_text())
+    reason = s["headline"]["tracked_survival"]
+    assert "3 patients" in reason and "too few for a Cox fit" in reason
+    assert (out / "survival_tracked" / "not_fitted.json").is_file()
+    assert not (out / "survival_tracked" / "cox_summary.csv").exists()
+    lines = [ln for ln in output.splitlines() if "Survival on the tracked burden" in ln]
+    assert len(lines) == 1 and "3 patients" in lines[0]
+    html = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Survival: a separate cohort" in html and "Survival of this cohort" not in html
+    assert str(out / "clinical") in html
+    assert "HR per cm3/month, clinical cohort" in output
+    assert s["headline"]["survival_patients"] == 150

@@ -19,6 +19,7 @@ def test_steps_are_the_library_workflows_in_order(tmp_path: Path) -> None:
         "predict",
         "evaluate",
         "track",
+        "survival (tracked burden)",
         "clinical cohort",
         "survival",
         "report",

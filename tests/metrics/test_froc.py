@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from metstrack.metrics.froc import (
     ScanFROC,
+    at_operating_point,
     froc_curve,
     operating_threshold,
     paired_bootstrap_difference,
@@ -132,14 +133,14 @@ def _cohort(p_detect: float, seed: int, n: int = 30) -> list[ScanFROC]:
 
 def test_paired_bootstrap_separates_a_real_difference_and_not_noise() -> None:
     strong, weak, also_weak = _cohort(0.9, 1), _cohort(0.3, 2), _cohort(0.3, 3)
-    d = paired_bootstrap_difference(strong, 0.5, weak, 0.5, n_bootstrap=500, seed=0)
+    d = paired_bootstrap_difference([(strong, 0.5)], [(weak, 0.5)], n_bootstrap=500, seed=0)
     assert d.difference == pytest.approx(
         froc_curve(strong).sensitivity[0] - froc_curve(weak).sensitivity[0]
     )
     assert 0 < d.ci_low < d.difference < d.ci_high
-    same = paired_bootstrap_difference(weak, 0.5, also_weak, 0.5, n_bootstrap=500, seed=0)
+    same = paired_bootstrap_difference([(weak, 0.5)], [(also_weak, 0.5)], n_bootstrap=500, seed=0)
     assert same.ci_low < 0 < same.ci_high
-    again = paired_bootstrap_difference(strong, 0.5, weak, 0.5, n_bootstrap=500, seed=0)
+    again = paired_bootstrap_difference([(strong, 0.5)], [(weak, 0.5)], n_bootstrap=500, seed=0)
     assert again == d  # the seed fixes the interval
 
 
@@ -154,4 +155,16 @@ def test_bad_inputs_are_refused() -> None:
     a = scan_froc(prob, ref, voxel_volume_mm3=1, patient_id="P1", thresholds=(0.5,))
     b = scan_froc(prob, ref, voxel_volume_mm3=1, patient_id="P2", thresholds=(0.5,))
     with pytest.raises(ValueError, match="same patients"):
-        paired_bootstrap_difference([a], 0.5, [b], 0.5)
+        paired_bootstrap_difference([([a], 0.5)], [([b], 0.5)])
+
+
+def test_runs_of_several_seeds_pool_lesion_by_lesion() -> None:
+    s1, s2, other = _cohort(0.9, 1), _cohort(0.3, 2), _cohort(0.6, 3)
+    sens, fp = at_operating_point([(s1, 0.5), (s2, 0.5)])
+    pooled = (
+        froc_curve(s1).sensitivity[0] + froc_curve(s2).sensitivity[0]
+    ) / 2  # equal lesion counts
+    assert sens == pytest.approx(pooled) and fp == 0.0
+    d = paired_bootstrap_difference([(s1, 0.5), (s2, 0.5)], [(other, 0.5)], n_bootstrap=300)
+    assert d.difference == pytest.approx(pooled - froc_curve(other).sensitivity[0])
+    assert d.ci_low < d.difference < d.ci_high and d.n_patients == 30

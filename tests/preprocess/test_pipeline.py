@@ -16,9 +16,9 @@ from metstrack.errors import ConfigError
 from metstrack.io.nifti import read_volume
 from metstrack.io.release import read_release
 from metstrack.preprocess.config import PreprocessConfig
+from metstrack.preprocess.outputs import provenance_path
 from metstrack.preprocess.pipeline import preprocess_dataset
 from metstrack.preprocess.register import residual_mm
-from metstrack.preprocess.study import provenance_path
 
 #: Small pyramids and a coarse grid keep the test fast on two shared cores.
 FAST = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 import numpy as np
 
-from metstrack.tracking.timeline import plot_timeline
+from metstrack.io.figures import plot_timeline
 from metstrack.tracking.tracker import track_patient
 
 

@@ -9,8 +9,12 @@ did-you-mean hint):
   (:class:`metstrack.train.config.TrainConfig`, with ``[train.model]``,
   ``[train.data]``...); each entry below replaces only the network name,
   the prior-mask switch and (optionally) the width
-* ``[budget]``      the equal CPU budget: wall-clock minutes and/or steps per
-  model, torch threads, one subprocess per model
+* ``[budget]``      the equal budget: optimiser steps and/or wall-clock minutes
+  per model, training seeds, torch threads, one subprocess per model
+* ``regimes``       label regimes trained (``all``: every study's label;
+  ``radiosurgery``: only the studies the release labels, as in the real data)
+* ``[froc]``        the common FP/scan target and the FROC comparison
+  (:mod:`metstrack.benchmark.froc_report`)
 * ``[predict]``     sliding-window inference on the test patients
 * ``[evaluation]``  :class:`metstrack.workflows.evaluate.EvaluationConfig`
 * ``[tracking]``    :class:`metstrack.tracking.config.TrackConfig`
@@ -29,6 +33,7 @@ from pathlib import Path
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
+from metstrack.metrics.froc import DEFAULT_THRESHOLDS
 from metstrack.models.registry import MODELS
 from metstrack.synth.config import SynthConfig
 from metstrack.tracking.config import TrackConfig
@@ -70,12 +75,43 @@ class BudgetConfig:
         threads: torch CPU threads per model (0: torch's default).
         isolate: Run each model (training and inference) in its own spawned
             subprocess, so one model's memory never inflates another's peak.
+        seeds: Training seeds; every arm trains once per seed (empty: the
+            ``[train.trainer]`` seed only).
     """
 
     train_minutes: float = 5.0
     max_steps: int = -1
     threads: int = 0
     isolate: bool = True
+    seeds: tuple[int, ...] = ()
+
+
+#: Label regimes: ``all`` trains on every study's label; ``radiosurgery`` only on
+#: the labels the release flags (radiosurgery planning studies), as in NYUMets.
+REGIMES = ("all", "radiosurgery")
+
+
+@dataclass(frozen=True)
+class FrocSettings:
+    """The common operating point and the comparison between arms.
+
+    Attributes:
+        enabled: Predict the validation patients too and compare the arms by FROC.
+        fp_per_scan_target: The common false-positive rate at which every run's
+            threshold is picked on its validation patients.
+        thresholds: Increasing probability thresholds of the FROC grid, in (0, 1].
+        reference: Arm every other arm is compared with (paired bootstrap); no
+            comparison when it is not among the arms.
+        n_bootstrap: Bootstrap replicates of each paired difference.
+        seed: Seed of the bootstrap.
+    """
+
+    enabled: bool = True
+    fp_per_scan_target: float = 1.0
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    reference: str = "unet"
+    n_bootstrap: int = 2000
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +152,8 @@ class BenchmarkConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackConfig = field(default_factory=TrackConfig)
     models: tuple[ModelEntry, ...] = field(default_factory=_default_models)
+    regimes: tuple[str, ...] = ("all",)
+    froc: FrocSettings = field(default_factory=FrocSettings)
 
 
 def load_benchmark_config(
@@ -172,6 +210,25 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
         )
     if b.threads < 0:
         raise ConfigError(f"{where}: budget.threads = {b.threads} must be >= 0")
+    if any(int(x) < 0 for x in b.seeds) or len(set(b.seeds)) != len(b.seeds):
+        raise ConfigError(f"{where}: budget.seeds {list(b.seeds)} must be distinct and >= 0")
+    if not cfg.regimes or len(set(cfg.regimes)) != len(cfg.regimes):
+        raise ConfigError(f"{where}: regimes {list(cfg.regimes)} must name each regime once")
+    for r in cfg.regimes:
+        if r not in REGIMES:
+            raise ConfigError(f"{where}: unknown regime {r!r}; {did_you_mean(r, REGIMES)}")
+    f = cfg.froc
+    th = list(f.thresholds)
+    if (
+        not th
+        or any(not 0 < t <= 1 for t in th)
+        or any(b2 <= a for a, b2 in zip(th, th[1:], strict=False))
+    ):
+        raise ConfigError(f"{where}: froc.thresholds {th} must increase within (0, 1]")
+    if f.fp_per_scan_target < 0 or f.n_bootstrap < 1:
+        raise ConfigError(
+            f"{where}: froc.fp_per_scan_target must be >= 0 and froc.n_bootstrap >= 1"
+        )
     p = cfg.predict
     if not 0.0 <= p.overlap < 1.0:
         raise ConfigError(f"{where}: predict.overlap = {p.overlap} must lie in [0, 1)")
@@ -202,13 +259,23 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
         check_train_config(model_train_config(cfg, m), where=f"{where} ({m.name})")
 
 
-def model_train_config(cfg: BenchmarkConfig, entry: ModelEntry) -> TrainConfig:
-    """The training config of one row: the shared ``[train]`` with the entry and budget applied.
+def run_seeds(cfg: BenchmarkConfig) -> tuple[int, ...]:
+    """The training seeds of every arm: ``budget.seeds``, else the trainer's seed."""
+    return tuple(cfg.budget.seeds) or (cfg.train.trainer.seed,)
 
-    Every row gets the same seed, threads, wall-clock budget and step limit;
-    only the network name, prior-mask switch and (optionally) width differ.
+
+def model_train_config(
+    cfg: BenchmarkConfig, entry: ModelEntry, *, seed: int | None = None, regime: str = "all"
+) -> TrainConfig:
+    """The training config of one run: the shared ``[train]`` with the entry and budget applied.
+
+    Every run gets the same threads, wall-clock budget and step limit; only the
+    network name, prior-mask switch, (optionally) width, the seed and the label
+    regime differ. ``regime="radiosurgery"`` trains only on the labels the
+    release flags; ``"all"`` on every label present.
     """
     t = cfg.train
+    t = replace(t, data=replace(t.data, use_all_labels=regime == "all"))
     model = replace(
         t.model,
         name=entry.network,
@@ -220,6 +287,7 @@ def model_train_config(cfg: BenchmarkConfig, entry: ModelEntry) -> TrainConfig:
         t.trainer,
         time_budget_min=b.train_minutes,
         max_steps=b.max_steps,
+        seed=t.trainer.seed if seed is None else int(seed),
         max_epochs=-1 if b.train_minutes > 0 or b.max_steps > 0 else t.trainer.max_epochs,
         threads=b.threads,
         progress_bar=False,

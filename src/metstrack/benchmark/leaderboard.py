@@ -5,6 +5,7 @@ Columns (:data:`COLUMNS`, in order; rates in [0, 1], NaN where undefined):
 ==============================  ==================================================
 ``model``                       row name from the config
 ``network``, ``prior_mask``     registry name and prior-mask switch
+``regime``, ``seed``            label regime and training seed of the run
 ``sensitivity_lt10_mm3``        pooled sensitivity for reference lesions < 10 mm3
 ``sensitivity_10_100_mm3`` ...  the other volume strata (from ``evaluation.volume_bins_mm3``)
 ``*_ci_low``, ``*_ci_high``     patient-level bootstrap interval of the < 10 mm3
@@ -82,6 +83,8 @@ _TAIL = (
     "n_test_studies",
     "n_ref_lesions",
     "n_ref_lesions_lt10_mm3",
+    "regime",
+    "seed",
 )
 #: Provenance columns (same value on every row).
 PROVENANCE = (

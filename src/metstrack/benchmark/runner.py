@@ -47,7 +47,17 @@ from metstrack.benchmark.config import (
     ModelEntry,
     PredictSettings,
     model_train_config,
+    run_seeds,
     select_models,
+)
+from metstrack.benchmark.froc_report import (
+    RUN_FILE,
+    RunDetections,
+    load_scans,
+    new_lesion_flags,
+    run_scans,
+    save_scans,
+    write_froc,
 )
 from metstrack.benchmark.leaderboard import (
     describe_machine,
@@ -153,11 +163,14 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- one model
 
 
-def model_fingerprint(cfg: BenchmarkConfig, entry: ModelEntry) -> str:
-    """Hash of the model's training config, the budget, inference settings and the cohort."""
+def model_fingerprint(
+    cfg: BenchmarkConfig, entry: ModelEntry, *, seed: int | None = None, regime: str = "all"
+) -> str:
+    """Hash of the run's training config (seed and regime included), the budget, inference
+    settings and the cohort."""
     return config_fingerprint(
         {
-            "train": to_dict(model_train_config(cfg, entry)),
+            "train": to_dict(model_train_config(cfg, entry, seed=seed, regime=regime)),
             "budget": to_dict(cfg.budget),
             "predict": to_dict(cfg.predict),
             "cohort": to_dict(cfg.cohort),
@@ -174,6 +187,7 @@ def train_and_predict(
     *,
     fingerprint: str,
     threads: int = 0,
+    extra_patients: Sequence[str] = (),
 ) -> StageResult:
     """Train one model, predict the test patients, and record cost (``stage.json``).
 
@@ -185,6 +199,8 @@ def train_and_predict(
         predict: Inference settings.
         fingerprint: Stored in ``stage.json`` for resuming.
         threads: torch CPU threads for inference (0: leave as is).
+        extra_patients: Also predicted after the timed test patients (the
+            validation patients, for picking the FROC operating point).
 
     Returns:
         The :class:`StageResult` (also written to ``model_dir/stage.json``).
@@ -220,6 +236,9 @@ def train_and_predict(
         predict_patient(model, pid, studies, pred_root, options=options)
         n_studies += len(studies)
     infer_s = time.perf_counter() - t1
+    for pid in extra_patients:
+        studies = load_patient_studies(cohort.patient(pid), tuple(mcfg.modalities))
+        predict_patient(model, pid, studies, pred_root, options=options)
     stage = StageResult(
         fingerprint=fingerprint,
         train_steps=int(result.global_step),
@@ -238,7 +257,7 @@ def train_and_predict(
 
 
 def _worker(args: tuple) -> None:  # pragma: no cover - runs in a spawned subprocess
-    train_cfg, data_dir, model_dir, test_patients, predict, fingerprint, threads = args
+    train_cfg, data_dir, model_dir, test_patients, predict, fingerprint, threads, extra = args
     _die_with_parent()
     model_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(model_dir / "worker.log", mode="w", encoding="utf-8")
@@ -259,6 +278,7 @@ def _worker(args: tuple) -> None:  # pragma: no cover - runs in a spawned subpro
             predict,
             fingerprint=fingerprint,
             threads=threads,
+            extra_patients=extra,
         )
     except BaseException:
         root.error("model run failed:\n%s", traceback.format_exc())
@@ -401,6 +421,53 @@ def leaderboard_row(
 # ---------------------------------------------------------------- the whole benchmark
 
 
+def _run_detections(
+    cfg: BenchmarkConfig,
+    cohort,
+    data_dir: Path,
+    model_dir: Path,
+    stage: StageResult,
+    key: tuple[str, str, int],
+    test_ids: Sequence[str],
+    val_ids: Sequence[str],
+    new_lesions: dict[str, set[int]],
+) -> RunDetections:
+    """One run's FROC detections on validation and test patients (cached in ``froc.json``)."""
+    path = model_dir / RUN_FILE
+    marker = {"fingerprint": stage.fingerprint, "thresholds": list(cfg.froc.thresholds)}
+    key_path = model_dir / (RUN_FILE + ".key")
+    cached = None
+    if (
+        path.is_file()
+        and key_path.is_file()
+        and json.loads(key_path.read_text(encoding="utf-8")) == marker
+    ):
+        cached = load_scans(path)
+    if cached is None:
+        pred_root = model_dir / "pred"
+
+        def studies(ids: Sequence[str]) -> dict[str, list[str]]:
+            return {pid: [s.study_id for s in cohort.patient(pid).studies] for pid in ids}
+
+        common = {"thresholds": cfg.froc.thresholds, "new_lesions": new_lesions}
+        val = run_scans(data_dir, pred_root, studies(val_ids), **common)
+        test = run_scans(data_dir, pred_root, studies(test_ids), **common)
+        save_scans(path, val, test)
+        write_json_atomic(key_path, marker)
+        cached = (val, test)
+    regime, arm, seed = key
+    return RunDetections(
+        regime=regime,
+        arm=arm,
+        seed=seed,
+        validation=cached[0],
+        test=cached[1],
+        train_steps=stage.train_steps,
+        train_time_s=stage.train_time_s,
+        train_peak_rss_mb=stage.train_peak_rss_mb,
+    )
+
+
 def _cohort(cfg: BenchmarkConfig, out: Path, on_event: Callable[[str], None]) -> Path:
     data_dir = out / "cohort"
     fp = config_fingerprint(cfg.cohort)
@@ -472,42 +539,59 @@ def run_benchmark(
     if not test_ids:
         raise DatasetError(f"{data_dir}: the cohort has no test patient; raise cohort.n_patients")
 
-    rows = []
-    for k, entry in enumerate(entries, 1):
-        model_dir = out / "models" / entry.name
-        fp = model_fingerprint(cfg, entry)
+    val_ids = [p.patient_id for p in cohort.split("val")] if cfg.froc.enabled else []
+    seeds = run_seeds(cfg)
+    single = cfg.regimes == ("all",) and len(seeds) == 1
+    runs = [(regime, entry, seed) for regime in cfg.regimes for entry in entries for seed in seeds]
+    new_lesions = new_lesion_flags(data_dir) if cfg.froc.enabled else {}
+    rows, detections = [], []
+    for k, (regime, entry, seed) in enumerate(runs, 1):
+        label = entry.name if single else f"{entry.name} [{regime}, seed {seed}]"
+        model_dir = out / "models" / (entry.name if single else f"{regime}/{entry.name}/seed{seed}")
+        fp = model_fingerprint(cfg, entry, seed=seed, regime=regime)
         stage_path = model_dir / STAGE_FILE
         stage = None
         if stage_path.is_file():
             old = _read_stage(model_dir)
             if old.fingerprint == fp:
                 stage = old
-                emit(f"[{k}/{len(entries)}] {entry.name}: reusing the finished run")
+                emit(f"[{k}/{len(runs)}] {label}: reusing the finished run")
         if stage is None:
             emit(
-                f"[{k}/{len(entries)}] {entry.name}: training ({cfg.budget.train_minutes:g} min"
+                f"[{k}/{len(runs)}] {label}: training ({cfg.budget.train_minutes:g} min"
                 + (f", {cfg.budget.max_steps} steps" if cfg.budget.max_steps > 0 else "")
-                + f") and predicting {len(test_ids)} test patients"
+                + f") and predicting {len(test_ids)} test"
+                + (f" and {len(val_ids)} validation" if val_ids else "")
+                + " patients"
             )
             args = (
-                model_train_config(cfg, entry),
+                model_train_config(cfg, entry, seed=seed, regime=regime),
                 data_dir,
                 model_dir,
                 tuple(test_ids),
                 cfg.predict,
                 fp,
                 cfg.budget.threads,
+                tuple(val_ids),
             )
             if cfg.budget.isolate:
                 stage = _run_isolated(args, model_dir, entry.name)
             else:
-                stage = train_and_predict(*args[:5], fingerprint=fp, threads=cfg.budget.threads)
-        emit(f"[{k}/{len(entries)}] {entry.name}: evaluating and tracking")
+                stage = train_and_predict(
+                    *args[:5], fingerprint=fp, threads=cfg.budget.threads, extra_patients=args[7]
+                )
+        emit(f"[{k}/{len(runs)}] {label}: evaluating and tracking")
         pred_root = model_dir / "pred"
         evaluation = evaluate_model(cfg, data_dir, pred_root, test_ids, model_dir / "evaluation")
         tracking = track_model(cfg, cohort, pred_root, test_ids)
         write_json_atomic(model_dir / "tracking.json", tracking.as_dict())
-        rows.append(leaderboard_row(entry, stage, evaluation, tracking, cfg, len(test_ids)))
+        row = leaderboard_row(entry, stage, evaluation, tracking, cfg, len(test_ids))
+        rows.append({**row, "model": label, "regime": regime, "seed": seed})
+        if cfg.froc.enabled:
+            detections.append(
+                _run_detections(cfg, cohort, data_dir, model_dir, stage, (regime, entry.name, seed),
+                                test_ids, val_ids, new_lesions)
+            )  # fmt: skip
 
     provenance = {
         **to_dict(machine),
@@ -519,6 +603,10 @@ def run_benchmark(
     )
     paths = write_leaderboard(frame, out, volume_bins_mm3=cfg.evaluation.volume_bins_mm3)
     emit(f"leaderboard: {paths['md']}")
+    if detections:
+        froc_paths = write_froc(detections, out, cfg.froc)
+        paths = {**paths, **{f"froc_{k}": v for k, v in froc_paths.items()}}
+        emit(f"FROC comparison: {froc_paths['md']}")
     return BenchmarkResult(out_dir=out, leaderboard=frame, paths=paths)
 
 

@@ -84,12 +84,20 @@ def demo(
     ):
         if key in h:
             t.add_row(label, "n/a (undefined)" if h[key] is None else f.format(h[key]))
+    if "tracked_hr_per_cm3_month" in h:
+        t.add_row(
+            f"HR per cm3/month, tracked burden ({int(h['tracked_survival_patients'])})",
+            f"{h['tracked_hr_per_cm3_month']:.2f} (95% CI {h['tracked_hr_lower_95']:.2f}-"
+            f"{h['tracked_hr_upper_95']:.2f})",
+        )
     if "hr_per_cm3_month" in h:
         t.add_row(
-            f"HR per cm3/month of burden change ({int(h['survival_patients'])} patients)",
+            f"HR per cm3/month, clinical cohort ({int(h['survival_patients'])})",
             f"{h['hr_per_cm3_month']:.2f} (95% CI {h['hr_lower_95']:.2f}-{h['hr_upper_95']:.2f}); planted 1.27",
         )
     total = sum(s for _, s, _ in res.steps)
     t.add_row("time", f"{total / 60:.1f} min")
     console.print(Panel(t, title="metstrack demo: done", subtitle=f"report: {res.report}"))
+    if "tracked_survival" in h:
+        console.print(f"Survival on the tracked burden: {h['tracked_survival']}.", soft_wrap=True)
     console.print(f"Open the report: {res.report.resolve()}")

@@ -58,17 +58,14 @@ def pretrain(
     from metstrack.train.pretrain_config import load_pretrain_config
 
     _quiet_lightning()
-    items = list(overrides or [])
-    for key, value in (
-        ("objective.name", objective),
-        ("trainer.max_steps", max_steps),
-        ("trainer.time_budget_min", time_budget_min),
-        ("trainer.seed", seed),
-    ):
-        if value is not None:
-            items.append(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}")
+    values = {
+        "objective.name": objective,
+        "trainer.max_steps": max_steps,
+        "trainer.time_budget_min": time_budget_min,
+        "trainer.seed": seed,
+    }
     try:
-        cfg = load_pretrain_config(config, items)
+        cfg = load_pretrain_config(config, list(overrides or []), values=values)
     except ConfigError as exc:
         usage_error(exc)
     with guarded():

@@ -13,9 +13,13 @@ printed before it runs, so any step can be rerun alone):
                    each study's native grid
 6. ``evaluate``    lesion-wise and small-lesion metrics against the labels
 7. ``track``       lesion identities through time, burden, rates, response
-8. ``synth --clinical-only`` + ``survival``  Cox and Kaplan-Meier on a
-                   synthetic clinical cohort of the published size (1,429)
-9. ``report``      the HTML report
+8. ``survival --tracking``  Cox on the burden the demo measured and tracked,
+                   when the imaging cohort has enough deaths for a fit
+                   (:data:`MIN_DEATHS_FOR_COX`); otherwise one line says so
+9. ``synth --clinical-only`` + ``survival``  Cox and Kaplan-Meier on a
+                   synthetic clinical cohort of the published size (1,429),
+                   shown in the report as a separate, labelled cohort
+10. ``report``     the HTML report
 
 Every output lands under one folder and every step is registered in the
 cohort catalog ``<out>/catalog.sqlite``.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -41,7 +46,7 @@ from metstrack.core.atomic import write_json_atomic
 from metstrack.errors import DatasetError, MetstrackError
 from metstrack.infer.run import PredictRequest, predict_dataset
 from metstrack.io.layouts import read_dataset
-from metstrack.io.release import read_release
+from metstrack.io.release import read_clinical_tables, read_release
 from metstrack.io.tracks import MaskSource
 from metstrack.io.validate import validate_dataset
 from metstrack.preprocess.config import PreprocessConfig
@@ -53,7 +58,7 @@ from metstrack.synth.config import SynthConfig
 from metstrack.train.api import train
 from metstrack.train.config import load_train_config
 from metstrack.workflows.evaluate import EvaluationConfig, evaluate_predictions
-from metstrack.workflows.survival import survival_from_dataset
+from metstrack.workflows.survival import PRIMARY, survival_from_dataset
 from metstrack.workflows.synth import generate_cohort, write_clinical_only
 from metstrack.workflows.track import track_dataset
 
@@ -64,6 +69,10 @@ SHIPPED_CHECKPOINT = "stt_demo.pt"
 SHIPPED_PROVENANCE = "stt_demo.json"
 #: Title of the demo's report.
 REPORT_TITLE = "metstrack demo (synthetic cohort)"
+#: Fewest deaths for a Cox fit of the rate alone (the usual 10 events per covariate).
+MIN_DEATHS_FOR_COX = 10
+#: What the tracked-burden survival step writes when it does not fit.
+NOT_FITTED = "not_fitted.json"
 
 
 @dataclass(frozen=True)
@@ -127,8 +136,10 @@ class DemoPaths:
         predictions: Prediction root.
         evaluation: Evaluation tables.
         tracking: Tracking tables and maps.
+        survival_tracked: Survival of the imaging cohort on its tracked burden
+            (or ``not_fitted.json`` saying why not).
         clinical: The clinical-only survival cohort.
-        survival: Survival tables and curves.
+        survival: Survival tables and curves of the clinical cohort.
         report: The HTML report.
         catalog: The cohort catalog every step registers in.
     """
@@ -140,6 +151,7 @@ class DemoPaths:
     predictions: Path
     evaluation: Path
     tracking: Path
+    survival_tracked: Path
     clinical: Path
     survival: Path
     report: Path
@@ -342,6 +354,43 @@ def track_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
     )
 
 
+def tracked_survival_reason(paths: DemoPaths) -> str | None:
+    """Why the imaging cohort is too small for a Cox fit on its tracked burden (None: it is not)."""
+    patients, _, _ = read_clinical_tables(paths.data)
+    deaths = int(sum(bool(p.death) for p in patients))
+    if deaths < MIN_DEATHS_FOR_COX:
+        return (
+            f"the imaging cohort has {len(patients)} patients and {deaths} deaths, too few for a "
+            f"Cox fit on its tracked burden (at least {MIN_DEATHS_FOR_COX} deaths); the survival "
+            "section is a separate clinical cohort"
+        )
+    return None
+
+
+def tracked_survival_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
+    """Step 8: Cox on the burden the demo tracked, or one line saying the cohort is too small."""
+    argv = ("survival", "--data", str(paths.data), "--tracking", str(paths.tracking), "--out",
+            str(paths.survival_tracked), "--covariates", PRIMARY, "--no-time-varying")  # fmt: skip
+    scfg = load_config(SurvivalConfig, values={"covariates": [PRIMARY], "time_varying": False})
+
+    def run() -> None:
+        reason = tracked_survival_reason(paths)
+        if reason is not None:
+            log.info("survival on the tracked burden: %s", reason)
+            write_json_atomic(paths.survival_tracked / NOT_FITTED, {"reason": reason})
+            return
+        survival_from_dataset(paths.data, paths.survival_tracked, scfg, tracking=paths.tracking)
+
+    return DemoStep("survival (tracked burden)", argv, run)
+
+
+def report_survival(paths: DemoPaths) -> Path:
+    """The survival folder the report shows: the tracked-burden fit when there is one."""
+    if (paths.survival_tracked / "summary.json").is_file():
+        return paths.survival_tracked
+    return paths.survival
+
+
 def clinical_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
     """Step 8a: a clinical-only cohort of the published size for the survival analysis."""
     argv = ("synth", "--clinical-only", "--patients", str(cfg.clinical_patients), "--seed",
@@ -369,17 +418,18 @@ def survival_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
 
 
 def report_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
-    """Step 9: the HTML report."""
+    """Step 10: the HTML report (its survival section names the cohort it comes from)."""
+    survival = report_survival(paths) if paths.survival_tracked.exists() else paths.survival
     argv = ("report", "--data", str(paths.data), "--predictions", str(paths.predictions),
             "--evaluation", str(paths.evaluation), "--tracking", str(paths.tracking),
-            "--survival", str(paths.survival), "--out", str(paths.report), "--title",
+            "--survival", str(survival), "--out", str(paths.report), "--title",
             REPORT_TITLE)  # fmt: skip
-    inputs = ReportInputs(
-        paths.data, paths.predictions, paths.evaluation, paths.tracking, paths.survival,
-        REPORT_TITLE,
-    )  # fmt: skip
 
     def run() -> None:
+        inputs = ReportInputs(
+            paths.data, paths.predictions, paths.evaluation, paths.tracking,
+            report_survival(paths), REPORT_TITLE,
+        )  # fmt: skip
         cohort = read_dataset(paths.data)
         build_report(
             inputs, paths.report, cohort=cohort, patients=[p.patient_id for p in cohort.patients]
@@ -401,6 +451,7 @@ def demo_steps(cfg: DemoConfig, paths: DemoPaths) -> list[DemoStep]:
             predict_step,
             evaluate_step,
             track_step,
+            tracked_survival_step,
             clinical_step,
             survival_step,
             report_step,
@@ -474,6 +525,7 @@ def register_step(catalog: Catalog, step: DemoStep, paths: DemoPaths) -> None:
         "predict": paths.predictions,
         "evaluate": paths.evaluation,
         "track": paths.tracking,
+        "survival (tracked burden)": paths.survival_tracked,
         "clinical cohort": paths.clinical,
         "survival": paths.survival,
         "report": paths.report,
@@ -482,7 +534,7 @@ def register_step(catalog: Catalog, step: DemoStep, paths: DemoPaths) -> None:
         catalog.register_dataset(read_release(paths.data))
     if folder is None:  # validate writes nothing; preprocess registers itself
         return
-    kind = step.name.replace(" ", "-")
+    kind = re.sub(r"[^a-z0-9]+", "-", step.name.lower()).strip("-")
     run_id = catalog.begin_run(
         kind, {"argv": list(step.argv)}, source=str(paths.data), output=str(folder)
     )
@@ -528,6 +580,19 @@ def _headline(paths: DemoPaths) -> dict[str, float | str]:
     if tr.is_file():
         t = pd.read_csv(tr)
         h["tracked_lesions"] = float(t[["patient_id", "lesion_id"]].drop_duplicates().shape[0])
+    tracked = paths.survival_tracked
+    if (tracked / "summary.json").is_file():
+        s = json.loads((tracked / "summary.json").read_text())["headline"]
+        h.update(
+            {
+                "tracked_hr_per_cm3_month": s["hr_rate_volume_per_cm3_month"],
+                "tracked_hr_lower_95": s["hr_lower_95"],
+                "tracked_hr_upper_95": s["hr_upper_95"],
+                "tracked_survival_patients": s["n_patients"],
+            }
+        )
+    elif (tracked / NOT_FITTED).is_file():
+        h["tracked_survival"] = json.loads((tracked / NOT_FITTED).read_text())["reason"]
     sv = paths.survival / "summary.json"
     if sv.is_file():
         s = json.loads(sv.read_text())["headline"]

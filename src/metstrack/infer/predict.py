@@ -54,7 +54,7 @@ from metstrack.io.nifti import check_same_grid, read_label, read_volume, write_v
 from metstrack.models.base import SequenceModel
 from metstrack.preprocess.brain import estimate_brain_mask
 from metstrack.preprocess.intensity import zscore_in_brain
-from metstrack.preprocess.study import brain_mask_path
+from metstrack.preprocess.outputs import brain_mask_path
 from metstrack.types import Patient, Volume
 
 #: The sequence a brain mask is estimated on (T1 post).

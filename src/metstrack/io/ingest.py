@@ -286,25 +286,12 @@ def _clean_partials(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _ingest_study(
-    uid: str,
-    series: list[DicomSeriesInfo],
-    scan: DicomScan,
-    out: Path,
-    entry: dict,
-    cfg: IngestConfig,
-) -> tuple[StudyOutcome, list[str], list[str]]:
-    pid, sid = entry["patient_id"], entry["study_id"]
-    final = schema.study_dir(out, pid, sid)
-    if final.exists():
-        have = tuple(s for s in SEQUENCES if (final / f"{s}.nii.gz").exists())
-        return StudyOutcome(pid, sid, "skipped", have), [], []
+def _rtstruct_references(
+    structs: list[DicomSeriesInfo],
+) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Every readable RTSTRUCT file and the series it references; problems for the others."""
+    refs: list[tuple[Path, str]] = []
     problems: list[str] = []
-    unclassified: list[str] = []
-    images = [s for s in series if s.is_image]
-    structs = [s for s in series if s.modality == "RTSTRUCT"]
-    # the planning scan: the series the (first usable) RTSTRUCT references
-    rt_refs: list[tuple[Path, str]] = []
     for st in structs:
         for f in st.files:
             try:
@@ -312,12 +299,35 @@ def _ingest_study(
             except DicomSeriesError as exc:
                 problems.append(str(exc))
                 continue
-            rt_refs.append((f, ss.referenced_series_uid))
-    chosen: dict[str, DicomSeriesInfo] = {}
-    provenance_series = []
+            refs.append((f, ss.referenced_series_uid))
+    return refs, problems
+
+
+@dataclass
+class _Classified:
+    """Image series of a study sorted into sequences.
+
+    Attributes:
+        chosen: Sequence -> series (the lowest SeriesNumber wins a tie).
+        provenance: One record per image series (description, sequence, rule).
+        unclassified: Messages for series no rule placed.
+        problems: Messages for second series of one sequence.
+    """
+
+    chosen: dict[str, DicomSeriesInfo] = field(default_factory=dict)
+    provenance: list[dict] = field(default_factory=list)
+    unclassified: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _classify_images(
+    images: list[DicomSeriesInfo], rt_refs: list[tuple[Path, str]], sid: str, cfg: IngestConfig
+) -> _Classified:
+    """Step 1: each image series to a sequence by the classification rules."""
+    out = _Classified()
     for s in sorted(images, key=lambda s: (s.series_number, s.series_uid)):
         c = classify_series(s, cfg.classify)
-        provenance_series.append(
+        out.provenance.append(
             {
                 "series": uid_suffix(s.series_uid),
                 "description": s.series_description,
@@ -328,35 +338,71 @@ def _ingest_study(
         if c.sequence is None:
             if any(s.series_uid == ref for _, ref in rt_refs):
                 continue  # the planning scan is placed by its RTSTRUCT, not by the rules
-            unclassified.append(f"{s.where}: unclassified series, {c.reason}")
+            out.unclassified.append(f"{s.where}: unclassified series, {c.reason}")
             continue
-        if c.sequence in chosen:
-            problems.append(
+        if c.sequence in out.chosen:
+            out.problems.append(
                 f"{s.where}: a second series classified {c.sequence} in study {sid}; kept "
-                f"{uid_suffix(chosen[c.sequence].series_uid)} (lower SeriesNumber)"
+                f"{uid_suffix(out.chosen[c.sequence].series_uid)} (lower SeriesNumber)"
             )
             continue
-        chosen[c.sequence] = s
-    volumes: dict[str, Volume] = {}
-    loaded: dict[str, Volume] = {}
+        out.chosen[c.sequence] = s
+    return out
 
-    def load(s: DicomSeriesInfo) -> Volume | None:
-        if s.series_uid in loaded:
-            return loaded[s.series_uid]
+
+@dataclass
+class _SeriesLoader:
+    """Loads each series once; a series that does not load is appended to ``problems``."""
+
+    spacing_rtol: float
+    problems: list[str]
+    loaded: dict[str, Volume] = field(default_factory=dict)
+
+    def __call__(self, s: DicomSeriesInfo) -> Volume | None:
+        """The series' volume, or ``None`` (the reason recorded in ``problems``)."""
+        if s.series_uid in self.loaded:
+            return self.loaded[s.series_uid]
         try:
-            v = load_series(s, spacing_rtol=cfg.spacing_rtol)
+            v = load_series(s, spacing_rtol=self.spacing_rtol)
         except DicomSeriesError as exc:
-            problems.append(str(exc))
+            self.problems.append(str(exc))
             return None
-        loaded[s.series_uid] = v
+        self.loaded[s.series_uid] = v
         return v
 
-    for seq in (*MODALITIES, PLANNING_SEQUENCE):
-        if seq in chosen and (v := load(chosen[seq])) is not None:
-            volumes[seq] = v
-    rois_rows: list[dict] = []
-    instances: Volume | None = None
+
+@dataclass
+class _Lesions:
+    """The study's lesion mask from its first usable RTSTRUCT.
+
+    Attributes:
+        label: Binary mask on the planning scan's grid, or ``None``.
+        instances: One value per ROI (``rtstruct_instances.nii.gz``), or ``None``.
+        rois: One row per ROI for ``rtstruct_rois.csv``.
+        planning: Volumes of the referenced MR series (planning scans), in RTSTRUCT order.
+    """
+
     label: Volume | None = None
+    instances: Volume | None = None
+    rois: list[dict] = field(default_factory=list)
+    planning: list[Volume] = field(default_factory=list)
+
+
+def _rasterise_lesions(
+    rt_refs: list[tuple[Path, str]],
+    scan: DicomScan,
+    load: _SeriesLoader,
+    pid: str,
+    sid: str,
+    cfg: IngestConfig,
+    problems: list[str],
+) -> _Lesions:
+    """Step 2: the first usable RTSTRUCT on an MR series, rasterised onto that series.
+
+    Messages for RTSTRUCTs that cannot be used are appended to ``problems`` (in
+    order with the loader's).
+    """
+    out = _Lesions()
     for f, ref_uid in rt_refs:
         ref = scan.find(ref_uid) if ref_uid else None
         if ref is None or not ref.is_image:
@@ -374,16 +420,14 @@ def _ingest_study(
                 f"written for study {sid}; export the plan's MR series (or contours on it) instead"
             )
             continue
-        if label is not None:
+        if out.label is not None:
             problems.append(f"{f}: a second RTSTRUCT in study {sid}; only the first is used")
             continue
         vol = load(ref)
         if vol is None:
             continue
         # the referenced series is the planning scan even when no ROI can be used
-        volumes[PLANNING_SEQUENCE] = vol
-        if "CT1" not in volumes:
-            volumes["CT1"] = vol
+        out.planning.append(vol)
         try:
             ss = read_rtstruct(f)
             check_reference(ss, ref.series_uid, {i.sop_instance_uid for i in ref.instances})
@@ -401,8 +445,8 @@ def _ingest_study(
             problems.append(str(exc))
             continue
         problems += list(masks.problems)
-        label, instances = masks.binary, masks.instances
-        rois_rows = [
+        out.label, out.instances = masks.binary, masks.instances
+        out.rois = [
             {
                 "PatientID": pid,
                 "StudyID": sid,
@@ -415,11 +459,18 @@ def _ingest_study(
             }
             for r in masks.rois
         ]
-    if not volumes:
-        msg = f"study {sid} ({series[0].folders[0]}): no usable classified image series"
-        return StudyOutcome(pid, sid, "failed", (), msg), unclassified, problems
-    inverse = {id(v): uid for uid, v in loaded.items()}
-    entry["series"] = {seq: inverse[id(v)] for seq, v in volumes.items()}  # private mapping only
+    return out
+
+
+def _write_study(
+    out: Path,
+    final: Path,
+    volumes: dict[str, Volume],
+    lesions: _Lesions,
+    provenance: dict,
+) -> None:
+    """Step 3: write the study into a partial folder, then move it into place at once."""
+    sid = final.name
     tmp = final.parent / f".{sid}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -427,29 +478,66 @@ def _ingest_study(
             write_volume(
                 vol.with_array(vol.array.astype(np.float32, copy=False)), tmp / f"{seq}.nii.gz"
             )
-        if label is not None:
-            write_volume(label, tmp / f"{LABEL_SEQUENCE}.nii.gz", dtype=np.uint8)
+        if lesions.label is not None:
+            write_volume(lesions.label, tmp / f"{LABEL_SEQUENCE}.nii.gz", dtype=np.uint8)
         side = out / INGEST_DIR / sid
-        if instances is not None:
-            write_volume(instances, side / "rtstruct_instances.nii.gz", dtype=np.uint16)
-        write_json_atomic(
-            side / "provenance.json",
-            {
-                "patient_id": pid,
-                "study_id": sid,
-                "series": provenance_series,
-                "rois": rois_rows,
-                # messages name source folders, which may be identifying: counts only here
-                "problems": len(problems),
-                "unclassified": len(unclassified),
-                "config_fingerprint": config_fingerprint(cfg),
-                "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            },
-        )
+        if lesions.instances is not None:
+            write_volume(lesions.instances, side / "rtstruct_instances.nii.gz", dtype=np.uint16)
+        write_json_atomic(side / "provenance.json", provenance)
         os.replace(tmp, final)  # the commit point: a study is all there or absent
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _ingest_study(
+    uid: str,
+    series: list[DicomSeriesInfo],
+    scan: DicomScan,
+    out: Path,
+    entry: dict,
+    cfg: IngestConfig,
+) -> tuple[StudyOutcome, list[str], list[str]]:
+    """One study: classify its series, rasterise its RTSTRUCT, write it all at once.
+
+    Returns:
+        The outcome, messages for unclassified series, and other problems.
+    """
+    pid, sid = entry["patient_id"], entry["study_id"]
+    final = schema.study_dir(out, pid, sid)
+    if final.exists():
+        have = tuple(s for s in SEQUENCES if (final / f"{s}.nii.gz").exists())
+        return StudyOutcome(pid, sid, "skipped", have), [], []
+    rt_refs, problems = _rtstruct_references([s for s in series if s.modality == "RTSTRUCT"])
+    classified = _classify_images([s for s in series if s.is_image], rt_refs, sid, cfg)
+    problems += classified.problems
+    load = _SeriesLoader(cfg.spacing_rtol, problems)
+    volumes: dict[str, Volume] = {}
+    for seq in (*MODALITIES, PLANNING_SEQUENCE):
+        if seq in classified.chosen and (v := load(classified.chosen[seq])) is not None:
+            volumes[seq] = v
+    lesions = _rasterise_lesions(rt_refs, scan, load, pid, sid, cfg, problems)
+    if lesions.planning:
+        volumes[PLANNING_SEQUENCE] = lesions.planning[-1]
+        volumes.setdefault("CT1", lesions.planning[0])
+    unclassified = classified.unclassified
+    if not volumes:
+        msg = f"study {sid} ({series[0].folders[0]}): no usable classified image series"
+        return StudyOutcome(pid, sid, "failed", (), msg), unclassified, problems
+    inverse = {id(v): uid for uid, v in load.loaded.items()}
+    entry["series"] = {seq: inverse[id(v)] for seq, v in volumes.items()}  # private mapping only
+    provenance = {
+        "patient_id": pid,
+        "study_id": sid,
+        "series": classified.provenance,
+        "rois": lesions.rois,
+        # messages name source folders, which may be identifying: counts only here
+        "problems": len(problems),
+        "unclassified": len(unclassified),
+        "config_fingerprint": config_fingerprint(cfg),
+        "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    _write_study(out, final, volumes, lesions, provenance)
     written = tuple(s for s in SEQUENCES if (final / f"{s}.nii.gz").exists())
     return StudyOutcome(pid, sid, "written", written), unclassified, problems
 

@@ -235,12 +235,41 @@ def point_at(
     scans: Sequence[ScanFROC], threshold: float, stratum: Stratum = stratum_all
 ) -> tuple[float, float]:
     """(sensitivity, FP per scan) at one threshold of the grid."""
+    i = _threshold_index(scans, threshold)
+    curve = froc_curve(scans, stratum)
+    return float(curve.sensitivity[i]), float(curve.fp_per_scan[i])
+
+
+#: One trained model's scans and the threshold it operates at (picked on validation).
+Run = tuple[Sequence[ScanFROC], float]
+
+
+def at_operating_point(runs: Sequence[Run], stratum: Stratum = stratum_all) -> tuple[float, float]:
+    """Pooled (sensitivity, FP per scan) of one or more runs, each at its own threshold.
+
+    Several runs (for example one per training seed) are pooled lesion by
+    lesion and scan by scan.
+    """
+    hits = total = fps = scans = 0
+    for run_scans, threshold in runs:
+        i = _threshold_index(run_scans, threshold)
+        for s in run_scans:
+            sel = stratum(s.ref_volumes_mm3, s.ref_new)
+            hits += int(s.detected[i, sel].sum())
+            total += int(sel.sum())
+            fps += int(s.false_positives[i])
+            scans += 1
+    if scans == 0:
+        raise ValueError("no scans to pool")
+    return (hits / total if total else float("nan")), fps / scans
+
+
+def _threshold_index(scans: Sequence[ScanFROC], threshold: float) -> int:
     th = _check_grid(scans)
     hit = np.flatnonzero(np.isclose(th, threshold))
     if hit.size == 0:
         raise ValueError(f"threshold {threshold} is not on the grid {th.tolist()}")
-    curve = froc_curve(scans, stratum)
-    return float(curve.sensitivity[hit[0]]), float(curve.fp_per_scan[hit[0]])
+    return int(hit[0])
 
 
 @dataclass(frozen=True)
@@ -252,7 +281,7 @@ class PairedDifference:
         ci_low: Lower bound of the percentile interval.
         ci_high: Upper bound.
         n_patients: Test patients resampled.
-        n_bootstrap: Replicates drawn (replicates without a lesion of the stratum
+        n_bootstrap: Replicates used (replicates without a lesion of the stratum
             are left out of the interval).
         confidence: Interval level, e.g. 0.95.
     """
@@ -265,23 +294,29 @@ class PairedDifference:
     confidence: float
 
 
-def _per_patient(scans: Sequence[ScanFROC], threshold: float, stratum: Stratum, ids: list[str]):
-    th = _check_grid(scans)
-    i = int(np.flatnonzero(np.isclose(th, threshold))[0])
-    hits = dict.fromkeys(ids, 0)
-    tot = dict.fromkeys(ids, 0)
-    for s in scans:
-        sel = stratum(s.ref_volumes_mm3, s.ref_new)
-        hits[s.patient_id] += int(s.detected[i, sel].sum())
-        tot[s.patient_id] += int(sel.sum())
-    return np.array([hits[p] for p in ids], float), np.array([tot[p] for p in ids], float)
+def _per_patient(
+    runs: Sequence[Run], stratum: Stratum, ids: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Detected and reference lesion counts per patient, summed over the runs."""
+    pos = {p: k for k, p in enumerate(ids)}
+    hits = np.zeros(len(ids))
+    tot = np.zeros(len(ids))
+    for run_scans, threshold in runs:
+        i = _threshold_index(run_scans, threshold)
+        for s in run_scans:
+            sel = stratum(s.ref_volumes_mm3, s.ref_new)
+            hits[pos[s.patient_id]] += int(s.detected[i, sel].sum())
+            tot[pos[s.patient_id]] += int(sel.sum())
+    return hits, tot
+
+
+def _patients(runs: Sequence[Run]) -> list[str]:
+    return sorted({s.patient_id for run_scans, _ in runs for s in run_scans})
 
 
 def paired_bootstrap_difference(
-    a: Sequence[ScanFROC],
-    threshold_a: float,
-    b: Sequence[ScanFROC],
-    threshold_b: float,
+    a: Sequence[Run],
+    b: Sequence[Run],
     *,
     stratum: Stratum = stratum_all,
     n_bootstrap: int = 2000,
@@ -290,24 +325,28 @@ def paired_bootstrap_difference(
 ) -> PairedDifference:
     """Paired patient-level bootstrap of sensitivity(A) - sensitivity(B).
 
-    Both models must have been run on the same test patients and references.
-    Each replicate resamples patients with replacement and recomputes both
-    pooled sensitivities on the same resample.
+    ``a`` and ``b`` are the runs of two models (one per training seed, each at
+    its own operating threshold) on the same test patients. Each replicate
+    resamples patients with replacement and recomputes both pooled
+    sensitivities on the same resample, so the interval accounts for the
+    patients being shared.
+
+    Raises:
+        ValueError: The models were run on different patients.
     """
-    ids = sorted({s.patient_id for s in a})
-    if ids != sorted({s.patient_id for s in b}):
+    ids = _patients(a)
+    if ids != _patients(b):
         raise ValueError("the two models were not evaluated on the same patients")
-    ha, ta = _per_patient(a, threshold_a, stratum, ids)
-    hb, tb = _per_patient(b, threshold_b, stratum, ids)
-    if not np.array_equal(ta, tb):
-        raise ValueError("the two models were scored against different reference lesions")
-    total = ta.sum()
-    point = float((ha.sum() - hb.sum()) / total) if total else float("nan")
+    ha, ta = _per_patient(a, stratum, ids)
+    hb, tb = _per_patient(b, stratum, ids)
+    point = (
+        float(ha.sum() / ta.sum() - hb.sum() / tb.sum()) if ta.sum() and tb.sum() else float("nan")
+    )
     rng = np.random.default_rng(seed)
     w = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=n_bootstrap)
-    den = w @ ta
-    ok = den > 0
-    diffs = (w[ok] @ (ha - hb)) / den[ok]
+    den_a, den_b = w @ ta, w @ tb
+    ok = (den_a > 0) & (den_b > 0)
+    diffs = (w[ok] @ ha) / den_a[ok] - (w[ok] @ hb) / den_b[ok]
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(diffs, [alpha, 1 - alpha]) if diffs.size else (np.nan, np.nan)
     return PairedDifference(

@@ -8,7 +8,6 @@ reference, then :func:`preprocess_study` runs the named steps on each study
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ from metstrack.core.mapping import (
 )
 from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, LabelError, MetstrackError
-from metstrack.io.fingerprint import file_sha256
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import (
@@ -39,12 +37,18 @@ from metstrack.preprocess.brain import (
 )
 from metstrack.preprocess.config import (
     INTERPOLATIONS,
-    PREPROCESS_DIR,
     REFERENCE_SEQUENCE,
     PreprocessConfig,
     StudyOutcome,
 )
 from metstrack.preprocess.intensity import n4_correct, zscore_in_brain
+from metstrack.preprocess.outputs import (
+    brain_mask_path,
+    is_study_done,
+    provenance_path,
+    recorded_outputs,
+    study_fingerprint,
+)
 from metstrack.preprocess.register import register
 from metstrack.types import (
     LABEL_SEQUENCE,
@@ -56,37 +60,6 @@ from metstrack.types import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def study_fingerprint(study: Study) -> str:
-    """SHA-256 over the study's input files (names and bytes), first 16 hex digits."""
-    h = hashlib.sha256()
-    for s in sorted(study.series, key=lambda s: s.sequence):
-        h.update(s.sequence.encode())
-        h.update(file_sha256(s.path).encode())
-    if study.truth_label is not None:
-        h.update(b"truth_label")
-        h.update(file_sha256(study.truth_label).encode())
-    return h.hexdigest()[:16]
-
-
-def provenance_path(out_root: Path, patient_id: str, study_id: str) -> Path:
-    """``<out>/preprocess/provenance/<PatientID>/<StudyID>.json``."""
-    return Path(out_root) / PREPROCESS_DIR / "provenance" / patient_id / f"{study_id}.json"
-
-
-def brain_mask_path(
-    out_root: Path, patient_id: str, study_id: str, *, native: bool = False
-) -> Path:
-    """``<out>/preprocess/brain_masks/<PatientID>/<StudyID>.nii.gz`` (on the baseline grid),
-    or with ``native`` ``<StudyID>.native.nii.gz`` (on the grid of the original CT1 file)."""
-    name = f"{study_id}.native.nii.gz" if native else f"{study_id}.nii.gz"
-    return Path(out_root) / PREPROCESS_DIR / "brain_masks" / patient_id / name
-
-
-def is_study_done(out_root: Path, patient_id: str, study_id: str) -> bool:
-    """True when the study's transform JSON (its last output) exists."""
-    return transform_path(out_root, patient_id, study_id).is_file()
 
 
 def _read_ras(path: Path, *, label: bool = False) -> tuple[Volume, Volume, dict]:
@@ -539,17 +512,6 @@ def preprocess_study(
     )
 
 
-def _recorded_outputs(out_root: Path, patient_id: str, study_id: str) -> tuple[str, ...]:
-    """Outputs of a finished study, as listed in its provenance (for catalog resume)."""
-    import json
-
-    try:
-        prov = json.loads(provenance_path(out_root, patient_id, study_id).read_text("utf-8"))
-        return tuple(str(p) for p in prov.get("outputs", ()))
-    except (OSError, ValueError):
-        return ()
-
-
 def preprocess_patient(
     patient: Patient,
     out_root: str | Path,
@@ -581,7 +543,7 @@ def preprocess_patient(
             patient.patient_id,
             s.study_id,
             "skipped",
-            outputs=_recorded_outputs(out_root, patient.patient_id, s.study_id),
+            outputs=recorded_outputs(out_root, patient.patient_id, s.study_id),
         )
         for s in patient.studies
         if s not in todo

@@ -301,10 +301,45 @@ def _tracking_section(traj, rates, burden, facts) -> str:
     return "".join(parts)
 
 
+def survival_cohort(data: Path, survival: Path) -> tuple[str, str]:
+    """Header and note naming the cohort a survival analysis was fitted on.
+
+    The survival folder's ``config.json`` records its dataset and burden table.
+    A fit on another dataset than the report's is labelled a separate cohort, so
+    survival curves are never shown under the header of the cohort above them.
+    """
+    cfg_path = survival / "config.json"
+    try:
+        recorded = json.loads(cfg_path.read_text(encoding="utf-8")).get("inputs", {})
+    except (OSError, ValueError):
+        recorded = {}
+    src = recorded.get("data")
+    burden = recorded.get("burden", "")
+    measured = (
+        "measured by metstrack track"
+        if "ground_truth" not in str(burden)
+        else "the synthetic ground truth"
+    )
+    if src is None:
+        return (
+            "Survival",
+            "The cohort this analysis was fitted on is not recorded (no config.json).",
+        )
+    if Path(src).resolve() == Path(data).resolve():
+        return "Survival of this cohort", f"Burden from {measured} ({esc(burden)})."
+    return (
+        "Survival: a separate cohort",
+        f"This analysis is of the cohort in {esc(src)}, not of the imaging cohort above; "
+        f"its burden is from {measured}.",
+    )
+
+
 def _survival_section(inputs, cox, sv_json, out, facts) -> str:
     if cox is None:
         return "<h2>Survival</h2><p class='note'>No survival analysis (run metstrack survival).</p>"
-    parts = ["<h2>Survival</h2>"]
+    header, note = survival_cohort(inputs.data, inputs.survival)
+    parts = [f"<h2>{esc(header)}</h2>", f"<p class='note'>{note}</p>"]
+    facts["survival_cohort"] = header
     km = inputs.survival / "km_rate_of_change.png"
     if km.is_file():
         shutil.copyfile(km, out / "img" / "km_rate_of_change.png")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from metstrack.core.atomic import atomic_path
 from metstrack.errors import SurvivalDataError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,13 @@ def kaplan_meier(
     )
 
 
-def plot_kaplan_meier(
-    result: KaplanMeierResult, out_stem: str | Path, *, title: str = ""
-) -> list[Path]:
-    """Draw the curves with CIs and a numbers-at-risk table; write ``.png`` and ``.svg``."""
+def kaplan_meier_figure(result: KaplanMeierResult, *, title: str = "") -> Figure:
+    """Draw the curves with CIs and a numbers-at-risk table (no file is written).
+
+    Returns:
+        The matplotlib figure; :func:`metstrack.io.figures.plot_kaplan_meier` writes
+        it as ``.png`` and ``.svg``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,11 +154,4 @@ def plot_kaplan_meier(
     ax.set_xlabel("months from origin")
     ax.xaxis.set_tick_params(labelbottom=True)
     fig.tight_layout()
-    out = []
-    for ext in ("png", "svg"):
-        target = Path(f"{out_stem}.{ext}")
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=ext, dpi=110)
-        out.append(target)
-    plt.close(fig)
-    return out
+    return fig

@@ -6,48 +6,44 @@ with a star at their first appearance, splits and merges annotated, and
 treatment events (radiosurgery, ``visit_class`` 2 of the clinical event table)
 as dashed vertical lines. The volume axis turns logarithmic (symlog, linear
 below 1 mm3) when volumes span more than a factor of 100. Rendered with matplotlib's Agg backend (no display).
+
+:func:`timeline_figure` only draws; :func:`metstrack.io.figures.plot_timeline` writes
+the PNG and SVG files.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from metstrack.core.atomic import atomic_path  # noqa: E402
 from metstrack.types import DAYS_PER_MONTH  # noqa: E402
 
 
-def plot_timeline(
+def timeline_figure(
     trajectories: pd.DataFrame,
-    out_path: str | Path,
     *,
     treatment_days: Sequence[float] = (),
     title: str | None = None,
-    formats: Sequence[str] = ("png", "svg"),
-) -> list[Path]:
-    """Draw one patient's lesion volumes over time and save it.
+) -> Figure:
+    """Draw one patient's lesion volumes over time (no file is written).
 
     Args:
         trajectories: Trajectory rows of ONE patient
             (:mod:`metstrack.tracking.trajectory` columns).
-        out_path: File path without or with suffix; one file per format is
-            written beside it (``<stem>.png``, ``<stem>.svg``), atomically.
         treatment_days: Days from baseline of treatments (radiosurgery),
             drawn as dashed vertical lines.
         title: Figure title (default: the patient ID).
-        formats: Image formats to write.
 
     Returns:
-        The written paths.
+        The matplotlib figure (save it with :func:`metstrack.io.figures.save_figure`,
+        which also closes it).
     """
-    out_path = Path(out_path)
-    stem = out_path.with_suffix("") if out_path.suffix in (".png", ".svg") else out_path
     fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
     try:
         pid = str(trajectories["patient_id"].iloc[0]) if len(trajectories) else "patient"
@@ -98,12 +94,7 @@ def plot_timeline(
                 frameon=False,
             )
         fig.tight_layout()
-        written = []
-        for fmt in formats:
-            target = stem.with_name(stem.name + f".{fmt}")
-            with atomic_path(target) as tmp:
-                fig.savefig(tmp, format=fmt)
-            written.append(target)
-        return written
-    finally:
+    except BaseException:
         plt.close(fig)
+        raise
+    return fig

@@ -123,14 +123,14 @@ class SequenceSegmentationModule(pl.LightningModule):
             n = int(batch.valid[b].sum())
             probs = self.predict_patient(batch.image[b, :n])
             labels = batch.label[b, :n, 0].cpu().numpy() > 0.5
-            spacing = tuple(float(s) for s in batch.spacing_mm[b].tolist())
+            spacing_mm = tuple(float(s) for s in batch.spacing_mm[b].tolist())
             for t in range(n):
                 if not bool(batch.has_label[b, t]):
                     continue
                 pred = probs[t, 1].float().cpu().numpy() >= v.threshold
                 if v.min_lesion_volume_mm3 > 0:
-                    pred = _drop_small(pred, v.min_lesion_volume_mm3, spacing)
-                self._tally += score_study(pred, labels[t], spacing_mm=spacing)  # type: ignore[arg-type]
+                    pred = _drop_small(pred, v.min_lesion_volume_mm3, spacing_mm)
+                self._tally += score_study(pred, labels[t], spacing_mm=spacing_mm)  # type: ignore[arg-type]
 
     def predict_patient(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities (T, K, X, Y, Z) of one whole patient, memory carried in time."""
@@ -161,12 +161,13 @@ class SequenceSegmentationModule(pl.LightningModule):
                 hook(int(self.current_epoch), int(self.global_step), dict(scores))
 
 
-def _drop_small(pred: np.ndarray, min_mm3: float, spacing: tuple[float, ...]) -> np.ndarray:
+def _drop_small(pred: np.ndarray, min_mm3: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
+    """Drop predicted components smaller than ``min_mm3`` (voxel volume from ``spacing_mm``)."""
     comps, n = label_components(pred)
     if n == 0:
         return pred
-    vox = float(np.prod(spacing))
+    vox_mm3 = float(np.prod(spacing_mm))
     counts = np.bincount(comps.ravel(), minlength=n + 1)
-    keep = counts * vox >= min_mm3
+    keep = counts * vox_mm3 >= min_mm3
     keep[0] = False
     return keep[comps]

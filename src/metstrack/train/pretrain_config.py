@@ -8,10 +8,10 @@ comes from the downstream model's (:func:`restoration_model_config`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
@@ -137,14 +137,18 @@ class PretrainResult:
 
 
 def load_pretrain_config(
-    path: str | Path | None = None, overrides: Sequence[str] = ()
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Any] | None = None,
 ) -> PretrainConfig:
-    """Load and check a pretraining config (defaults, TOML file, ``key=value`` overrides).
+    """Load and check a pretraining config (defaults, TOML file, ``key=value`` overrides,
+    then typed ``values`` by dotted key, ``None`` skipped).
 
     Raises:
         ConfigError: Unknown key (with a suggestion) or inconsistent settings.
     """
-    cfg = load_config(PretrainConfig, path, overrides)
+    cfg = load_config(PretrainConfig, path, overrides, values=values)
     check_pretrain_config(cfg, where=str(path) if path else "config")
     return cfg
 

@@ -13,11 +13,12 @@ from metstrack.config import save_config
 from metstrack.core import schema
 from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import DatasetError, SurvivalDataError
+from metstrack.io.figures import plot_kaplan_meier
 from metstrack.io.release import read_clinical_tables
 from metstrack.survival.config import SurvivalConfig
 from metstrack.survival.cox import CoxAnalysis
 from metstrack.survival.dynamic import fit_time_varying, landmark_table, time_varying_table
-from metstrack.survival.km import KaplanMeierResult, kaplan_meier, plot_kaplan_meier
+from metstrack.survival.km import KaplanMeierResult, kaplan_meier
 from metstrack.survival.table import (
     AnalysisTable,
     build_analysis_table,
