@@ -52,6 +52,7 @@ LAYERS: dict[str, tuple[int, str]] = {
     "metstrack.train": (4, "train"),
     "metstrack.workflows": (4, "workflows"),
     "metstrack.benchmark": (4, "benchmark"),
+    "metstrack.execution": (4, "execution"),
     # 5. faces: the report, the demo that ends in it, the CLI
     "metstrack.report": (5, "report"),
     "metstrack.demo": (5, "demo"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from metstrack.errors import MetstrackError
+from metstrack.errors import ConfigError, MetstrackError
 
 #: Results go to stdout, diagnostics to stderr.
 console = Console(highlight=False)
@@ -77,3 +77,54 @@ def setup_logging(verbose: bool) -> None:
     )
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
+#: ``--executor``: where the units of work run (docs/scale.md).
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="local: this machine's processes (--workers); dask: a Dask cluster, the one at "
+        "--scheduler or a local one of --workers processes (docs/scale.md).",
+    ),
+]
+#: ``--scheduler``: a running Dask scheduler.
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Address of a running Dask scheduler (tcp://HOST:8786); with --executor dask.",
+    ),
+]
+#: ``--task-memory``: memory one unit of work needs, a Dask worker resource.
+TaskMemoryOption = Annotated[
+    float | None,
+    typer.Option(
+        "--task-memory",
+        help="GiB one patient needs (Dask worker resource MEMORY_GIB); with --executor dask.",
+    ),
+]
+
+
+@contextlib.contextmanager
+def executor_from_options(
+    kind: str, workers: int, scheduler: str | None, task_memory_gib: float | None
+) -> Iterator[Any]:
+    """The executor of ``--executor`` (``None`` for ``local``: the workflow's own pool).
+
+    Bad combinations are usage errors (exit 2); an unreachable scheduler is one
+    line and exit 1 when used inside :func:`guarded`, before any work starts.
+    """
+    from metstrack.execution.executor import ExecutorOptions, open_executor
+
+    try:
+        opts = ExecutorOptions(
+            kind=kind, workers=workers, scheduler=scheduler, task_memory_gib=task_memory_gib
+        )
+    except ConfigError as exc:
+        usage_error(exc)
+    if opts.kind == "local":
+        yield None
+        return
+    with open_executor(opts) as executor:
+        yield executor

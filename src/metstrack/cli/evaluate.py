@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import console, guarded, progress, usage_error
+from metstrack.cli.common import (
+    ExecutorOption,
+    SchedulerOption,
+    TaskMemoryOption,
+    console,
+    executor_from_options,
+    guarded,
+    progress,
+    usage_error,
+)
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.io.labels import parse_label_values
 from metstrack.metrics.matching import CRITERIA, MATCH_MODES, OBJECTIVES
@@ -112,6 +121,9 @@ def evaluate(
         list[str] | None,
         typer.Option("--set", help="Setting override key=value (repeatable), e.g. beta=1."),
     ] = None,
+    executor: ExecutorOption = "local",
+    scheduler: SchedulerOption = None,
+    task_memory: TaskMemoryOption = None,
 ) -> None:
     """Evaluate predictions against a labelled dataset: per-study, per-lesion and summary tables.
 
@@ -141,7 +153,10 @@ def evaluate(
             "label_values": label_values,
         }
         cfg = load_config(EvaluationConfig, config, list(overrides or []), values=given)
-        with progress() as bar:
+        with (
+            executor_from_options(executor, workers, scheduler, task_memory) as pool,
+            progress() as bar,
+        ):
             task = bar.add_task("evaluate", total=None)
             result, paths = evaluate_predictions(
                 pred,
@@ -149,6 +164,7 @@ def evaluate(
                 out,
                 cfg,
                 workers=workers,
+                executor=pool,
                 on_start=lambda n: bar.update(task, total=n),
                 on_done=lambda ev: bar.advance(task),
             )

@@ -13,8 +13,12 @@ from rich.table import Table
 
 from metstrack.cli.common import (
     EXIT_DATA_ERROR,
+    ExecutorOption,
+    SchedulerOption,
+    TaskMemoryOption,
     console,
     err_console,
+    executor_from_options,
     guarded,
     progress,
     usage_error,
@@ -148,6 +152,12 @@ def predict(
             "(by default the run refuses; the same run resumes).",
         ),
     ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Dask LocalCluster workers (--executor dask).")
+    ] = 1,
+    executor: ExecutorOption = "local",
+    scheduler: SchedulerOption = None,
+    task_memory: TaskMemoryOption = None,
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.infer.inputs import PREPROCESS_CHOICES
@@ -217,7 +227,7 @@ def predict(
             table.add_row(p.patient_id, str(p.n_studies), str(p.n_lesions), status)
         bars["predict"].advance(tasks["predict"])
 
-    with guarded():
+    with guarded(), executor_from_options(executor, workers, scheduler, task_memory) as pool:
         try:
             result = predict_dataset(
                 request,
@@ -226,6 +236,7 @@ def predict(
                 on_input_ready=input_ready,
                 on_start=lambda n: start_bar("predict", "predicting", n),
                 on_patient=patient_done,
+                executor=pool,
             )
         except InputShapeError as exc:
             usage_error(f"--roi {roi}: {exc}")

@@ -10,8 +10,12 @@ from rich.markup import escape
 
 from metstrack.cli.common import (
     EXIT_DATA_ERROR,
+    ExecutorOption,
+    SchedulerOption,
+    TaskMemoryOption,
     console,
     err_console,
+    executor_from_options,
     guarded,
     progress,
     usage_error,
@@ -66,6 +70,9 @@ def preprocess(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Config override key=value (repeatable).")
     ] = None,
+    executor: ExecutorOption = "local",
+    scheduler: SchedulerOption = None,
+    task_memory: TaskMemoryOption = None,
 ) -> None:
     """Reorient, resample, register (within study and through time), mask and normalise."""
     from metstrack.config import load_config
@@ -86,7 +93,10 @@ def preprocess(
     }
     with guarded():
         cfg = load_config(PreprocessConfig, config, list(set_ or []), values=values)
-        with progress() as bar:
+        with (
+            executor_from_options(executor, workers, scheduler, task_memory) as pool,
+            progress() as bar,
+        ):
             task = bar.add_task("preprocess", total=None)
             report = preprocess_dataset(
                 data,
@@ -99,6 +109,7 @@ def preprocess(
                 on_study=lambda o: bar.advance(task),
                 on_start=lambda n: bar.update(task, total=n),
                 label_values=label_values,
+                executor=pool,
             )
         console.print(
             f"preprocessed {data} -> {out}: {report.count('done')} done, "

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metstrack.cli.common import console, guarded, progress, usage_error
+from metstrack.cli.common import (
+    ExecutorOption,
+    SchedulerOption,
+    TaskMemoryOption,
+    console,
+    executor_from_options,
+    guarded,
+    progress,
+    usage_error,
+)
 
 
 def track(
@@ -51,6 +60,12 @@ def track(
         list[str] | None, typer.Option("--patient", help="Only this PatientID (repeatable).")
     ] = None,
     figures: Annotated[bool, typer.Option(help="Write timeline figures.")] = True,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Dask LocalCluster workers (--executor dask).")
+    ] = 1,
+    executor: ExecutorOption = "local",
+    scheduler: SchedulerOption = None,
+    task_memory: TaskMemoryOption = None,
 ) -> None:
     """Track lesions through time and write trajectories, burden, rates and response."""
     chosen = [
@@ -83,7 +98,10 @@ def track(
             source = MaskSource("ground-truth", data)
         ids = tuple(patient or ())
         n = len(ids) if ids else len(read_release(data).patients)
-        with progress() as bar:
+        with (
+            executor_from_options(executor, workers, scheduler, task_memory) as pool,
+            progress() as bar,
+        ):
             task = bar.add_task("tracking", total=n)
             result = track_dataset(
                 data,
@@ -94,6 +112,7 @@ def track(
                 patients=ids,
                 figures=figures,
                 on_patient=lambda _pid: bar.advance(task),
+                executor=pool,
             )
     _summary(result, out)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from metstrack.core import schema
 from metstrack.core.mapping import TRANSFORMS_DIR
 from metstrack.errors import ConfigError, DatasetError, did_you_mean
+from metstrack.execution.executor import Executor
 from metstrack.io.dicom import scan_dicom
 from metstrack.io.ingest import IngestConfig, ingest_dicom
 from metstrack.io.layouts import (
@@ -93,6 +94,7 @@ def prepare_input(
     workers: int = 1,
     on_start: Callable[[int], None] | None = None,
     on_study: Callable[[object], None] | None = None,
+    executor: Executor | None = None,
 ) -> PreparedInput:
     """Make ``data`` ready for prediction (see the module docstring).
 
@@ -110,6 +112,7 @@ def prepare_input(
         workers: Preprocessing worker processes.
         on_start: Progress callback: number of studies to preprocess.
         on_study: Progress callback: one preprocessed study.
+        executor: Where preprocessing runs (``None``: ``workers`` local processes).
 
     Returns:
         A :class:`PreparedInput`.
@@ -166,6 +169,7 @@ def prepare_input(
         intervals=intervals,
         on_start=on_start,
         on_study=on_study,
+        executor=executor,
     )
     if report.failed:
         first = report.failed[0]

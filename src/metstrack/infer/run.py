@@ -11,7 +11,10 @@
    rerun keep finished studies, :mod:`metstrack.infer.resume`),
 5. segments each patient's studies with memory carried through time
    (:func:`metstrack.infer.predict.predict_patient`); a patient that fails is
-   reported and the others go on.
+   reported and the others go on. The patients run on an executor
+   (:mod:`metstrack.execution.executor`: this process, a process pool or a Dask
+   cluster); each worker process loads the model once, keyed by the
+   checkpoint's SHA-256, and reuses it for every patient it is given.
 
 It returns a :class:`PredictDatasetResult`; the CLI only renders it.
 """
@@ -19,6 +22,7 @@ It returns a :class:`PredictDatasetResult`; the CLI only renders it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,9 @@ from pathlib import Path
 import torch
 
 from metstrack.config import save_config, to_dict
+from metstrack.core.atomic import sweep_stale_temps
 from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
+from metstrack.execution.executor import Executor, LocalExecutor
 from metstrack.infer.inputs import PREPROCESS_CHOICES, PreparedInput, prepare_input
 from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
 from metstrack.infer.resume import (
@@ -44,7 +50,10 @@ from metstrack.io.checkpoint import (
     training_spacing_mm,
 )
 from metstrack.io.fingerprint import file_sha256
+from metstrack.models.base import SequenceModel
+from metstrack.models.config import ModelConfig
 from metstrack.preprocess.brain import BRAIN_METHODS
+from metstrack.types import Patient
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +179,84 @@ class PredictDatasetResult:
         return [p.patient_id for p in self.patients if p.error is not None]
 
 
+#: Models loaded in this process, by (checkpoint SHA-256, device): a worker loads a
+#: checkpoint once and predicts every patient it is given with it.
+_MODELS: dict[tuple[str, str], tuple[SequenceModel, ModelConfig]] = {}
+_MODELS_LOCK = threading.Lock()
+_MAX_MODELS = 2
+#: How many times this process loaded a checkpoint from disk (read by the tests).
+_LOADS = [0]
+
+
+def worker_model(checkpoint: Path, digest: str, device: str) -> tuple[SequenceModel, ModelConfig]:
+    """The model of ``checkpoint`` on ``device``, loaded once per process.
+
+    Args:
+        checkpoint: The checkpoint file (read on the first call only).
+        digest: Its SHA-256 (the cache key, so a changed file is loaded again).
+        device: Torch device name.
+    """
+    key = (digest, device)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if len(_MODELS) >= _MAX_MODELS:  # a long-lived worker keeps the latest few
+                _MODELS.pop(next(iter(_MODELS)))
+            model, cfg = load_checkpoint(checkpoint, map_location=torch.device(device))
+            model.to(torch.device(device))
+            _MODELS[key] = (model, cfg)
+            _LOADS[0] += 1
+        return _MODELS[key]
+
+
+def model_loads() -> int:
+    """Checkpoints this process has loaded from disk (one per checkpoint and device)."""
+    return _LOADS[0]
+
+
+@dataclass(frozen=True)
+class PatientTask:
+    """What a worker needs to predict one patient (everything but the patient).
+
+    Attributes:
+        checkpoint: The checkpoint file.
+        digest: Its SHA-256 (the worker's model cache key).
+        device: Torch device name.
+        out: Prediction root.
+        options: Inference settings.
+        transforms_root: Preprocess output whose transforms map back to native grids.
+    """
+
+    checkpoint: Path
+    digest: str
+    device: str
+    out: Path
+    options: PredictOptions
+    transforms_root: Path | None = None
+
+
+def predict_one_patient(patient: Patient, task: PatientTask) -> PatientPrediction:
+    """Predict one patient's studies on this worker (its model loaded once per process).
+
+    A :class:`MetstrackError` is the patient's outcome, not a failure of the run.
+    """
+    pid = patient.patient_id
+    model, cfg = worker_model(task.checkpoint, task.digest, task.device)
+    try:
+        studies = load_patient_studies(
+            patient, cfg.modalities, transforms_root=task.transforms_root
+        )
+        results = predict_patient(model, pid, studies, task.out, options=task.options)
+    except MetstrackError as exc:
+        log.info("patient %s failed: %s", pid, exc)
+        return PatientPrediction(pid, len(patient.studies), error=str(exc))
+    return PatientPrediction(
+        pid,
+        len(results),
+        n_lesions=sum(r.n_lesions for r in results),
+        n_kept=sum(r.skipped for r in results),
+    )
+
+
 def predict_dataset(
     request: PredictRequest,
     *,
@@ -178,6 +265,7 @@ def predict_dataset(
     on_input_ready: Callable[[PreparedInput], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_patient: Callable[[PatientPrediction], None] | None = None,
+    executor: Executor | None = None,
 ) -> PredictDatasetResult:
     """Segment every study of each patient of a dataset (see the module docstring).
 
@@ -189,7 +277,10 @@ def predict_dataset(
         on_input_ready: Called once the input is ready.
         on_start: Called with the number of patients once the run is recorded,
             before the first patient.
-        on_patient: Called with each patient's outcome.
+        on_patient: Called with each patient's outcome (in completion order; the
+            result lists them in input order).
+        executor: Where the patients (and a preprocessing of the input) run;
+            ``None``: one after the other in this process.
 
     Returns:
         The run record and one outcome per patient; patients that failed are
@@ -203,8 +294,8 @@ def predict_dataset(
     """
     req = request
     dev = torch.device(req.device)
-    model, cfg = load_checkpoint(req.checkpoint, map_location=dev)
-    model.to(dev)
+    digest = file_sha256(req.checkpoint)
+    model, cfg = worker_model(req.checkpoint, digest, str(dev))
     spacing_mm = (
         req.spacing_mm if req.spacing_mm is not None else training_spacing_mm(req.checkpoint)
     )
@@ -226,6 +317,7 @@ def predict_dataset(
         spacing_mm=spacing_mm,
         on_start=on_input_start,
         on_study=on_input_study,
+        executor=executor,
     )
     if on_input_ready:
         on_input_ready(prepared)
@@ -264,7 +356,7 @@ def predict_dataset(
     # dataset is not part of it: a study is its StudyID, so a follow-up added to
     # the dataset later is predicted alone on a rerun (its patient's memory rerun).
     fingerprint = run_fingerprint(
-        file_sha256(req.checkpoint),
+        digest,
         {
             "roi_size": run.roi_size,
             "overlap": req.overlap,
@@ -284,22 +376,13 @@ def predict_dataset(
     result = PredictDatasetResult(run=run, prepared=prepared)
     if on_start:
         on_start(len(selected))
-    for patient in selected:
-        pid = patient.patient_id
-        try:
-            studies = load_patient_studies(patient, cfg.modalities, transforms_root=transforms_root)
-            results = predict_patient(model, pid, studies, req.out, options=options)
-        except MetstrackError as exc:
-            log.info("patient %s failed: %s", pid, exc)
-            outcome = PatientPrediction(pid, len(patient.studies), error=str(exc))
-        else:
-            outcome = PatientPrediction(
-                pid,
-                len(results),
-                n_lesions=sum(r.n_lesions for r in results),
-                n_kept=sum(r.skipped for r in results),
-            )
-        result.patients.append(outcome)
+    task = PatientTask(req.checkpoint, digest, str(dev), req.out, options, transforms_root)
+    outcomes: list[PatientPrediction | None] = [None] * len(selected)
+    pool = executor if executor is not None else LocalExecutor(1)
+    for i, outcome in pool.map_unordered(predict_one_patient, selected, task):
+        outcomes[i] = outcome
         if on_patient:
             on_patient(outcome)
+    sweep_stale_temps(req.out)  # a killed worker's temporaries (its patient was rerun)
+    result.patients.extend(o for o in outcomes if o is not None)
     return result

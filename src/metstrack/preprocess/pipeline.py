@@ -32,7 +32,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from metstrack.catalog import Catalog, OutputRecord
@@ -48,6 +47,7 @@ from metstrack.core.mapping import (
     TRANSFORMS_DIR,
 )
 from metstrack.errors import DatasetError, MetstrackError
+from metstrack.execution.executor import Executor, LocalExecutor
 from metstrack.io.layouts import apply_intervals, read_dataset
 from metstrack.io.release import read_release
 from metstrack.preprocess.config import (
@@ -164,6 +164,7 @@ def preprocess_dataset(
     on_start: Callable[[int], None] | None = None,
     label_values: tuple[int, ...] | None = None,
     intervals: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> PreprocessReport:
     """Preprocess a release-layout dataset into a new one (see the module docstring).
 
@@ -189,6 +190,9 @@ def preprocess_dataset(
             (:func:`metstrack.io.layouts.apply_intervals`); without it, studies whose
             layout carries no dates keep their timepoint order and an empty
             ``DaysFromBaselineScan`` (interval unknown).
+        executor: Where the patients run (:mod:`metstrack.execution.executor`, e.g. a
+            Dask cluster); ``None``: this process or a pool of ``workers`` processes.
+            Only this process writes the catalog and the run's tables.
 
     Returns:
         The :class:`PreprocessReport` (also written to ``preprocess/report.json``).
@@ -226,6 +230,7 @@ def preprocess_dataset(
         tables_fingerprint=fingerprint,
         tables_copied=tables,
         workers=int(workers),
+        executor=executor.name if executor is not None else "local",
         config_fingerprint=config_fingerprint(cfg),
     )
     run_id = None
@@ -252,17 +257,12 @@ def preprocess_dataset(
                 on_study(o)
 
     try:
-        if workers <= 1:
-            for p in cohort.patients:
-                collect(preprocess_patient(p, out_root, cfg, label_classes=classes))
-        else:
-            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-                futs = [
-                    pool.submit(preprocess_patient, p, out_root, cfg, label_classes=classes)
-                    for p in cohort.patients
-                ]
-                for fut in as_completed(futs):
-                    collect(fut.result())
+        pool = executor if executor is not None else LocalExecutor(workers)
+        for _, batch in pool.map_unordered(
+            preprocess_patient, list(cohort.patients), out_root, cfg, label_classes=classes
+        ):
+            collect(batch)
+        sweep_stale_temps(out_root)  # a killed worker's temporaries (its patient was rerun)
         if catalog is not None and not any(o.status == "failed" for o in outcomes):
             # The output is a dataset of its own: same studies, its own files.
             try:

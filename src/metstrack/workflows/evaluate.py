@@ -35,9 +35,7 @@ and the new-lesion sensitivity of that pair is NaN.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from metstrack.config import save_config
 from metstrack.core import schema
 from metstrack.core.atomic import write_csv_atomic, write_json_atomic
 from metstrack.errors import DatasetError, LabelError
+from metstrack.execution.executor import Executor, LocalExecutor
 from metstrack.infer.inputs import prepare_input
 from metstrack.io.labels import lesion_mask
 from metstrack.io.layouts import read_dataset
@@ -361,35 +360,20 @@ def run_jobs(
     config: EvaluationConfig,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     on_done: Callable[[StudyEvaluation], None] | None = None,
 ) -> list[StudyEvaluation]:
-    """Evaluate jobs, in parallel across ``workers`` processes when > 1.
+    """Evaluate jobs on ``executor``, else in parallel across ``workers`` processes when > 1.
 
     Results come back in the order of ``jobs``; the first error stops the run
     (pending jobs are cancelled) and is raised.
     """
     results: list[StudyEvaluation | None] = [None] * len(jobs)
-    if workers <= 1 or len(jobs) <= 1:
-        for i, job in enumerate(jobs):
-            results[i] = evaluate_job(job, config)
-            if on_done:
-                on_done(results[i])  # type: ignore[arg-type]
-        return results  # type: ignore[return-value]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(evaluate_job, job, config): i for i, job in enumerate(jobs)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                exc = fut.exception()
-                if exc is not None:
-                    for f in pending:
-                        f.cancel()
-                    raise exc
-                results[futures[fut]] = fut.result()
-                if on_done:
-                    on_done(fut.result())
+    pool = executor if executor is not None else LocalExecutor(workers, mp_context="spawn")
+    for i, study in pool.map_unordered(evaluate_job, list(jobs), config):
+        results[i] = study
+        if on_done:
+            on_done(study)
     return results  # type: ignore[return-value]
 
 
@@ -399,6 +383,7 @@ def evaluate_cohort(
     config: EvaluationConfig | None = None,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     patients: Collection[str] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[StudyEvaluation], None] | None = None,
@@ -409,7 +394,8 @@ def evaluate_cohort(
         pred_root: Prediction folder (see the module docstring for the lookup).
         ref_root: Reference dataset root in the release layout.
         config: Settings (defaults: one-to-one IoU > 0 matching, 1000 bootstrap resamples).
-        workers: Worker processes.
+        workers: Worker processes (without ``executor``).
+        executor: Where the studies run (:mod:`metstrack.execution.executor`).
         patients: Evaluate only these PatientIDs (``None``: all); the benchmark
             passes its test patients.
         on_start: Called with the number of studies before work starts.
@@ -430,7 +416,7 @@ def evaluate_cohort(
             raise DatasetError(f"{ref_root}: no labelled study among the test patients")
     if on_start:
         on_start(len(jobs))
-    studies = run_jobs(jobs, config, workers=workers, on_done=on_done)
+    studies = run_jobs(jobs, config, workers=workers, executor=executor, on_done=on_done)
     pairs = compute_longitudinal(studies)
     summary = summarize_cohort(
         studies,
@@ -520,6 +506,7 @@ def evaluate_predictions(
     config: EvaluationConfig | None = None,
     *,
     workers: int = 1,
+    executor: Executor | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callable[[StudyEvaluation], None] | None = None,
 ) -> tuple[CohortEvaluation, dict[str, Path]]:
@@ -532,7 +519,8 @@ def evaluate_predictions(
             rasterised) into ``<out>/input`` first.
         out: Output folder.
         config: Settings.
-        workers: Worker processes.
+        workers: Worker processes (without ``executor``).
+        executor: Where the studies run (:mod:`metstrack.execution.executor`).
         on_start: Called with the number of studies before work starts.
         on_done: Called with each finished study.
 
@@ -544,6 +532,12 @@ def evaluate_predictions(
     if pred.is_dir() and not is_mask_folder(pred):
         ref_root = prepare_input(ref, out / "input", preprocess="never").root
     result = evaluate_cohort(
-        pred, ref_root, config, workers=workers, on_start=on_start, on_done=on_done
+        pred,
+        ref_root,
+        config,
+        workers=workers,
+        executor=executor,
+        on_start=on_start,
+        on_done=on_done,
     )
     return result, write_outputs(result, out, pred=str(pred), ref=str(ref))

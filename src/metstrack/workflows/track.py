@@ -27,8 +27,9 @@ import pandas as pd
 
 from metstrack.config import save_config
 from metstrack.core import schema
-from metstrack.core.atomic import write_csv_atomic
+from metstrack.core.atomic import sweep_stale_temps, write_csv_atomic
 from metstrack.errors import DatasetError, MetstrackError
+from metstrack.execution.executor import Executor, LocalExecutor
 from metstrack.io.figures import plot_timeline
 from metstrack.io.nifti import read_label, write_volume
 from metstrack.io.release import read_release
@@ -137,6 +138,31 @@ def track_one(
     return result, skipped
 
 
+def track_patient_task(
+    item: tuple[Patient, Mapping[tuple[str, str], np.ndarray | StudyTransform] | None],
+    source: MaskSource,
+    config: TrackConfig,
+    maps_out: str | Path | None,
+) -> tuple[TrackingResult | None, list[tuple[str, str, str]]]:
+    """Track one patient on a worker: :func:`track_one`, then its maps written under ``maps_out``.
+
+    ``item`` is the patient and its own transforms (``None``: co-registered masks). With
+    ``maps_out`` the written maps are dropped from the returned result.
+
+    Raises:
+        MetstrackError: A mask cannot be read or is not co-registered (the patient named).
+    """
+    patient, transforms = item
+    try:
+        res, skipped = track_one(patient, source, config=config, transforms=transforms)
+    except MetstrackError as exc:
+        raise type(exc)(f"patient {patient.patient_id}: {exc}") from exc
+    if res is not None and maps_out is not None:
+        _write_maps(res, maps_out)
+        res = replace(res, tracked_maps=())
+    return res, skipped
+
+
 def track_cohort(
     cohort: Cohort,
     source: MaskSource,
@@ -146,6 +172,7 @@ def track_cohort(
     patients: tuple[str, ...] = (),
     on_patient: Callable[[str], None] | None = None,
     maps_out: str | Path | None = None,
+    executor: Executor | None = None,
 ) -> CohortTracking:
     """Track every patient of a cohort and build the cohort tables.
 
@@ -161,6 +188,9 @@ def track_cohort(
         maps_out: When given, each patient's tracked maps are written under this
             output folder as soon as the patient is tracked and then dropped
             from the result, so memory does not grow with the cohort.
+        executor: Where the patients run (:mod:`metstrack.execution.executor`);
+            ``None``: one after the other in this process. The cohort tables are
+            built here, in input order, whatever order the patients finish in.
 
     Returns:
         A :class:`CohortTracking`.
@@ -170,17 +200,29 @@ def track_cohort(
             message names the patient).
     """
     chosen = [cohort.patient(p) for p in patients] if patients else list(cohort.patients)
+    items = [
+        (
+            p,
+            None
+            if transforms is None
+            else {k: v for k, v in transforms.items() if k[0] == p.patient_id},
+        )
+        for p in chosen
+    ]
+    tracked: list[tuple[TrackingResult | None, list[tuple[str, str, str]]] | None]
+    tracked = [None] * len(chosen)
+    pool = executor if executor is not None else LocalExecutor(1)
+    for i, done in pool.map_unordered(track_patient_task, items, source, config, maps_out):
+        tracked[i] = done
+        if on_patient is not None:
+            on_patient(chosen[i].patient_id)
+    if maps_out is not None:
+        sweep_stale_temps(maps_out)  # a killed worker's temporaries (its patient was rerun)
     results, skipped = [], []
     trajs, burdens, resps, lcs = [], [], [], []
-    for patient in chosen:
-        try:
-            res, sk = track_one(patient, source, config=config, transforms=transforms)
-        except MetstrackError as exc:
-            raise type(exc)(f"patient {patient.patient_id}: {exc}") from exc
+    for patient, done in zip(chosen, tracked, strict=True):
+        res, sk = done  # type: ignore[misc]
         skipped.extend(sk)
-        if res is not None and maps_out is not None:
-            _write_maps(res, maps_out)
-            res = replace(res, tracked_maps=())
         if res is not None:
             results.append(res)
             trajs.append(res.trajectories)
@@ -196,8 +238,6 @@ def track_cohort(
                         if (patient.patient_id, s) in transforms
                     }
                 lcs.append(local_control(res, tgts, config=config.response, baseline_to_study=tf))
-        if on_patient is not None:
-            on_patient(patient.patient_id)
 
     def cat(frames: list[pd.DataFrame], cols: tuple[str, ...]) -> pd.DataFrame:
         frames = [f for f in frames if len(f)]
@@ -274,6 +314,7 @@ def track_dataset(
     patients: tuple[str, ...] = (),
     figures: bool = True,
     on_patient: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> CohortTracking:
     """``metstrack track`` as a function: track a release dataset and write every output.
 
@@ -288,6 +329,7 @@ def track_dataset(
         patients: PatientIDs to track (empty: all).
         figures: Draw the timelines (when ``config.figures`` allows it too).
         on_patient: Called with each tracked PatientID.
+        executor: Where the patients run (``None``: this process).
 
     Returns:
         The tracked cohort's tables.
@@ -307,6 +349,7 @@ def track_dataset(
         patients=patients,
         on_patient=on_patient,
         maps_out=out,
+        executor=executor,
     )
     write_outputs(result, out, cohort=cohort, figures=figures and cfg.figures)
     save_config(

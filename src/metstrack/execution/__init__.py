@@ -1,0 +1,1 @@
+"""metstrack.execution: where a cohort workflow's units of work run (this process, a process pool, a Dask cluster); used by preprocess, infer and workflows, so it sits in layer 4 below none of them."""
