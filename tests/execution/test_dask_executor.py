@@ -151,12 +151,12 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
 
     worker = threading.Thread(target=run)
     worker.start()
-    killed = None
+    killed = killed_address = None
     deadline = time.monotonic() + 60
     while killed is None and worker.is_alive() and time.monotonic() < deadline:
         busy = [addr for addr, keys in cluster.client.processing().items() if keys]
         if busy and busy[0] in pids:
-            killed = pids[busy[0]]
+            killed, killed_address = pids[busy[0]], busy[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.005)
     worker.join(timeout=120)
@@ -171,6 +171,13 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
         rows = catalog.frame("run_studies")
     assert len(rows) == 6 and set(rows["status"]) <= {"done", "skipped"}
     assert killed not in cluster.worker_pids().values()
+    # The scheduler saw the worker die holding a patient, and ran that patient again.
+    removed = [
+        msg
+        for _, msg in cluster.client.get_events(killed_address)
+        if isinstance(msg, dict) and msg.get("action") == "remove-worker"
+    ]
+    assert removed and removed[-1]["processing-tasks"], removed
 
 
 def test_unreachable_scheduler_is_one_line_and_exit_1_before_any_work(

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ CONNECT_TIMEOUT_S = 5.0
 
 class SchedulerUnreachableError(MetstrackError):
     """The Dask scheduler at ``--scheduler`` did not answer."""
+
+
+class WorkerLostError(MetstrackError):
+    """One unit of work took down every worker it was given (Dask's ``KilledWorker``)."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +286,7 @@ class DaskExecutor:
         self, fn: Callable[..., R], items: Sequence[T], /, *args: Any, **kwargs: Any
     ) -> Iterator[tuple[int, R]]:
         """See :meth:`Executor.map_unordered`; one Dask task per item."""
-        from distributed import as_completed
+        from distributed import KilledWorker, as_completed
 
         self.open()
         if not items:
@@ -305,7 +310,16 @@ class DaskExecutor:
         }
         try:
             for fut in as_completed(list(futures), loop=self.client.loop):
-                yield futures[fut], fut.result()
+                try:
+                    result = fut.result()
+                except KilledWorker as exc:
+                    item = items[futures[fut]]
+                    raise WorkerLostError(
+                        f"{getattr(item, 'patient_id', item)!s:.80}: every worker that ran it "
+                        f"died ({exc}); it probably needs more memory than a worker has: "
+                        "give --task-memory and workers with more memory"
+                    ) from None
+                yield futures[fut], result
         finally:
             self.client.cancel(list(futures))
 
@@ -317,6 +331,14 @@ def _probe_scheduler(address: str, timeout_s: float) -> str | None:
     ``timeout_s`` and leaves no half-started client behind.
     """
     from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme == "tcp":  # nothing listening is known at once, without Dask's retries
+            socket.create_connection(parse_host_port(location), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
 
     async def probe() -> None:
         comm = await connect(address, timeout=timeout_s)
@@ -376,5 +398,6 @@ __all__ = [
     "ExecutorOptions",
     "LocalExecutor",
     "SchedulerUnreachableError",
+    "WorkerLostError",
     "open_executor",
 ]
