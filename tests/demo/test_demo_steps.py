@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metstrack.demo.run import DemoConfig, DemoPaths, checkpoint_path, demo_steps, will_train
+from metstrack.demo.steps import DemoConfig, DemoPaths, checkpoint_path, demo_steps, will_train
 
 
 def test_steps_are_the_library_workflows_in_order(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from metstrack.demo.run import SHIPPED_PROVENANCE, shipped_checkpoint
+from metstrack.demo.steps import SHIPPED_PROVENANCE, shipped_checkpoint
 from metstrack.io.checkpoint import load_checkpoint
 
 

@@ -30,11 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import re
-import resource
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +41,6 @@ from metstrack import __version__
 from metstrack.benchmark.config import (
     BenchmarkConfig,
     ModelEntry,
-    PredictSettings,
     model_train_config,
     run_seeds,
     select_models,
@@ -66,20 +61,26 @@ from metstrack.benchmark.leaderboard import (
     stratum_column,
     write_leaderboard,
 )
+from metstrack.benchmark.model_run import (
+    STAGE_FILE,
+    StageResult,
+    model_fingerprint,
+    peak_rss_mb,
+    read_stage,
+    reset_peak_rss,
+    run_isolated,
+    train_and_predict,
+)
 from metstrack.config import config_fingerprint, save_config, to_dict
 from metstrack.core import schema
 from metstrack.core.atomic import write_json_atomic
-from metstrack.errors import ConfigError, DatasetError, MetstrackError
-from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
-from metstrack.io.checkpoint import load_checkpoint
+from metstrack.errors import ConfigError, DatasetError
 from metstrack.io.nifti import find_nifti, read_label
 from metstrack.io.release import read_release
 from metstrack.io.tracks import GT_INSTANCES_DIR
 from metstrack.metrics.detection import SMALL_LESION_MM3, bin_label
 from metstrack.tracking.accuracy import TrackingAccuracy, tracking_accuracy
 from metstrack.tracking.tracker import track_patient
-from metstrack.train.api import train
-from metstrack.train.config import TrainConfig
 from metstrack.workflows.evaluate import evaluate_cohort, write_outputs
 from metstrack.workflows.synth import generate_cohort
 
@@ -87,39 +88,6 @@ log = logging.getLogger(__name__)
 
 #: Marker written in the cohort folder once generation finished (holds the fingerprint).
 COHORT_MARKER = ".benchmark_cohort.json"
-#: Per-model stage record.
-STAGE_FILE = "stage.json"
-
-
-@dataclass(frozen=True)
-class StageResult:
-    """What training and inference of one model cost (``stage.json``).
-
-    Attributes:
-        fingerprint: Hash of everything that decides the model's outputs.
-        train_steps: Optimizer steps reached.
-        train_stopped_by: ``"time_budget"``, ``"max_steps"``...
-        train_time_s: Wall-clock seconds of the training call.
-        best_ckpt: The checkpoint used for inference (best validation score).
-        infer_time_s: Wall-clock seconds predicting every test study.
-        n_studies: Test studies predicted.
-        parameters: Trainable parameters.
-        train_peak_rss_mb: Peak resident memory while training (MiB).
-        infer_peak_rss_mb: Peak resident memory while predicting (MiB).
-        peak_method: ``"vmhwm"`` (per-stage reset) or ``"ru_maxrss"`` (monotone).
-    """
-
-    fingerprint: str
-    train_steps: int
-    train_stopped_by: str
-    train_time_s: float
-    best_ckpt: str
-    infer_time_s: float
-    n_studies: int
-    parameters: int
-    train_peak_rss_mb: float
-    infer_peak_rss_mb: float
-    peak_method: str
 
 
 @dataclass(frozen=True)
@@ -135,183 +103,6 @@ class BenchmarkResult:
     out_dir: Path
     leaderboard: pd.DataFrame
     paths: dict[str, Path]
-
-
-# ---------------------------------------------------------------- memory
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak resident-set counter; False where the kernel does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (``VmHWM``, else ``ru_maxrss``)."""
-    try:
-        m = re.search(r"VmHWM:\s+(\d+)\s+kB", Path("/proc/self/status").read_text())
-    except OSError:
-        m = None
-    if m:
-        return int(m.group(1)) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
-
-# ---------------------------------------------------------------- one model
-
-
-def model_fingerprint(
-    cfg: BenchmarkConfig, entry: ModelEntry, *, seed: int | None = None, regime: str = "all"
-) -> str:
-    """Hash of the run's training config (seed and regime included), the budget, inference
-    settings and the cohort."""
-    return config_fingerprint(
-        {
-            "train": to_dict(model_train_config(cfg, entry, seed=seed, regime=regime)),
-            "budget": to_dict(cfg.budget),
-            "predict": to_dict(cfg.predict),
-            "cohort": to_dict(cfg.cohort),
-        }
-    )
-
-
-def train_and_predict(
-    train_cfg: TrainConfig,
-    data_dir: Path,
-    model_dir: Path,
-    test_patients: Sequence[str],
-    predict: PredictSettings,
-    *,
-    fingerprint: str,
-    threads: int = 0,
-    extra_patients: Sequence[str] = (),
-) -> StageResult:
-    """Train one model, predict the test patients, and record cost (``stage.json``).
-
-    Args:
-        train_cfg: The model's full training config (budget applied).
-        data_dir: The benchmark cohort (release layout).
-        model_dir: ``<out>/models/<name>`` (``run/`` and ``pred/`` are written there).
-        test_patients: PatientIDs to predict.
-        predict: Inference settings.
-        fingerprint: Stored in ``stage.json`` for resuming.
-        threads: torch CPU threads for inference (0: leave as is).
-        extra_patients: Also predicted after the timed test patients (the
-            validation patients, for picking the FROC operating point).
-
-    Returns:
-        The :class:`StageResult` (also written to ``model_dir/stage.json``).
-    """
-    import torch
-
-    model_dir.mkdir(parents=True, exist_ok=True)
-    cohort = read_release(data_dir)
-    method = "vmhwm" if reset_peak_rss() else "ru_maxrss"
-    t0 = time.perf_counter()
-    result = train(train_cfg, data_dir, model_dir / "run", cohort=cohort)
-    train_s = time.perf_counter() - t0
-    train_peak = peak_rss_mb()
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    reset_peak_rss()
-    model, mcfg = load_checkpoint(result.best_ckpt, map_location="cpu")
-    n_params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-    options = PredictOptions(
-        overlap=predict.overlap,
-        threshold=predict.threshold,
-        sw_batch_size=predict.sw_batch_size,
-        tta_flips=predict.tta_flips,
-        skip_existing=False,
-    )
-    pred_root = model_dir / "pred"
-    n_studies = 0
-    t1 = time.perf_counter()
-    for pid in test_patients:
-        patient = cohort.patient(pid)
-        studies = load_patient_studies(patient, tuple(mcfg.modalities))
-        predict_patient(model, pid, studies, pred_root, options=options)
-        n_studies += len(studies)
-    infer_s = time.perf_counter() - t1
-    for pid in extra_patients:
-        studies = load_patient_studies(cohort.patient(pid), tuple(mcfg.modalities))
-        predict_patient(model, pid, studies, pred_root, options=options)
-    stage = StageResult(
-        fingerprint=fingerprint,
-        train_steps=int(result.global_step),
-        train_stopped_by=result.stopped_by,
-        train_time_s=round(train_s, 3),
-        best_ckpt=str(result.best_ckpt),
-        infer_time_s=round(infer_s, 3),
-        n_studies=n_studies,
-        parameters=n_params,
-        train_peak_rss_mb=round(train_peak, 1),
-        infer_peak_rss_mb=round(peak_rss_mb(), 1),
-        peak_method=method,
-    )
-    write_json_atomic(model_dir / STAGE_FILE, to_dict(stage))
-    return stage
-
-
-def _worker(args: tuple) -> None:  # pragma: no cover - runs in a spawned subprocess
-    train_cfg, data_dir, model_dir, test_patients, predict, fingerprint, threads, extra = args
-    _die_with_parent()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(model_dir / "worker.log", mode="w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    import lightning.pytorch  # noqa: F401 - it sets its loggers' levels on import
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        train_and_predict(
-            train_cfg,
-            data_dir,
-            model_dir,
-            test_patients,
-            predict,
-            fingerprint=fingerprint,
-            threads=threads,
-            extra_patients=extra,
-        )
-    except BaseException:
-        root.error("model run failed:\n%s", traceback.format_exc())
-        raise
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in a spawned subprocess
-    """Ask Linux to kill this process when its parent dies (no orphaned training run)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _run_isolated(args: tuple, model_dir: Path, name: str) -> StageResult:
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_worker, args=(args,), name=f"metstrack-bench-{name}")
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise MetstrackError(
-            f"model {name}: its subprocess failed (exit code {proc.exitcode}); "
-            f"see {model_dir / 'worker.log'}"
-        )
-    return _read_stage(model_dir)
-
-
-def _read_stage(model_dir: Path) -> StageResult:
-    data = json.loads((model_dir / STAGE_FILE).read_text(encoding="utf-8"))
-    return StageResult(**data)
 
 
 # ---------------------------------------------------------------- evaluation and tracking
@@ -552,7 +343,7 @@ def run_benchmark(
         stage_path = model_dir / STAGE_FILE
         stage = None
         if stage_path.is_file():
-            old = _read_stage(model_dir)
+            old = read_stage(model_dir)
             if old.fingerprint == fp:
                 stage = old
                 emit(f"[{k}/{len(runs)}] {label}: reusing the finished run")
@@ -575,7 +366,7 @@ def run_benchmark(
                 tuple(val_ids),
             )
             if cfg.budget.isolate:
-                stage = _run_isolated(args, model_dir, entry.name)
+                stage = run_isolated(args, model_dir, entry.name)
             else:
                 stage = train_and_predict(
                     *args[:5], fingerprint=fp, threads=cfg.budget.threads, extra_patients=args[7]

@@ -44,7 +44,8 @@ def demo(
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for the CIs.")] = 1000,
 ) -> None:
     """Synthesise, preprocess, segment, evaluate, track, analyse survival and report, end to end."""
-    from metstrack.demo.run import DemoConfig, run_demo
+    from metstrack.demo.run import run_demo
+    from metstrack.demo.steps import DemoConfig
 
     if logging.getLogger().level > logging.DEBUG:
         # Lightning logs its own INFO banners through a separate handler (see `train`).

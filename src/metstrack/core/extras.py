@@ -16,7 +16,8 @@ from types import ModuleType
 
 from metstrack.errors import MissingExtraError
 
-#: Extra -> the distributions it installs (kept in step with pyproject.toml).
+#: Extras that metstrack imports through :func:`require` -> the modules they install
+#: (kept in step with pyproject.toml; ``cluster`` is only for launching clusters).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "search": ("optuna",),
     "seg": ("highdicom",),

@@ -170,14 +170,6 @@ class LocalExecutor:
                     fut.cancel()
 
 
-def _worker_memory_gib(memory_limit: object) -> float:
-    """A worker's memory limit in GiB (0 when it has none)."""
-    try:
-        return float(memory_limit or 0) / 2**30
-    except (TypeError, ValueError):
-        return 0.0
-
-
 class DaskExecutor:
     """Units of work on a ``dask.distributed`` cluster.
 
@@ -192,7 +184,9 @@ class DaskExecutor:
 
     Raises (on entering):
         SchedulerUnreachableError: ``scheduler`` does not answer in time.
-        ConfigError: No worker offers ``task_memory_gib``.
+        ConfigError: Workers are connected and none offers ``task_memory_gib`` (with
+            none connected yet, as in an adaptive cluster, the run goes on: the
+            scheduler places each unit when a worker that offers enough joins).
     """
 
     name = "dask"
@@ -258,13 +252,20 @@ class DaskExecutor:
         if self.task_memory_gib is None:
             return
         info = self.client.scheduler_info()["workers"].values()
+        if not info:  # an adaptive cluster (SLURM, Kubernetes) starts workers on demand
+            log.warning(
+                "no Dask worker is connected yet; each unit of --task-memory %g GiB waits "
+                "for a worker that offers %s",
+                self.task_memory_gib,
+                MEMORY_RESOURCE,
+            )
+            return
         offered = [float(w.get("resources", {}).get(MEMORY_RESOURCE, 0.0)) for w in info]
-        if not offered or max(offered) < self.task_memory_gib:
-            best = f"{max(offered):g} GiB" if offered else "no worker"
+        if max(offered) < self.task_memory_gib:
             self.close()
             raise ConfigError(
                 f"--task-memory {self.task_memory_gib:g} GiB: no Dask worker offers that much "
-                f"(largest {MEMORY_RESOURCE}: {best}); start workers with "
+                f"(largest {MEMORY_RESOURCE}: {max(offered):g} GiB); start workers with "
                 f'`dask worker --resources "{MEMORY_RESOURCE}=N"` (N in GiB) or lower --task-memory'
             )
 
