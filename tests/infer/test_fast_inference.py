@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metstrack.demo.run import shipped_checkpoint
+from metstrack.demo.steps import shipped_checkpoint
 from metstrack.infer.sliding import PRECISIONS, bf16_native, predict_sequence, resolve_precision
 from metstrack.io.checkpoint import load_checkpoint
 from metstrack.models.config import ModelConfig
