@@ -8,10 +8,13 @@ unreachable scheduler is one line and exit code 1, before any work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,8 +101,20 @@ def local_run(cohort, checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    with DaskExecutor(workers=2) as executor:
+    """Two workers, started while Dask's default dashboard port is taken (as by another
+    cluster on the machine): no warning (the suite turns warnings into errors)."""
+    with socket.socket() as busy:
+        with contextlib.suppress(OSError):  # already taken: the same situation
+            busy.bind(("", 8787))
+            busy.listen()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            executor = DaskExecutor(workers=2)
+            executor.open()
+    try:
         yield executor
+    finally:
+        executor.close()
 
 
 def test_two_worker_cluster_is_byte_identical_to_the_local_executor(
