@@ -23,7 +23,12 @@ import torch
 from metstrack.catalog import Catalog
 from metstrack.config import load_config
 from metstrack.errors import ConfigError
-from metstrack.execution.executor import MEMORY_RESOURCE, DaskExecutor, LocalExecutor
+from metstrack.execution.executor import (
+    MEMORY_RESOURCE,
+    DaskExecutor,
+    LocalExecutor,
+    WorkerLostError,
+)
 from metstrack.infer.run import PredictRequest, model_loads, predict_dataset
 from metstrack.io.checkpoint import save_checkpoint
 from metstrack.io.tracks import MaskSource
@@ -264,3 +269,15 @@ def test_local_executor_yields_every_result_and_raises_the_first_error() -> None
     assert sorted(LocalExecutor(2).map_unordered(abs, [-1, -2, -3])) == [(0, 1), (1, 2), (2, 3)]
     with pytest.raises(TypeError):
         list(LocalExecutor(1).map_unordered(abs, ["x"]))
+
+
+def test_a_unit_that_kills_its_workers_is_one_error_naming_it(cluster) -> None:
+    scheduler = (
+        cluster._cluster.scheduler
+    )  # in this process: allow no retry, so one death is enough
+    allowed, scheduler.allowed_failures = scheduler.allowed_failures, 0
+    try:
+        with pytest.raises(WorkerLostError, match=r"^7: every worker that ran it died"):
+            list(cluster.map_unordered(os._exit, [7]))
+    finally:
+        scheduler.allowed_failures = allowed
