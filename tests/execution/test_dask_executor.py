@@ -8,10 +8,13 @@ unreachable scheduler is one line and exit code 1, before any work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,12 @@ import torch
 from metstrack.catalog import Catalog
 from metstrack.config import load_config
 from metstrack.errors import ConfigError
-from metstrack.execution.executor import MEMORY_RESOURCE, DaskExecutor, LocalExecutor
+from metstrack.execution.executor import (
+    MEMORY_RESOURCE,
+    DaskExecutor,
+    LocalExecutor,
+    WorkerLostError,
+)
 from metstrack.infer.run import PredictRequest, model_loads, predict_dataset
 from metstrack.io.checkpoint import save_checkpoint
 from metstrack.io.tracks import MaskSource
@@ -98,8 +106,20 @@ def local_run(cohort, checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    with DaskExecutor(workers=2) as executor:
+    """Two workers, started while Dask's default dashboard port is taken (as by another
+    cluster on the machine): no warning (the suite turns warnings into errors)."""
+    with socket.socket() as busy:
+        with contextlib.suppress(OSError):  # already taken: the same situation
+            busy.bind(("", 8787))
+            busy.listen()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            executor = DaskExecutor(workers=2)
+            executor.open()
+    try:
         yield executor
+    finally:
+        executor.close()
 
 
 def test_two_worker_cluster_is_byte_identical_to_the_local_executor(
@@ -249,3 +269,15 @@ def test_local_executor_yields_every_result_and_raises_the_first_error() -> None
     assert sorted(LocalExecutor(2).map_unordered(abs, [-1, -2, -3])) == [(0, 1), (1, 2), (2, 3)]
     with pytest.raises(TypeError):
         list(LocalExecutor(1).map_unordered(abs, ["x"]))
+
+
+def test_a_unit_that_kills_its_workers_is_one_error_naming_it(cluster) -> None:
+    scheduler = (
+        cluster._cluster.scheduler
+    )  # in this process: allow no retry, so one death is enough
+    allowed, scheduler.allowed_failures = scheduler.allowed_failures, 0
+    try:
+        with pytest.raises(WorkerLostError, match=r"^7: every worker that ran it died"):
+            list(cluster.map_unordered(os._exit, [7]))
+    finally:
+        scheduler.allowed_failures = allowed

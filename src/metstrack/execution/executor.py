@@ -240,7 +240,8 @@ class DaskExecutor:
                 n_workers=self.workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                # a free port: the default 8787 may be another cluster's (and Dask warns)
+                dashboard_address=":0",
                 memory_limit=f"{per_worker:.3f}GiB",
                 resources={MEMORY_RESOURCE: round(per_worker, 3)},
                 silence_logs=logging.ERROR,
