@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -317,102 +317,163 @@ def compute_detection(
         ``(metrics, strata, lesions)``.
     """
     edges = normalize_bins(volume_bins_mm3)
-    aff = np.asarray(affine, dtype=np.float64)
     psurf = component_surfaces(pred) if pred_surfaces is None else pred_surfaces
     rsurf = component_surfaces(ref) if ref_surfaces is None else ref_surfaces
-    vv = float(voxel_volume_mm3)
-    n_bins = len(edges) - 1
-    b_nref = np.zeros(n_bins, int)
-    b_tp = np.zeros(n_bins, int)
-    b_fp = np.zeros(n_bins, int)
-    b_dice = np.zeros(n_bins)
-    records: list[LesionRecord] = []
-    tp = fn = n_ignored = 0
-    dices_tp: list[float] = []
-    hds_tp: list[float] = []
-    dice_sum_scored = 0.0
-    n_new = new_det = 0
     unit_hd = _unit_hd95(matching, psurf, rsurf, spacing_mm)
-    for u, comps in enumerate(matching.ref_units):
-        ps = matching.unit_pred[u]
-        n_r = int(ref.voxel_counts[list(comps)].sum())
-        n_p = int(pred.voxel_counts[list(ps)].sum()) if ps else 0
-        inter = int(matching.unit_intersection_voxels[u])
-        w = ref.voxel_counts[list(comps)].astype(np.float64)
-        c_vox = (ref.centroids_voxel[list(comps)] * w[:, None]).sum(axis=0) / w.sum()
-        c_mm = aff[:3, :3] @ c_vox + aff[:3, 3]
-        vol = n_r * vv
-        b = _bin_of(vol, edges)
-        is_new = None if unit_is_new is None else unit_is_new[u]
-        if matching.unit_ignored[u]:
-            kind, dice, hd = "ignored", math.nan, math.nan
-            n_ignored += 1
-        elif ps:
-            kind = "tp"
-            dice = 2.0 * inter / (n_p + n_r)
-            hd = float(unit_hd[u])
-            tp += 1
-            dices_tp.append(dice)
-            hds_tp.append(hd)
-        else:
-            kind, dice, hd = "fn", 0.0, math.nan
-            fn += 1
-        if kind != "ignored":
-            b_nref[b] += 1
-            b_tp[b] += kind == "tp"
-            b_dice[b] += dice
-            dice_sum_scored += dice
-            if is_new:
-                n_new += 1
-                new_det += kind == "tp"
-        records.append(
-            LesionRecord(
-                kind=kind,
-                ref_labels=tuple(int(r) for r in comps),
-                pred_labels=tuple(int(p) for p in ps),
-                ref_volume_mm3=vol,
-                pred_volume_mm3=n_p * vv,
-                intersection_mm3=inter * vv,
-                dice=dice,
-                hd95_mm=hd,
-                match_score=float(matching.unit_score[u]),
-                stratum=bin_label(edges[b], edges[b + 1]),
-                centroid_mm=(float(c_mm[0]), float(c_mm[1]), float(c_mm[2])),
-                is_new=is_new,
-            )
+    geo = _Geometry(np.asarray(affine, dtype=np.float64), float(voxel_volume_mm3), edges)
+    tally = _Tally.empty(len(edges) - 1)
+    records = [
+        _reference_record(u, pred, ref, matching, unit_hd, unit_is_new, geo, tally)
+        for u in range(len(matching.ref_units))
+    ]
+    records += [_false_positive_record(p, pred, geo, tally) for p in matching.false_positive_pred]
+    metrics = _detection_totals(pred, ref, matching, tally, geo, beta, hd95_penalty_mm)
+    return metrics, _strata(tally, edges), tuple(records)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """What turns voxel counts and centroids into mm: the affine, voxel volume, strata edges."""
+
+    affine: np.ndarray
+    voxel_volume_mm3: float
+    edges: tuple[float, ...]
+
+    def centroid_mm(self, c_vox: np.ndarray) -> tuple[float, float, float]:
+        c = self.affine[:3, :3] @ c_vox + self.affine[:3, 3]
+        return (float(c[0]), float(c[1]), float(c[2]))
+
+    def stratum(self, volume_mm3: float) -> tuple[int, str]:
+        b = _bin_of(volume_mm3, self.edges)
+        return b, bin_label(self.edges[b], self.edges[b + 1])
+
+
+@dataclass
+class _Tally:
+    """Running counts of one study's detection (per stratum and in total)."""
+
+    b_nref: np.ndarray
+    b_tp: np.ndarray
+    b_fp: np.ndarray
+    b_dice: np.ndarray
+    tp: int = 0
+    fn: int = 0
+    n_ignored: int = 0
+    n_new: int = 0
+    new_detected: int = 0
+    dice_sum_scored: float = 0.0
+    dices_tp: list[float] = field(default_factory=list)
+    hds_tp: list[float] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n_bins: int) -> _Tally:
+        return cls(
+            np.zeros(n_bins, int), np.zeros(n_bins, int), np.zeros(n_bins, int), np.zeros(n_bins)
         )
-    for p in matching.false_positive_pred:
-        vol = float(pred.voxel_counts[p]) * vv
-        b = _bin_of(vol, edges)
-        b_fp[b] += 1
-        c_mm = aff[:3, :3] @ pred.centroids_voxel[p] + aff[:3, 3]
-        records.append(
-            LesionRecord(
-                kind="fp",
-                ref_labels=(),
-                pred_labels=(int(p),),
-                ref_volume_mm3=math.nan,
-                pred_volume_mm3=vol,
-                intersection_mm3=0.0,
-                dice=0.0,
-                hd95_mm=math.nan,
-                match_score=math.nan,
-                stratum=bin_label(edges[b], edges[b + 1]),
-                centroid_mm=(float(c_mm[0]), float(c_mm[1]), float(c_mm[2])),
-                is_new=None,
-            )
-        )
+
+
+def _reference_record(
+    u: int,
+    pred: LabelMap,
+    ref: LabelMap,
+    matching: LesionMatching,
+    unit_hd: np.ndarray,
+    unit_is_new: Sequence[bool | None] | None,
+    geo: _Geometry,
+    tally: _Tally,
+) -> LesionRecord:
+    """The record of reference lesion ``u`` (tp, fn or ignored), counted into ``tally``."""
+    comps = matching.ref_units[u]
+    ps = matching.unit_pred[u]
+    n_r = int(ref.voxel_counts[list(comps)].sum())
+    n_p = int(pred.voxel_counts[list(ps)].sum()) if ps else 0
+    inter = int(matching.unit_intersection_voxels[u])
+    w = ref.voxel_counts[list(comps)].astype(np.float64)
+    c_vox = (ref.centroids_voxel[list(comps)] * w[:, None]).sum(axis=0) / w.sum()
+    vol = n_r * geo.voxel_volume_mm3
+    b, stratum = geo.stratum(vol)
+    is_new = None if unit_is_new is None else unit_is_new[u]
+    if matching.unit_ignored[u]:
+        kind, dice, hd = "ignored", math.nan, math.nan
+        tally.n_ignored += 1
+    elif ps:
+        kind = "tp"
+        dice = 2.0 * inter / (n_p + n_r)
+        hd = float(unit_hd[u])
+        tally.tp += 1
+        tally.dices_tp.append(dice)
+        tally.hds_tp.append(hd)
+    else:
+        kind, dice, hd = "fn", 0.0, math.nan
+        tally.fn += 1
+    if kind != "ignored":
+        tally.b_nref[b] += 1
+        tally.b_tp[b] += kind == "tp"
+        tally.b_dice[b] += dice
+        tally.dice_sum_scored += dice
+        if is_new:
+            tally.n_new += 1
+            tally.new_detected += kind == "tp"
+    return LesionRecord(
+        kind=kind,
+        ref_labels=tuple(int(r) for r in comps),
+        pred_labels=tuple(int(p) for p in ps),
+        ref_volume_mm3=vol,
+        pred_volume_mm3=n_p * geo.voxel_volume_mm3,
+        intersection_mm3=inter * geo.voxel_volume_mm3,
+        dice=dice,
+        hd95_mm=hd,
+        match_score=float(matching.unit_score[u]),
+        stratum=stratum,
+        centroid_mm=geo.centroid_mm(c_vox),
+        is_new=is_new,
+    )
+
+
+def _false_positive_record(p: int, pred: LabelMap, geo: _Geometry, tally: _Tally) -> LesionRecord:
+    """The record of unmatched predicted component ``p``, counted into ``tally``."""
+    vol = float(pred.voxel_counts[p]) * geo.voxel_volume_mm3
+    b, stratum = geo.stratum(vol)
+    tally.b_fp[b] += 1
+    return LesionRecord(
+        kind="fp",
+        ref_labels=(),
+        pred_labels=(int(p),),
+        ref_volume_mm3=math.nan,
+        pred_volume_mm3=vol,
+        intersection_mm3=0.0,
+        dice=0.0,
+        hd95_mm=math.nan,
+        match_score=math.nan,
+        stratum=stratum,
+        centroid_mm=geo.centroid_mm(pred.centroids_voxel[p]),
+        is_new=None,
+    )
+
+
+def _detection_totals(
+    pred: LabelMap,
+    ref: LabelMap,
+    matching: LesionMatching,
+    tally: _Tally,
+    geo: _Geometry,
+    beta: float,
+    hd95_penalty_mm: float,
+) -> DetectionMetrics:
+    """The study's :class:`DetectionMetrics` from the tally and the two label maps."""
+    tp, fn = tally.tp, tally.fn
     fp = len(matching.false_positive_pred)
     tp_pred = len(matching.matched_pred)
     n_scored = tp + fn
     b2 = beta * beta
+    vv = geo.voxel_volume_mm3
     ref_count = int(np.count_nonzero(ref.voxel_counts[1:]))
     pred_count = int(np.count_nonzero(pred.voxel_counts[1:]))
     ref_vol = float(ref.voxel_counts[1:].sum()) * vv
     pred_vol = float(pred.voxel_counts[1:].sum()) * vv
-    metrics = DetectionMetrics(
+    return DetectionMetrics(
         n_ref=n_scored,
-        n_ref_ignored=n_ignored,
+        n_ref_ignored=tally.n_ignored,
         n_pred=pred_count,
         tp=tp,
         tp_pred=tp_pred,
@@ -423,10 +484,10 @@ def compute_detection(
         f1=_ratio(2 * tp, 2 * tp + fp + fn),
         beta=float(beta),
         f_beta=_ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp),
-        lesion_dice=float(np.mean(dices_tp)) if dices_tp else math.nan,
-        lesion_hd95_mm=float(np.mean(hds_tp)) if hds_tp else math.nan,
-        lesionwise_dice=_ratio(dice_sum_scored, n_scored + fp),
-        lesionwise_hd95_mm=_ratio(sum(hds_tp) + hd95_penalty_mm * (fn + fp), n_scored + fp),
+        lesion_dice=float(np.mean(tally.dices_tp)) if tally.dices_tp else math.nan,
+        lesion_hd95_mm=float(np.mean(tally.hds_tp)) if tally.hds_tp else math.nan,
+        lesionwise_dice=_ratio(tally.dice_sum_scored, n_scored + fp),
+        lesionwise_hd95_mm=_ratio(sum(tally.hds_tp) + hd95_penalty_mm * (fn + fp), n_scored + fp),
         hd95_penalty_mm=float(hd95_penalty_mm),
         ref_count=ref_count,
         pred_count=pred_count,
@@ -438,22 +499,25 @@ def compute_detection(
         volume_error_mm3=pred_vol - ref_vol,
         volume_abs_error_mm3=abs(pred_vol - ref_vol),
         volume_rel_error=_ratio(pred_vol - ref_vol, ref_vol),
-        n_new_ref=n_new,
-        new_detected=new_det,
-        new_lesion_sensitivity=_ratio(new_det, n_new),
+        n_new_ref=tally.n_new,
+        new_detected=tally.new_detected,
+        new_lesion_sensitivity=_ratio(tally.new_detected, tally.n_new),
     )
-    strata = tuple(
+
+
+def _strata(tally: _Tally, edges: Sequence[float]) -> tuple[StratumMetrics, ...]:
+    """Per-stratum detection of the reference lesions (and false positives by their volume)."""
+    return tuple(
         StratumMetrics(
             stratum=bin_label(edges[i], edges[i + 1]),
             lower_mm3=edges[i],
             upper_mm3=edges[i + 1],
-            n_ref=int(b_nref[i]),
-            tp=int(b_tp[i]),
-            fn=int(b_nref[i] - b_tp[i]),
-            sensitivity=_ratio(b_tp[i], b_nref[i]),
-            fp=int(b_fp[i]),
-            dice_mean=_ratio(b_dice[i], b_nref[i]),
+            n_ref=int(tally.b_nref[i]),
+            tp=int(tally.b_tp[i]),
+            fn=int(tally.b_nref[i] - tally.b_tp[i]),
+            sensitivity=_ratio(tally.b_tp[i], tally.b_nref[i]),
+            fp=int(tally.b_fp[i]),
+            dice_mean=_ratio(tally.b_dice[i], tally.b_nref[i]),
         )
-        for i in range(n_bins)
+        for i in range(len(edges) - 1)
     )
-    return metrics, strata, tuple(records)
