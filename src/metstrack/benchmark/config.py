@@ -121,13 +121,13 @@ class PredictSettings:
     Attributes:
         overlap: Window overlap fraction in [0, 1).
         threshold: Foreground probability at or above which a voxel is lesion.
-        sw_batch_size: Windows per network call.
+        sw_batch_size: Windows per network call (2: oneDNN convolutions for small networks; docs/speed.md).
         tta_flips: Average over the 8 mirror flips.
     """
 
     overlap: float = 0.25
     threshold: float = 0.5
-    sw_batch_size: int = 1
+    sw_batch_size: int = 2
     tta_flips: bool = False
 
 
