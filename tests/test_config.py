@@ -62,3 +62,21 @@ def test_typed_values_apply_last_and_skip_none(tmp_path):
         load_config(Cfg, values={"seed": 1.5})
     with pytest.raises(ConfigError, match="did you mean 'seed'"):
         load_config(Cfg, values={"sed": 1})
+
+
+def test_matching_modes_are_typed_choices_checked_by_the_loader():
+    """Modes are Literal types: the loader refuses a bad value by name, with a suggestion."""
+    import typing
+
+    from metstrack.config import load_config
+    from metstrack.errors import ConfigError
+    from metstrack.metrics.matching import MATCH_MODES, MatchMode
+    from metstrack.workflows.evaluate import EvaluationConfig
+
+    hints = typing.get_type_hints(EvaluationConfig)
+    assert typing.get_args(hints["mode"]) == MATCH_MODES == typing.get_args(MatchMode)
+    assert load_config(EvaluationConfig, None, ["mode=brats"]).mode == "brats"
+    with pytest.raises(ConfigError, match=r"mode.*'brat'.*did you mean 'brats'"):
+        load_config(EvaluationConfig, None, ["mode=brat"])
+    with pytest.raises(ConfigError, match="did you mean 'pairs'"):
+        load_config(EvaluationConfig, None, ["match_objective=pair"])

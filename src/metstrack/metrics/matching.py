@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import cc3d
 import numpy as np
@@ -53,10 +54,13 @@ from scipy.optimize import linear_sum_assignment
 from metstrack.core.lesions import LabelMap
 from metstrack.errors import did_you_mean
 
-MATCH_MODES: tuple[str, ...] = ("overlap", "brats")
-CRITERIA: tuple[str, ...] = ("iou", "ior")
+MatchMode = Literal["overlap", "brats"]
+Criterion = Literal["iou", "ior"]
 #: What the one-to-one ``overlap`` matching maximises.
-OBJECTIVES: tuple[str, ...] = ("overlap", "pairs")
+Objective = Literal["overlap", "pairs"]
+MATCH_MODES: tuple[str, ...] = get_args(MatchMode)
+CRITERIA: tuple[str, ...] = get_args(Criterion)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 #: Dilation iterations of the BraTS-METS 2023 convention (BraTS-MET challenge parameters).
 BRATS_METS_DILATION_VOXELS = 1
 #: Minimum reference lesion volume (mm3) the BraTS-METS 2023 evaluation scored.
@@ -78,12 +82,12 @@ class MatchingOptions:
             the number of pairs first (``"pairs"``).
     """
 
-    mode: str = "overlap"
-    criterion: str = "iou"
+    mode: MatchMode = "overlap"
+    criterion: Criterion = "iou"
     threshold: float = 0.0
     dilation_voxels: int = BRATS_METS_DILATION_VOXELS
     min_ref_volume_mm3: float = 0.0
-    objective: str = "overlap"
+    objective: Objective = "overlap"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

@@ -46,8 +46,11 @@ from metstrack.metrics.detection import (
 from metstrack.metrics.foreground import foreground_overlaps, label_foreground
 from metstrack.metrics.matching import (
     BRATS_METS_DILATION_VOXELS,
+    Criterion,
     LesionMatching,
     MatchingOptions,
+    MatchMode,
+    Objective,
     match_lesions,
 )
 from metstrack.metrics.voxel import VoxelMetrics, voxel_metrics_from_parts
@@ -256,10 +259,10 @@ class StudyOptions:
         'brats'
     """
 
-    mode: str = "overlap"
-    criterion: str = "iou"
+    mode: MatchMode = "overlap"
+    criterion: Criterion = "iou"
     match_threshold: float = 0.0
-    match_objective: str = "overlap"
+    match_objective: Objective = "overlap"
     dilation_voxels: int = BRATS_METS_DILATION_VOXELS
     min_ref_volume_mm3: float = 0.0
     connectivity: int = 26

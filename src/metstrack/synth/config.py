@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from metstrack.errors import ConfigError, did_you_mean
 
@@ -88,6 +89,13 @@ class CovariateEffects:
         }
 
 
+#: The synthetic world's options (typed choices; the config loader and the CLI check them).
+Anatomy = Literal["template", "phantom"]
+Contrast = Literal["clinical", "randomized", "mixed"]
+Acquisition = Literal["clinical", "fixed"]
+Skull = Literal["on", "stripped", "mixed"]
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Settings of one synthetic cohort.
@@ -151,10 +159,10 @@ class SynthConfig:
     small_lesion_fraction: float = 0.3
     hazard_ratio: float = 1.27
     vessel_bait: bool = True
-    anatomy: str = "template"
-    contrast: str = "clinical"
-    acquisition: str = "clinical"
-    skull: str = "on"
+    anatomy: Anatomy = "template"
+    contrast: Contrast = "clinical"
+    acquisition: Acquisition = "clinical"
+    skull: Skull = "on"
     workers: int = 1
     covariates: CovariateEffects = field(default_factory=CovariateEffects)
 
@@ -201,10 +209,10 @@ class SynthConfig:
         if self.workers < 1:
             raise ConfigError(f"workers must be >= 1, found {self.workers}")
         for name, options in (
-            ("anatomy", ("template", "phantom")),
-            ("contrast", ("clinical", "randomized", "mixed")),
-            ("acquisition", ("clinical", "fixed")),
-            ("skull", ("on", "stripped", "mixed")),
+            ("anatomy", get_args(Anatomy)),
+            ("contrast", get_args(Contrast)),
+            ("acquisition", get_args(Acquisition)),
+            ("skull", get_args(Skull)),
         ):
             value = getattr(self, name)
             if value not in options:

@@ -53,7 +53,12 @@ from metstrack.io.nifti import check_same_grid, find_nifti, read_label, read_vol
 from metstrack.metrics.cohort import CohortSummary, summarize_cohort
 from metstrack.metrics.detection import BRATS_HD95_PENALTY_MM, DEFAULT_VOLUME_BINS_MM3
 from metstrack.metrics.longitudinal import StudyPairChange, compute_longitudinal
-from metstrack.metrics.matching import BRATS_METS_DILATION_VOXELS
+from metstrack.metrics.matching import (
+    BRATS_METS_DILATION_VOXELS,
+    Criterion,
+    MatchMode,
+    Objective,
+)
 from metstrack.metrics.study import StudyEvaluation, StudyOptions, evaluate_study
 from metstrack.types import AFFINE_ATOL_MM, LABEL_SEQUENCE, Volume
 
@@ -92,10 +97,10 @@ class EvaluationConfig:
             rather than read as "anything non-zero" (see :mod:`metstrack.io.labels`).
     """
 
-    mode: str = "overlap"
-    criterion: str = "iou"
+    mode: MatchMode = "overlap"
+    criterion: Criterion = "iou"
     match_threshold: float = 0.0
-    match_objective: str = "overlap"
+    match_objective: Objective = "overlap"
     dilation_voxels: int = BRATS_METS_DILATION_VOXELS
     min_ref_volume_mm3: float = 0.0
     connectivity: int = 26
