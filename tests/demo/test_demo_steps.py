@@ -40,3 +40,13 @@ def test_shipped_checkpoint_replaces_training(tmp_path: Path) -> None:
     if not will_train(cfg):
         assert model[0].argv == ()
         assert checkpoint_path(cfg, DemoPaths.under(cfg.out)).name == "stt_demo.pt"
+
+
+def test_report_command_names_the_survival_folder_the_report_shows(tmp_path: Path) -> None:
+    cfg = DemoConfig(out=tmp_path / "d", patients=3, seed=5, train_steps=2, workers=1)
+    paths = DemoPaths.under(cfg.out)
+    report = {s.name: s for s in demo_steps(cfg, paths)}["report"]
+    assert str(paths.survival) in report.argv  # no tracked-burden fit (yet)
+    paths.survival_tracked.mkdir(parents=True)
+    (paths.survival_tracked / "summary.json").write_text("{}")
+    assert str(paths.survival_tracked) in report.argv  # resolved when the step runs

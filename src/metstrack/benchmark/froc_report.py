@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metstrack.benchmark.config import FrocSettings
 from metstrack.core import schema
 from metstrack.core.atomic import (
     atomic_path,
@@ -43,7 +44,6 @@ from metstrack.io.nifti import find_nifti, read_label, read_volume
 from metstrack.io.tracks import GT_INSTANCES_DIR
 from metstrack.metrics.detection import SMALL_LESION_MM3
 from metstrack.metrics.froc import (
-    DEFAULT_THRESHOLDS,
     ScanFROC,
     Stratum,
     at_operating_point,
@@ -56,8 +56,6 @@ from metstrack.metrics.froc import (
     stratum_volume,
 )
 
-#: Label regimes: which studies' labels training may use.
-REGIMES = ("all", "radiosurgery")
 #: Strata reported, by column suffix.
 STRATA: dict[str, Stratum] = {
     "all": stratum_all,
@@ -68,29 +66,6 @@ FROC_CSV = "froc.csv"
 FROC_MD = "froc.md"
 CURVES_CSV = "froc_curves.csv"
 RUN_FILE = "froc.json"
-
-
-@dataclass(frozen=True)
-class FrocSettings:
-    """The common operating point and the comparison.
-
-    Attributes:
-        enabled: Compute the FROC comparison (needs validation predictions).
-        fp_per_scan_target: The common false-positive rate at which every run's
-            threshold is picked on its validation patients.
-        thresholds: Increasing probability thresholds of the FROC grid.
-        reference: Arm that every other arm is compared with (paired bootstrap);
-            no comparison when it is not among the arms.
-        n_bootstrap: Bootstrap replicates of the paired difference.
-        seed: Seed of the bootstrap.
-    """
-
-    enabled: bool = True
-    fp_per_scan_target: float = 1.0
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    reference: str = "unet"
-    n_bootstrap: int = 2000
-    seed: int = 0
 
 
 def new_lesion_flags(data_dir: Path) -> dict[str, set[int]]:

@@ -123,11 +123,21 @@ class DemoPaths:
 
 @dataclass(frozen=True)
 class DemoStep:
-    """One step: its name, the equivalent command (shown, recorded) and what it runs."""
+    """One step: its name, the equivalent command (shown, recorded) and what it runs.
+
+    ``argv_when_run``, when given, builds the command from what earlier steps
+    wrote (the report's survival folder depends on whether step 8 could fit).
+    """
 
     name: str
-    argv: tuple[str, ...]
+    fixed_argv: tuple[str, ...]
     run: Callable[[], object]
+    argv_when_run: Callable[[], tuple[str, ...]] | None = None
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The equivalent ``metstrack`` arguments (resolved now, for steps that depend on others)."""
+        return self.argv_when_run() if self.argv_when_run else self.fixed_argv
 
     @property
     def command(self) -> str:
@@ -372,11 +382,12 @@ def survival_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
 
 def report_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
     """Step 10: the HTML report (its survival section names the cohort it comes from)."""
-    survival = report_survival(paths) if paths.survival_tracked.exists() else paths.survival
-    argv = ("report", "--data", str(paths.data), "--predictions", str(paths.predictions),
-            "--evaluation", str(paths.evaluation), "--tracking", str(paths.tracking),
-            "--survival", str(survival), "--out", str(paths.report), "--title",
-            REPORT_TITLE)  # fmt: skip
+
+    def argv() -> tuple[str, ...]:
+        return ("report", "--data", str(paths.data), "--predictions", str(paths.predictions),
+                "--evaluation", str(paths.evaluation), "--tracking", str(paths.tracking),
+                "--survival", str(report_survival(paths)), "--out", str(paths.report),
+                "--title", REPORT_TITLE)  # fmt: skip
 
     def run() -> None:
         inputs = ReportInputs(
@@ -388,7 +399,7 @@ def report_step(cfg: DemoConfig, paths: DemoPaths) -> DemoStep:
             inputs, paths.report, cohort=cohort, patients=[p.patient_id for p in cohort.patients]
         )
 
-    return DemoStep("report", argv, run)
+    return DemoStep("report", argv(), run, argv_when_run=argv)
 
 
 def demo_steps(cfg: DemoConfig, paths: DemoPaths) -> list[DemoStep]:

@@ -234,10 +234,8 @@ def operating_threshold(validation: Sequence[ScanFROC], fp_per_scan_target: floa
 def point_at(
     scans: Sequence[ScanFROC], threshold: float, stratum: Stratum = stratum_all
 ) -> tuple[float, float]:
-    """(sensitivity, FP per scan) at one threshold of the grid."""
-    i = _threshold_index(scans, threshold)
-    curve = froc_curve(scans, stratum)
-    return float(curve.sensitivity[i]), float(curve.fp_per_scan[i])
+    """(sensitivity, FP per scan) at one threshold of the grid (one run of :func:`at_operating_point`)."""
+    return at_operating_point([(scans, threshold)], stratum)
 
 
 #: One trained model's scans and the threshold it operates at (picked on validation).
