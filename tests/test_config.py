@@ -80,3 +80,64 @@ def test_matching_modes_are_typed_choices_checked_by_the_loader():
         load_config(EvaluationConfig, None, ["mode=brat"])
     with pytest.raises(ConfigError, match="did you mean 'pairs'"):
         load_config(EvaluationConfig, None, ["match_objective=pair"])
+
+
+def _config_classes():
+    from metstrack.preprocess.config import PreprocessConfig
+    from metstrack.survival.config import SurvivalConfig
+    from metstrack.train.config import TrainConfig
+    from metstrack.train.pretrain_config import PretrainConfig
+    from metstrack.train.search_space import SearchConfig
+
+    return {
+        "survival": SurvivalConfig,
+        "train": TrainConfig,
+        "pretrain": PretrainConfig,
+        "preprocess": PreprocessConfig,
+        "search": SearchConfig,
+    }
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "bad", "suggestion"),
+    [
+        ("survival", "origin", "first_sca", "first_scan"),
+        ("survival", "rate_method", "log-ols", "log_ols"),
+        ("survival", "impute", "medain", "median"),
+        ("survival", "groups", "tertile", "tertiles"),
+        ("train", "data.window", "frist", "first"),
+        ("train", "data.missing_modality", "zeroes", "zero"),
+        ("train", "loss.name", "dicfocal", "dicefocal"),
+        ("train", "optim.schedule", "pol", "poly"),
+        ("train", "validation.score", "lesion-f1", "lesion_f1"),
+        ("train", "trainer.precision", "bf16_mixed", "bf16-mixed"),
+        ("pretrain", "objective.name", "restor", "restore"),
+        ("preprocess", "brain_method", "deepbed", "deepbet"),
+        ("preprocess", "normalize", "zscor", "zscore"),
+        ("search", "sampler", "tpee", "tpe"),
+        ("search", "pruner", "percentil", "percentile"),
+    ],
+)
+def test_a_wrong_mode_in_a_toml_names_the_field_and_suggests(
+    tmp_path, section, key, bad, suggestion
+):
+    """Every mode is a Literal type: a wrong value in TOML is refused by the loader
+    with the file, the dotted field, the valid values (declared order) and the closest one."""
+    import typing
+
+    from metstrack.config import load_config
+    from metstrack.errors import ConfigError
+
+    cls = _config_classes()[section]
+    table, _, name = key.rpartition(".")
+    path = tmp_path / "cfg.toml"
+    path.write_text((f"[{table}]\n" if table else "") + f'{name} = "{bad}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(cls, path)
+    message = str(info.value)
+    assert f"cfg.toml.{key}: {bad!r} is not allowed" in message
+    assert f"did you mean {suggestion!r}" in message
+    node = cls
+    for part in key.split("."):
+        node = typing.get_type_hints(node)[part]
+    assert f"valid: {', '.join(typing.get_args(node))}" in message

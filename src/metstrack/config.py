@@ -77,7 +77,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(
-                f"{where}: {value!r} is not allowed; {did_you_mean(str(value), args)}"
+                f"{where}: {value!r} is not allowed; {did_you_mean(str(value), args, sort=False)}"
             )
         return value
     if origin in (tuple, list) or tp in (tuple, list):

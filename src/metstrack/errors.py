@@ -55,17 +55,21 @@ class SurvivalDataError(MetstrackError):
     """Survival data cannot support the requested fit (no events, separation, bad times)."""
 
 
-def did_you_mean(name: str, options: Iterable[str]) -> str:
+def did_you_mean(name: str, options: Iterable[str], *, sort: bool = True) -> str:
     """Return a hint listing the valid options and the closest match to ``name``.
 
     Args:
         name: The value the user gave.
         options: Every valid value.
+        sort: List the options alphabetically (else in the order given, e.g. the
+            declared order of a ``Literal`` type, default first).
 
     Returns:
         A sentence such as ``"valid: a, b, c; did you mean 'b'?"``.
     """
-    opts = sorted(str(o) for o in options)
+    opts = [str(o) for o in options]
+    if sort:
+        opts.sort()
     close = difflib.get_close_matches(str(name), opts, n=1, cutoff=0.5)
     hint = f"valid: {', '.join(opts)}"
     if close:

@@ -26,16 +26,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.types import DAYS_PER_MONTH
 
+#: Rate-of-change definitions (a typed choice; the config loader checks it by name).
 RateMethod = Literal["ols", "log_ols", "first_last"]
 #: Valid values of ``method``.
-RATE_METHODS: tuple[str, ...] = ("ols", "log_ols", "first_last")
+RATE_METHODS: tuple[str, ...] = get_args(RateMethod)
 #: Added to the volume in cm3 before the logarithm of the ``"log_ols"`` method.
 LOG_EPSILON_CM3 = 0.001
 #: mm3 per cm3.

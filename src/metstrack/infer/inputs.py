@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from metstrack.core import schema
 from metstrack.core.mapping import TRANSFORMS_DIR
@@ -45,7 +46,8 @@ from metstrack.types import Cohort
 log = logging.getLogger(__name__)
 
 #: When the input is preprocessed on the way in.
-PREPROCESS_CHOICES: tuple[str, ...] = ("auto", "always", "never")
+PreprocessChoice = Literal["auto", "always", "never"]
+PREPROCESS_CHOICES: tuple[str, ...] = get_args(PreprocessChoice)
 #: Sub-folders of the work folder.
 INGESTED_DIR = "ingested"
 PREPROCESSED_DIR = "preprocessed"

@@ -49,10 +49,10 @@ from metstrack.core.lesions import lesion_table
 from metstrack.core.mapping import load_transform
 from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, InvalidImageError
-from metstrack.infer.sliding import predict_sequence
+from metstrack.infer.sliding import BlendMode, InferPrecision, predict_sequence
 from metstrack.io.nifti import check_same_grid, read_label, read_volume, write_volume
 from metstrack.models.base import SequenceModel
-from metstrack.preprocess.brain import estimate_brain_mask
+from metstrack.preprocess.brain import BrainMethod, estimate_brain_mask
 from metstrack.preprocess.intensity import zscore_in_brain
 from metstrack.preprocess.outputs import brain_mask_path
 from metstrack.types import Patient, Volume
@@ -146,15 +146,15 @@ class PredictOptions:
 
     roi_size: tuple[int, int, int] | None = None
     overlap: float = 0.5
-    mode: str = "gaussian"
+    mode: BlendMode = "gaussian"
     sw_batch_size: int = 2
     tta_flips: bool = False
     threshold: float = 0.5
     min_volume_mm3: float = 0.0
     skip_existing: bool = True
-    brain_method: str = "auto"
+    brain_method: BrainMethod = "auto"
     crop_margin_mm: float = 8.0
-    precision: str = "fp32"
+    precision: InferPrecision = "fp32"
 
 
 @dataclass(frozen=True)

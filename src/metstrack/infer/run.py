@@ -33,7 +33,12 @@ from metstrack.config import save_config, to_dict
 from metstrack.core.atomic import sweep_stale_temps
 from metstrack.errors import ConfigError, DatasetError, MetstrackError, did_you_mean
 from metstrack.execution.executor import Executor, LocalExecutor
-from metstrack.infer.inputs import PREPROCESS_CHOICES, PreparedInput, prepare_input
+from metstrack.infer.inputs import (
+    PREPROCESS_CHOICES,
+    PreparedInput,
+    PreprocessChoice,
+    prepare_input,
+)
 from metstrack.infer.predict import PredictOptions, load_patient_studies, predict_patient
 from metstrack.infer.resume import (
     FINGERPRINT_KEY,
@@ -42,7 +47,7 @@ from metstrack.infer.resume import (
     run_fingerprint,
     saved_fingerprint,
 )
-from metstrack.infer.sliding import PRECISIONS, resolve_precision
+from metstrack.infer.sliding import PRECISIONS, InferPrecision, resolve_precision
 from metstrack.io.checkpoint import (
     MIN_VOLUME_KEY,
     THRESHOLD_KEY,
@@ -53,7 +58,7 @@ from metstrack.io.checkpoint import (
 from metstrack.io.fingerprint import file_sha256
 from metstrack.models.base import SequenceModel
 from metstrack.models.config import ModelConfig
-from metstrack.preprocess.brain import BRAIN_METHODS
+from metstrack.preprocess.brain import BRAIN_METHODS, BrainMethod
 from metstrack.types import Patient
 
 log = logging.getLogger(__name__)
@@ -108,12 +113,12 @@ class PredictRequest:
     device: str = "cpu"
     layout: str = "auto"
     intervals: Path | None = None
-    preprocess: str = "auto"
-    brain_method: str = "auto"
+    preprocess: PreprocessChoice = "auto"
+    brain_method: BrainMethod = "auto"
     spacing_mm: float | None = None
     native: bool = True
     overwrite: bool = False
-    precision: str = "fp32"
+    precision: InferPrecision = "fp32"
 
     def __post_init__(self) -> None:
         for value, choices, name in (

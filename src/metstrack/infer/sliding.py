@@ -35,7 +35,7 @@ import copy
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 
 #: Arithmetic the network runs in: ``"fp32"``, ``"bf16"``, or ``"auto"`` (bf16
 #: where the device computes it natively, else fp32; see :func:`resolve_precision`).
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+InferPrecision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(InferPrecision)
+#: Blending of overlapping sliding windows.
+BlendMode = Literal["gaussian", "constant"]
 
 
 def bf16_native(device: torch.device | str = "cpu") -> bool:
@@ -120,12 +123,12 @@ def predict_sequence(
     *,
     roi_size: Sequence[int] | None,
     overlap: float = 0.5,
-    mode: str = "gaussian",
+    mode: BlendMode = "gaussian",
     sw_batch_size: int = 2,
     tta_flips: bool = False,
     prior_masks: torch.Tensor | None = None,
     prior_threshold: float = 0.5,
-    precision: str = "fp32",
+    precision: InferPrecision = "fp32",
 ) -> torch.Tensor:
     """Class probabilities for every study of one patient, memory carried in time.
 

@@ -31,6 +31,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import cc3d
 import numpy as np
@@ -259,8 +260,10 @@ def template_mask(vol: Volume) -> np.ndarray:
     return out.astype(bool)
 
 
-#: Brain-mask methods of :func:`estimate_brain_mask`.
-BRAIN_METHODS: tuple[str, ...] = ("auto", "deepbet", "heuristic", "nonzero", "none")
+#: Brain-mask methods of :func:`estimate_brain_mask` (a typed choice; the config loader
+#: checks it by name).
+BrainMethod = Literal["auto", "deepbet", "heuristic", "nonzero", "none"]
+BRAIN_METHODS: tuple[str, ...] = get_args(BrainMethod)
 #: ``auto``: below this share of exactly-zero voxels an image is taken as skull-on.
 STRIPPED_MIN_ZERO_FRACTION = 0.3
 #: ``auto``: a zero-background image is skull-stripped when its non-zero region is
@@ -300,7 +303,7 @@ def auto_brain_method(vol: Volume) -> tuple[str, np.ndarray | None]:
 
 
 def estimate_brain_mask(
-    vol: Volume, method: str = "auto", cfg: BrainMaskConfig | None = None
+    vol: Volume, method: BrainMethod = "auto", cfg: BrainMaskConfig | None = None
 ) -> tuple[np.ndarray, str]:
     """Brain mask of a T1 (post) image when none is given.
 

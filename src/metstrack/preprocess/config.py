@@ -9,19 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.preprocess.brain import (
     BRAIN_METHODS,
     BrainMaskConfig,
+    BrainMethod,
 )
 from metstrack.preprocess.register import RegistrationConfig
 
 #: Folder of the preprocessing records inside the output dataset.
 PREPROCESS_DIR = "preprocess"
 REFERENCE_SEQUENCE = "CT1"
-INTERPOLATIONS = {"linear": 1, "bspline": 3}
-NORMALISATIONS = ("zscore", "none")
+#: Image interpolation of resampling (``image_interpolation``).
+Interpolation = Literal["linear", "bspline"]
+#: Intensity normalisation (``normalize``).
+Normalization = Literal["zscore", "none"]
+#: Spline order of each interpolation.
+INTERPOLATIONS: dict[str, int] = dict(zip(get_args(Interpolation), (1, 3), strict=True))
+NORMALISATIONS: tuple[str, ...] = get_args(Normalization)
 
 
 def _within_default() -> RegistrationConfig:
@@ -70,12 +77,12 @@ class PreprocessConfig:
     """
 
     spacing_mm: float = 1.0
-    image_interpolation: str = "linear"
+    image_interpolation: Interpolation = "linear"
     brain_mask: bool = True
-    brain_method: str = "auto"
+    brain_method: BrainMethod = "auto"
     n4: bool = False
     n4_shrink_factor: int = 4
-    normalize: str = "zscore"
+    normalize: Normalization = "zscore"
     register_within_study: bool = True
     metric_mask_mm: float = 0.0
     within_study: RegistrationConfig = field(default_factory=_within_default)

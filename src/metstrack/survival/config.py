@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from metstrack.core.rate import RateMethod
+
+#: Time zero of the survival analysis.
+Origin = Literal["first_srs", "first_scan"]
+#: What happens to patients with a missing covariate.
+Impute = Literal["none", "median"]
+#: Kaplan-Meier grouping by rate of change.
+KMGroups = Literal["median", "tertiles"]
 #: Covariates the analysis table can provide, with their documented units.
 COVARIATE_UNITS: dict[str, str] = {
     "rate_volume_cm3_per_month": "per 1 cm3/month of total metastasis volume",
@@ -51,12 +59,12 @@ class SurvivalConfig:
             in a note) instead of refusing the analysis.
     """
 
-    origin: Literal["first_srs", "first_scan"] = "first_srs"
+    origin: Origin = "first_srs"
     covariates: tuple[str, ...] = DEFAULT_COVARIATES
-    rate_method: Literal["ols", "log_ols", "first_last"] = "ols"
-    impute: Literal["none", "median"] = "none"
+    rate_method: RateMethod = "ols"
+    impute: Impute = "none"
     penalizer: float = 0.0
-    groups: Literal["median", "tertiles"] = "median"
+    groups: KMGroups = "median"
     landmark_days: float | None = None
     time_varying: bool = True
     seed: int = 0

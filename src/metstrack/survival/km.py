@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import pandas as pd
 
 from metstrack.errors import SurvivalDataError
+from metstrack.survival.config import KMGroups
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,7 +38,7 @@ class KaplanMeierResult:
     at_risk_times_days: tuple[float, ...]
 
 
-def rate_groups(values: pd.Series, how: str = "median") -> pd.Series:
+def rate_groups(values: pd.Series, how: KMGroups = "median") -> pd.Series:
     """Split patients by a covariate: ``median`` (low/high) or ``tertiles`` (low/mid/high)."""
     v = pd.to_numeric(values, errors="coerce")
     if how == "median":
@@ -48,14 +49,14 @@ def rate_groups(values: pd.Series, how: str = "median") -> pd.Series:
         return pd.Series(
             np.where(v <= q1, "low", np.where(v <= q2, "mid", "high")), index=values.index
         )
-    raise SurvivalDataError(f"unknown grouping {how!r}; valid: median, tertiles")
+    raise SurvivalDataError(f"unknown grouping {how!r}; valid: {', '.join(get_args(KMGroups))}")
 
 
 def kaplan_meier(
     frame: pd.DataFrame,
     *,
     group_col: str = "rate_volume_cm3_per_month",
-    how: str = "median",
+    how: KMGroups = "median",
     duration_col: str = "time_days",
     event_col: str = "death",
 ) -> KaplanMeierResult:

@@ -24,13 +24,18 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 import pandas as pd
 
-from metstrack.core.rate import monthly_count_rate_of_change, monthly_rate_of_change
+from metstrack.core.rate import (
+    RateMethod,
+    monthly_count_rate_of_change,
+    monthly_rate_of_change,
+)
 from metstrack.errors import SurvivalDataError, did_you_mean
-from metstrack.survival.config import COVARIATE_UNITS, SurvivalConfig
+from metstrack.survival.config import COVARIATE_UNITS, Origin, SurvivalConfig
 from metstrack.types import ClinicalEvent, ClinicalPatient
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ class AnalysisTable:
 
     frame: pd.DataFrame
     covariates: tuple[str, ...]
-    origin: str
+    origin: Origin
     n_input: int
     dropped: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
@@ -131,7 +136,7 @@ def check_burden(burden: pd.DataFrame, source: str = "burden table") -> pd.DataF
 def patient_rates(
     burden: pd.DataFrame,
     *,
-    method: str = "ols",
+    method: RateMethod = "ols",
     until_day: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Per-patient rates of change and baseline burden from a burden table.
@@ -179,7 +184,7 @@ def patient_rates(
     )
 
 
-def survival_times(clinical: pd.DataFrame, origin: str) -> pd.Series:
+def survival_times(clinical: pd.DataFrame, origin: Origin) -> pd.Series:
     """Days from ``origin`` to death or last follow-up, indexed like ``clinical``."""
     t = pd.to_numeric(clinical["days_to_death_or_followup"], errors="coerce")
     if origin == "first_scan":
@@ -187,7 +192,7 @@ def survival_times(clinical: pd.DataFrame, origin: str) -> pd.Series:
             clinical["first_srs_days_from_baseline_scan"], errors="coerce"
         ).fillna(0)
     elif origin != "first_srs":
-        raise SurvivalDataError(f"unknown origin {origin!r}; valid: first_srs, first_scan")
+        raise SurvivalDataError(f"unknown origin {origin!r}; valid: {', '.join(get_args(Origin))}")
     return t
 
 

@@ -7,7 +7,8 @@ plus ``key=value`` overrides such as ``matching.max_distance_mm=12``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+
+from metstrack.core.rate import RateMethod
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,6 @@ class TrackConfig:
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     response: ResponseConfig = field(default_factory=ResponseConfig)
-    rate_method: Literal["ols", "log_ols", "first_last"] = "ols"
+    rate_method: RateMethod = "ols"
     grid_atol_mm: float = 1e-3
     figures: bool = True

@@ -28,6 +28,7 @@ from metstrack.core.lesions import label_components
 from metstrack.errors import DatasetError, GeometryMismatchError
 from metstrack.io.nifti import read_label, read_volume
 from metstrack.preprocess.intensity import zscore_in_brain
+from metstrack.train.config import MissingModality
 from metstrack.types import Patient, Study
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def study_key(
     study: Study,
     modalities: tuple[str, ...],
     *,
-    missing_modality: str,
+    missing_modality: MissingModality,
     use_all_labels: bool,
     float16: bool,
 ) -> str:
@@ -152,7 +153,7 @@ def preprocess_study(
     study: Study,
     modalities: tuple[str, ...],
     *,
-    missing_modality: str = "error",
+    missing_modality: MissingModality = "error",
     use_all_labels: bool = False,
 ) -> StudyArrays:
     """Read one study from NIfTI and preprocess it (no cache).
@@ -279,7 +280,7 @@ class StudyCache:
         root: str | Path,
         modalities: tuple[str, ...],
         *,
-        missing_modality: str = "error",
+        missing_modality: MissingModality = "error",
         use_all_labels: bool = False,
         float16: bool = False,
     ) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
@@ -28,9 +28,19 @@ from metstrack.models.config import ModelConfig
 from metstrack.types import MODALITIES
 
 #: Loss names accepted by ``[loss] name`` (MONAI implementations).
-LOSS_NAMES: tuple[str, ...] = ("dice", "dicece", "dicefocal", "generalized_dice", "tversky")
-#: Validation scores a checkpoint can be chosen on.
-SCORE_NAMES: tuple[str, ...] = ("lesion_f1", "dice", "small_sensitivity")
+LossName = Literal["dice", "dicece", "dicefocal", "generalized_dice", "tversky"]
+#: Validation scores a checkpoint can be chosen on (``[validation] score``).
+ScoreName = Literal["lesion_f1", "dice", "small_sensitivity"]
+#: What a study without one of the configured modalities does (``[data] missing_modality``).
+MissingModality = Literal["error", "zero"]
+#: Which consecutive studies a training sequence holds (``[data] window``).
+Window = Literal["random", "first"]
+#: Learning-rate decay after warm-up (``[optim] schedule``).
+Schedule = Literal["cosine", "poly", "constant"]
+#: Lightning's training arithmetic (``[trainer] precision``).
+TrainPrecision = Literal["32-true", "16-mixed", "bf16-mixed"]
+LOSS_NAMES: tuple[str, ...] = get_args(LossName)
+SCORE_NAMES: tuple[str, ...] = get_args(ScoreName)
 
 
 @dataclass(frozen=True)
@@ -64,9 +74,9 @@ class DataConfig:
             mask is blanked when the model runs in prior-mask mode.
     """
 
-    missing_modality: Literal["error", "zero"] = "error"
+    missing_modality: MissingModality = "error"
     max_studies: int = 8
-    window: Literal["random", "first"] = "random"
+    window: Window = "random"
     lesion_fraction: float = 0.5
     use_all_labels: bool = False
     cache_dir: str = ""
@@ -120,7 +130,7 @@ class LossConfig:
         lambda_other: Weight of the CE or focal term in compound losses.
     """
 
-    name: str = "dicece"
+    name: LossName = "dicece"
     include_background: bool = False
     focal_gamma: float = 2.0
     tversky_alpha: float = 0.3
@@ -148,7 +158,7 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    schedule: Schedule = "cosine"
     warmup_steps: int = 50
     poly_power: float = 0.9
     min_lr_ratio: float = 0.01
@@ -178,7 +188,7 @@ class ValidationConfig:
     val_check_interval_steps: int = 0
     overlap: float = 0.25
     threshold: float = 0.5
-    score: str = "lesion_f1"
+    score: ScoreName = "lesion_f1"
     min_lesion_volume_mm3: float = 0.0
 
 
@@ -216,7 +226,7 @@ class TrainerConfig:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    precision: TrainPrecision = "32-true"
     seed: int = 0
     deterministic: bool = False
     early_stopping_patience: int = 0

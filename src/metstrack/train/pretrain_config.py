@@ -11,17 +11,19 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.models.config import ModelConfig
-from metstrack.train.config import OptimConfig
+from metstrack.train.config import MissingModality, OptimConfig, TrainPrecision
 from metstrack.train.ssl_corrupt import CorruptionConfig
 
 #: Networks whose encoder and decoder this pretraining serves (basic-U-Net family).
 PRETRAINABLE = ("stt", "unet")
-OBJECTIVES = ("restore", "restore+order")
+#: Pretraining objectives (``[objective] name``).
+PretrainObjective = Literal["restore", "restore+order"]
+OBJECTIVES: tuple[str, ...] = get_args(PretrainObjective)
 WEIGHTS_NAME = "pretrained.pt"
 PRETRAINED_FORMAT = "metstrack-pretrained/1"
 
@@ -46,7 +48,7 @@ class PretrainDataConfig:
 
     max_studies: int = 4
     include_test: bool = False
-    missing_modality: Literal["error", "zero"] = "error"
+    missing_modality: MissingModality = "error"
     cache_dir: str = ""
     samples_per_epoch: int = 0
     num_workers: int = 0
@@ -63,7 +65,7 @@ class ObjectiveConfig:
         order_weight: Weight of the order loss against the restoration loss.
     """
 
-    name: str = "restore"
+    name: PretrainObjective = "restore"
     order_weight: float = 0.1
 
 
@@ -88,7 +90,7 @@ class PretrainTrainerConfig:
     seed: int = 0
     accelerator: str = "auto"
     devices: int = 1
-    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    precision: TrainPrecision = "32-true"
     threads: int = 0
     log_every_n_steps: int = 10
     progress_bar: bool = True

@@ -14,6 +14,7 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from metstrack.train.cache import CachedLesion
+from metstrack.train.config import Window
 
 
 def choose_window(
@@ -22,7 +23,7 @@ def choose_window(
     *,
     labelled: Sequence[bool],
     rng: np.random.Generator,
-    mode: str = "random",
+    mode: Window = "random",
 ) -> tuple[int, int]:
     """Pick a run of consecutive studies (time order kept).
 

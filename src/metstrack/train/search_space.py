@@ -15,15 +15,19 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from metstrack.config import apply_overrides, from_dict, set_dotted, to_dict
 from metstrack.core.atomic import write_text_atomic
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.train.config import TrainConfig, check_train_config
 
-PRUNERS = ("median", "percentile", "none")
-SAMPLERS = ("tpe", "random")
+#: Optuna pruners (``[search] pruner``).
+Pruner = Literal["median", "percentile", "none"]
+#: Optuna samplers (``[search] sampler``).
+Sampler = Literal["tpe", "random"]
+PRUNERS: tuple[str, ...] = get_args(Pruner)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PARAM_TYPES = ("float", "int", "categorical")
 #: Derived search keys that are not fields of the training config.
 DERIVED_KEYS = ("augment.strength",)
@@ -77,9 +81,9 @@ class SearchConfig:
     study_name: str = "metstrack-search"
     storage: str = ""
     n_trials: int = 20
-    sampler: str = "tpe"
+    sampler: Sampler = "tpe"
     seed: int = 0
-    pruner: str = "median"
+    pruner: Pruner = "median"
     percentile: float = 25.0
     n_startup_trials: int = 2
     n_warmup_steps: int = 0
