@@ -51,3 +51,20 @@ def test_empty_validation_is_nan_and_scores_zero():
     assert math.isnan(s["lesion_f1"]) and math.isnan(s["dice"]) and s["fp_per_scan"] == 0
     assert checkpoint_score(s, "lesion_f1") == 0.0
     assert checkpoint_score({"lesion_f1": 0.5, "dice": 0.8}, "lesion_f1") == pytest.approx(0.5008)
+
+
+def test_validation_scores_record_round_trips_its_logged_form():
+    from metstrack.train.validation import ValidationScores
+
+    pred, ref = _masks()
+    tally = score_study(pred, ref, spacing_mm=(1.0, 1.0, 1.0))
+    scores = ValidationScores.of(tally, "lesion_f1")
+    pooled = tally.scores()
+    assert scores.as_dict() == {**pooled, "score": checkpoint_score(pooled, "lesion_f1")}
+    assert list(scores.as_dict()) == [*pooled, "score"]  # the logged names, in order
+    assert scores.get("lesion_f1") == scores.lesion_f1 == pooled["lesion_f1"]
+    row = {"epoch": 2.0, "step": 12.0, **scores.as_dict()}
+    again = ValidationScores.from_dict(row)
+    assert again.as_dict() == row and list(again.as_dict()) == list(row)
+    with pytest.raises(KeyError, match="did you mean 'lesion_f1'"):
+        scores.get("lesion_f")

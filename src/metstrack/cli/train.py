@@ -112,7 +112,7 @@ def train(
     table.add_row("steps", f"{result.global_step} ({result.stopped_by})")
     table.add_row("epochs", str(result.epochs))
     for key in ("lesion_f1", "small_sensitivity", "fp_per_scan", "dice"):
-        v = result.scores.get(key, math.nan)
+        v = result.scores.get(key) if result.scores is not None else math.nan
         table.add_row(f"best {key}", "n/a" if math.isnan(v) else f"{v:.3f}")
     table.add_row("best checkpoint", str(result.best_ckpt))
     table.add_row("last checkpoint", str(result.last_ckpt))

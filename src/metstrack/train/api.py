@@ -24,7 +24,7 @@ import math
 import shutil
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from metstrack.train.config import TrainConfig, check_train_config
 from metstrack.train.datamodule import SequenceDataModule
 from metstrack.train.module import ScoreHook, SequenceSegmentationModule
 from metstrack.train.ssl_weights import init_from_pretrained
+from metstrack.train.validation import ValidationScores
 from metstrack.types import Cohort
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ class TrainResult:
             validation is disabled).
         last_ckpt: Checkpoint at the end of training (resume from it).
         best_score: Best checkpoint score (NaN without validation).
-        scores: Validation scores of the best checkpoint (``lesion_f1``,
-            ``small_sensitivity``, ``fp_per_scan``, ``dice``, ``n_scans``, ``score``).
+        scores: Validation scores of the best checkpoint (``None`` without a
+            validation); ``result.json`` holds their :meth:`ValidationScores.as_dict`.
         history: Scores of every validation, in order (with ``epoch`` and ``step``).
         global_step: Optimizer steps taken (including those before a resume).
         epochs: Epochs completed.
@@ -96,7 +97,7 @@ class TrainResult:
     best_ckpt: Path
     last_ckpt: Path
     best_score: float
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: ValidationScores | None = None
     history: tuple[dict[str, float], ...] = ()
     global_step: int = 0
     epochs: int = 0
@@ -341,10 +342,10 @@ def train(
     best_score = (
         float(best_cb.best_model_score)
         if best_cb.best_model_score is not None
-        else float(module.last_scores.get("score", math.nan))
+        else (module.last_scores.score if module.last_scores is not None else math.nan)
     )
     history = tuple(module.history)
-    best_scores = _scores_of_best(history, best_score) or dict(module.last_scores)
+    best_scores = _scores_of_best(history, best_score) or module.last_scores
     stopped = _stopped_by(trainer, cfg)
     result = TrainResult(
         run_dir=out,
@@ -364,7 +365,12 @@ def train(
         if history:
             write_csv_atomic(out / "validation.csv", pd.DataFrame(list(history)))
         write_json_atomic(
-            out / "result.json", {**to_dict(result), "metstrack_version": __version__}
+            out / "result.json",
+            {
+                **to_dict(result),
+                "scores": result.scores.as_dict() if result.scores is not None else {},
+                "metstrack_version": __version__,
+            },
         )
     log.info(
         "trained %d steps (%s); best %s = %.4f at %s",
@@ -377,11 +383,11 @@ def train(
     return result
 
 
-def _scores_of_best(history: tuple[dict[str, float], ...], best: float) -> dict[str, float]:
+def _scores_of_best(history: tuple[dict[str, float], ...], best: float) -> ValidationScores | None:
     for row in history:
         if math.isclose(row.get("score", math.nan), best, rel_tol=1e-6, abs_tol=1e-9):
-            return dict(row)
-    return {}
+            return ValidationScores.from_dict(row)
+    return None
 
 
 def _stopped_by(trainer: pl.Trainer, cfg: TrainConfig) -> str:

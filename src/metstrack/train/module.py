@@ -32,7 +32,7 @@ from metstrack.train.config import TrainConfig
 from metstrack.train.dataset import SequenceBatch
 from metstrack.train.losses import build_loss, masked_sequence_loss
 from metstrack.train.schedule import lr_factor
-from metstrack.train.validation import ValidationTally, checkpoint_score, score_study
+from metstrack.train.validation import ValidationScores, ValidationTally, score_study
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class SequenceSegmentationModule(pl.LightningModule):
         self._tally = ValidationTally()
         self.score_hooks: list[ScoreHook] = []
         self.history: list[dict[str, float]] = []
-        self.last_scores: dict[str, float] = {}
+        self.last_scores: ValidationScores | None = None
 
     # -- training --------------------------------------------------------------------
     def network_input(self, batch: SequenceBatch) -> torch.Tensor:
@@ -147,18 +147,21 @@ class SequenceSegmentationModule(pl.LightningModule):
         if self.trainer.world_size > 1:
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         tally = ValidationTally.from_array(counts.detach().cpu().double().numpy())
-        scores = tally.scores()
-        scores["score"] = checkpoint_score(scores, self.cfg.validation.score)
-        for key, value in scores.items():
+        scores = ValidationScores.of(tally, self.cfg.validation.score)
+        for key, value in scores.as_dict().items():
             val = 0.0 if (key == "score" and math.isnan(value)) else value
             # values are already summed over processes; sync_dist averages equal values
             self.log(f"val/{key}", float(val), sync_dist=True)
-        self.last_scores = dict(scores)
+        self.last_scores = scores
         if not self.trainer.sanity_checking:
-            row = {"epoch": float(self.current_epoch), "step": float(self.global_step), **scores}
+            row = {
+                "epoch": float(self.current_epoch),
+                "step": float(self.global_step),
+                **scores.as_dict(),
+            }
             self.history.append(row)
             for hook in self.score_hooks:
-                hook(int(self.current_epoch), int(self.global_step), dict(scores))
+                hook(int(self.current_epoch), int(self.global_step), scores.as_dict())
 
 
 def _drop_small(pred: np.ndarray, min_mm3: float, spacing_mm: tuple[float, ...]) -> np.ndarray:

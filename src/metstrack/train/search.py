@@ -228,7 +228,10 @@ def search(
         )
         trial.set_user_attr("best_score", value)
         trial.set_user_attr("best_ckpt", str(result.best_ckpt))
-        trial.set_user_attr("scores", {k: float(v) for k, v in result.scores.items()})
+        trial.set_user_attr(
+            "scores",
+            {k: float(v) for k, v in result.scores.as_dict().items()} if result.scores else {},
+        )
         return value
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -18,15 +18,21 @@ can be all-reduced across DDP processes.
 The checkpoint score is the configured metric (``lesion_f1`` by default)
 plus ``1e-3 * dice`` as a tie-break; an undefined metric (no lesion anywhere)
 counts as 0.
+
+One validation's scores travel as a :class:`ValidationScores` record
+(``TrainResult.scores``, the module's ``last_scores``); its :meth:`~ValidationScores.as_dict`
+is the logged (``val/<name>``), CSV and JSON form.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
 
+from metstrack.errors import did_you_mean
 from metstrack.metrics.detection import SMALL_LESION_MM3
 from metstrack.metrics.study import evaluate_study
 
@@ -84,7 +90,65 @@ class ValidationTally:
         }
 
 
-def checkpoint_score(scores: dict[str, float], metric: str) -> float:
+#: Names of the pooled scores, in their logged order (then ``score``).
+POOLED_NAMES: tuple[str, ...] = ("lesion_f1", "small_sensitivity", "fp_per_scan", "dice", "n_scans")
+
+
+@dataclass(frozen=True)
+class ValidationScores:
+    """The scores of one validation (NaN where undefined).
+
+    Attributes:
+        lesion_f1: 2 TP / (2 TP + FP + FN) over all lesions.
+        small_sensitivity: Detected / reference lesions under 10 mm3.
+        fp_per_scan: False-positive lesions per labelled study.
+        dice: Mean voxel Dice over labelled studies.
+        n_scans: Labelled studies scored.
+        score: The checkpoint score (:func:`checkpoint_score` of the configured metric).
+        epoch: Epoch of the validation when it comes from the run's history, else ``None``.
+        step: Global step of the validation when it comes from the history, else ``None``.
+    """
+
+    lesion_f1: float = math.nan
+    small_sensitivity: float = math.nan
+    fp_per_scan: float = math.nan
+    dice: float = math.nan
+    n_scans: float = 0.0
+    score: float = math.nan
+    epoch: float | None = None
+    step: float | None = None
+
+    @classmethod
+    def of(cls, tally: ValidationTally, metric: str) -> ValidationScores:
+        """The pooled scores of ``tally`` with the checkpoint score of ``metric``."""
+        pooled = tally.scores()
+        return cls(**pooled, score=checkpoint_score(pooled, metric))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, float]) -> ValidationScores:
+        """Inverse of :meth:`as_dict` (a history row; other keys are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) for k, v in values.items() if k in names})
+
+    def get(self, name: str) -> float:
+        """The score called ``name`` (``lesion_f1``, ``dice``, ..., ``score``).
+
+        Raises:
+            KeyError: Unknown name (with the valid names and a suggestion).
+        """
+        valid = (*POOLED_NAMES, "score")
+        if name not in valid:
+            raise KeyError(f"unknown validation score {name!r}; {did_you_mean(name, valid)}")
+        return float(getattr(self, name))
+
+    def as_dict(self) -> dict[str, float]:
+        """Logged / JSON form: ``epoch`` and ``step`` when known, then the scores
+        (``lesion_f1``, ``small_sensitivity``, ``fp_per_scan``, ``dice``, ``n_scans``, ``score``)."""
+        when = {k: v for k, v in (("epoch", self.epoch), ("step", self.step)) if v is not None}
+        return {**when, **{k: getattr(self, k) for k in (*POOLED_NAMES, "score")}}
+
+
+def checkpoint_score(scores: Mapping[str, float], metric: str) -> float:
     """The value the best checkpoint maximises: ``metric + 1e-3 * dice`` (NaN counts as 0)."""
 
     def z(v: float) -> float:
