@@ -218,3 +218,30 @@ def test_datasets_pickle_for_loader_workers(tiny_cohort, tmp_path):
     ds = _dataset(tiny_cohort, tmp_path, augment=AugmentConfig())
     clone = pickle.loads(pickle.dumps(ds))
     np.testing.assert_array_equal(clone[(0, 3)].image, ds[(0, 3)].image)
+
+
+def test_whole_patient_items_carry_the_crop_affine_and_metrics_match_the_spacing(
+    tiny_cohort, tmp_path
+):
+    """A whole item knows its real affine (the cached grid moved to the crop corner);
+    scoring with it or with the spacing alone gives the same lesion-wise metrics."""
+    from metstrack.core.affine import spacing_from_affine
+    from metstrack.metrics.study import evaluate_study
+
+    ds = _dataset(tiny_cohort, tmp_path, train=False, patch=(32, 32, 32))
+    item = ds[2]
+    cached = ds.cache.load(tiny_cohort.patients[2].studies[0])
+    assert item.affine is not None
+    np.testing.assert_allclose(item.affine[:3, :3], cached.affine[:3, :3])
+    assert spacing_from_affine(item.affine) == pytest.approx(item.spacing_mm)
+    # the voxel under the item's (0, 0, 0) sits where the affines say it does
+    shift = np.linalg.solve(cached.affine[:3, :3], item.affine[:3, 3] - cached.affine[:3, 3])
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-6)
+    t = int(np.flatnonzero(item.has_label)[0])
+    ref = item.label[t] > 0
+    pred = np.roll(ref, 1, axis=0)
+    by_affine = evaluate_study(pred, ref, affine=item.affine)
+    by_spacing = evaluate_study(pred, ref, spacing_mm=item.spacing_mm)
+    assert by_affine.detection == by_spacing.detection
+    assert by_affine.voxel.dice == pytest.approx(by_spacing.voxel.dice)
+    assert ds[0].affine is not None and _dataset(tiny_cohort, tmp_path / "t")[0].affine is None

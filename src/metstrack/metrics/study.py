@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage
 
-from metstrack.core.affine import spacing_from_affine
+from metstrack.core.affine import affine_from_spacing, spacing_from_affine
 from metstrack.core.lesions import LabelMap
 from metstrack.errors import GeometryMismatchError, LabelError
 from metstrack.metrics.detection import (
@@ -153,7 +153,13 @@ def resolve_geometry(
     spacing_mm: Sequence[float] | None,
     affine: np.ndarray | None,
 ) -> tuple[tuple[float, float, float], np.ndarray, float]:
-    """Spacing, affine and voxel volume from whichever of spacing and affine is given."""
+    """Spacing, affine and voxel volume from whichever of spacing and affine is given.
+
+    With the spacing alone the affine is the diagonal one of
+    :func:`metstrack.core.affine.affine_from_spacing`: the metrics depend only on
+    the spacing, so it changes none of them (world positions are then relative
+    to voxel (0, 0, 0)).
+    """
     if affine is not None:
         aff = np.asarray(affine, dtype=np.float64)
         if aff.shape != (4, 4):
@@ -166,10 +172,8 @@ def resolve_geometry(
         raise ValueError(
             "evaluate_study needs spacing_mm or affine: volumes and distances are in mm"
         )
-    sp_arr = np.asarray(spacing_mm, dtype=np.float64).reshape(-1)
-    if sp_arr.shape != (3,) or np.any(sp_arr <= 0) or not np.all(np.isfinite(sp_arr)):
-        raise ValueError(f"spacing_mm must be three positive numbers, got {spacing_mm!r}")
-    aff = np.diag([*sp_arr.tolist(), 1.0])
+    aff = affine_from_spacing(spacing_mm)
+    sp_arr = np.diag(aff)[:3]
     return (float(sp_arr[0]), float(sp_arr[1]), float(sp_arr[2])), aff, float(np.prod(sp_arr))
 
 

@@ -274,7 +274,8 @@ def evaluate_run(
                     evaluate_study(
                         pred,
                         item.label[t] > 0,
-                        spacing_mm=item.spacing_mm,
+                        affine=item.affine,
+                        spacing_mm=None if item.affine is not None else item.spacing_mm,
                         patient_id=p.patient_id,
                         study_id=sid,
                     )

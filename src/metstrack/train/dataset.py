@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from metstrack.core.affine import crop_affine
 from metstrack.train.augment import SequenceAugment
 from metstrack.train.cache import StudyArrays, StudyCache, study_label_path
 from metstrack.train.config import AugmentConfig, DataConfig
@@ -62,7 +63,12 @@ class SequenceBatch:
 
 @dataclass
 class SequenceItem:
-    """One patient's sequence before batching (arrays without the batch axis)."""
+    """One patient's sequence before batching (arrays without the batch axis).
+
+    ``affine`` is the voxel-to-world matrix (RAS, mm) of a whole-volume item's
+    arrays (the cached study grid moved to the crop's corner); training patches,
+    which augmentation may rotate or scale, carry only ``spacing_mm``.
+    """
 
     image: np.ndarray
     label: np.ndarray
@@ -73,6 +79,7 @@ class SequenceItem:
     prior: np.ndarray | None = None
     count: bool = True
     on_lesion: bool = False
+    affine: np.ndarray | None = None
 
 
 def make_prior(
@@ -246,6 +253,7 @@ class PatientSequenceDataset(Dataset):
             patient_id=patient.patient_id,
             study_ids=[s.study_id for s in patient.studies],
             prior=prior,
+            affine=crop_affine(arrays[0].affine, corner),
         )
 
 

@@ -162,6 +162,11 @@ def score_study(
 ) -> ValidationTally:
     """Tally one study.
 
+    Only the spacing travels with a validation batch (``SequenceBatch.spacing_mm``),
+    so :func:`~metstrack.metrics.study.evaluate_study` stands a diagonal affine
+    (:func:`metstrack.core.affine.affine_from_spacing`) in for the study's: every
+    count tallied here depends on the spacing alone, so that is exact.
+
     Args:
         pred: (X, Y, Z) binary prediction.
         ref: (X, Y, Z) binary reference.
