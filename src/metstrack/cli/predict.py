@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -24,6 +24,9 @@ from metstrack.cli.common import (
     usage_error,
 )
 from metstrack.errors import did_you_mean
+
+if TYPE_CHECKING:
+    from metstrack.infer.run import PredictRequest
 
 log = logging.getLogger(__name__)
 
@@ -58,126 +61,146 @@ def _device(name: str):
     return dev
 
 
+# -- the options (declared once; the command below only lists them) ------------------
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")]
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="Input: release, BraTS-METS, BIDS, BrainMetShare, one study folder of NIfTI "
+        "sequences, a DICOM folder, or a `metstrack preprocess` output.",
+    ),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Prediction root folder.")]
+PatientsOpt = Annotated[
+    str | None, typer.Option("--patients", help="Comma-separated PatientIDs (default: all).")
+]
+TtaOpt = Annotated[bool, typer.Option("--tta", help="Average over the 8 mirror flips.")]
+OverlapOpt = Annotated[
+    float, typer.Option("--overlap", min=0.0, max=0.95, help="Sliding-window overlap.")
+]
+RoiOpt = Annotated[
+    str | None, typer.Option("--roi", help="Window size X,Y,Z (default: the checkpoint's).")
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Foreground probability cut (default: the checkpoint's operating point from "
+        "its provenance JSON, else 0.5).",
+    ),
+]
+MinVolumeOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-volume",
+        min=0.0,
+        help="Drop predicted components under this volume in mm3 (default: the "
+        "checkpoint's operating point, else 0).",
+    ),
+]
+SwBatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--sw-batch-size",
+        min=1,
+        help="Windows per network call (2: on CPU a single window runs a slow kernel).",
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Network arithmetic: fp32 (the reference), bf16 (about 2x faster on CPUs "
+        "with native bf16; masks agree with fp32, see docs/speed.md), or auto "
+        "(bf16 where the device computes it natively, else fp32).",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Torch device (cpu, cuda, cuda:1).")]
+LayoutOpt = Annotated[
+    str, typer.Option("--layout", help="Input layout (auto, dicom, or a layout name).")
+]
+IntervalsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--intervals",
+        help="CSV of StudyID,DaysFromBaselineScan for inputs without dates (BraTS-METS).",
+    ),
+]
+PreprocessOpt = Annotated[
+    str,
+    typer.Option(
+        "--preprocess",
+        help="auto: preprocess on the way in unless the input is a release dataset or "
+        "a preprocess output; always; never.",
+    ),
+]
+BrainMaskOpt = Annotated[
+    str,
+    typer.Option("--brain-mask", help="Brain mask: auto, deepbet, heuristic, nonzero or none."),
+]
+SpacingOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--spacing",
+        min=0.2,
+        max=5.0,
+        help="Voxel size (mm) when preprocessing on the way in (default: the spacing the "
+        "checkpoint was trained at, recorded in its provenance JSON; else 1).",
+    ),
+]
+NativeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--native/--input-grid",
+        help="For a `metstrack preprocess` output (it has transforms/): write on the "
+        "original files' grids (default) or on the preprocessed grid.",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace predictions in --out made with another checkpoint or settings "
+        "(by default the run refuses; the same run resumes).",
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=1, help="Dask LocalCluster workers (--executor dask).")
+]
+
+
 def predict(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained network (.ckpt).")],
-    data: Annotated[
-        Path,
-        typer.Option(
-            "--data",
-            help="Input: release, BraTS-METS, BIDS, BrainMetShare, one study folder of NIfTI "
-            "sequences, a DICOM folder, or a `metstrack preprocess` output.",
-        ),
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Prediction root folder.")],
-    patients: Annotated[
-        str | None, typer.Option("--patients", help="Comma-separated PatientIDs (default: all).")
-    ] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 mirror flips.")] = False,
-    overlap: Annotated[
-        float, typer.Option("--overlap", min=0.0, max=0.95, help="Sliding-window overlap.")
-    ] = 0.5,
-    roi: Annotated[
-        str | None, typer.Option("--roi", help="Window size X,Y,Z (default: the checkpoint's).")
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            min=0.0,
-            max=1.0,
-            help="Foreground probability cut (default: the checkpoint's operating point from "
-            "its provenance JSON, else 0.5).",
-        ),
-    ] = None,
-    min_volume: Annotated[
-        float | None,
-        typer.Option(
-            "--min-volume",
-            min=0.0,
-            help="Drop predicted components under this volume in mm3 (default: the "
-            "checkpoint's operating point, else 0).",
-        ),
-    ] = None,
-    sw_batch_size: Annotated[
-        int,
-        typer.Option(
-            "--sw-batch-size",
-            min=1,
-            help="Windows per network call (2: on CPU a single window runs a slow kernel).",
-        ),
-    ] = 2,
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="Network arithmetic: fp32 (the reference), bf16 (about 2x faster on CPUs "
-            "with native bf16; masks agree with fp32, see docs/speed.md), or auto "
-            "(bf16 where the device computes it natively, else fp32).",
-        ),
-    ] = "fp32",
-    device: Annotated[
-        str, typer.Option("--device", help="Torch device (cpu, cuda, cuda:1).")
-    ] = "cpu",
-    layout: Annotated[
-        str, typer.Option("--layout", help="Input layout (auto, dicom, or a layout name).")
-    ] = "auto",
-    intervals: Annotated[
-        Path | None,
-        typer.Option(
-            "--intervals",
-            help="CSV of StudyID,DaysFromBaselineScan for inputs without dates (BraTS-METS).",
-        ),
-    ] = None,
-    preprocess: Annotated[
-        str,
-        typer.Option(
-            "--preprocess",
-            help="auto: preprocess on the way in unless the input is a release dataset or "
-            "a preprocess output; always; never.",
-        ),
-    ] = "auto",
-    brain_method: Annotated[
-        str,
-        typer.Option("--brain-mask", help="Brain mask: auto, deepbet, heuristic, nonzero or none."),
-    ] = "auto",
-    spacing: Annotated[
-        float | None,
-        typer.Option(
-            "--spacing",
-            min=0.2,
-            max=5.0,
-            help="Voxel size (mm) when preprocessing on the way in (default: the spacing the "
-            "checkpoint was trained at, recorded in its provenance JSON; else 1).",
-        ),
-    ] = None,
-    native: Annotated[
-        bool,
-        typer.Option(
-            "--native/--input-grid",
-            help="For a `metstrack preprocess` output (it has transforms/): write on the "
-            "original files' grids (default) or on the preprocessed grid.",
-        ),
-    ] = True,
-    overwrite: Annotated[
-        bool,
-        typer.Option(
-            "--overwrite",
-            help="Replace predictions in --out made with another checkpoint or settings "
-            "(by default the run refuses; the same run resumes).",
-        ),
-    ] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Dask LocalCluster workers (--executor dask).")
-    ] = 1,
+    checkpoint: CheckpointOpt,
+    data: DataOpt,
+    out: OutOpt,
+    patients: PatientsOpt = None,
+    tta: TtaOpt = False,
+    overlap: OverlapOpt = 0.5,
+    roi: RoiOpt = None,
+    threshold: ThresholdOpt = None,
+    min_volume: MinVolumeOpt = None,
+    sw_batch_size: SwBatchSizeOpt = 2,
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "cpu",
+    layout: LayoutOpt = "auto",
+    intervals: IntervalsOpt = None,
+    preprocess: PreprocessOpt = "auto",
+    brain_method: BrainMaskOpt = "auto",
+    spacing: SpacingOpt = None,
+    native: NativeOpt = True,
+    overwrite: OverwriteOpt = False,
+    workers: WorkersOpt = 1,
     executor: ExecutorOption = "local",
     scheduler: SchedulerOption = None,
     task_memory: TaskMemoryOption = None,
 ) -> None:
     """Segment every study of each patient, memory carried through time, on native grids."""
     from metstrack.infer.inputs import PREPROCESS_CHOICES
-    from metstrack.infer.run import PredictRequest, predict_dataset
+    from metstrack.infer.run import PredictRequest
     from metstrack.infer.sliding import PRECISIONS
-    from metstrack.models.base import InputShapeError
     from metstrack.preprocess.brain import BRAIN_METHODS
 
     for value, choices, flag in (
@@ -187,8 +210,6 @@ def predict(
     ):
         if value not in choices:
             raise typer.BadParameter(f"{value!r}; {did_you_mean(value, choices)}", param_hint=flag)
-    roi_size = _parse_roi(roi)
-    dev = _device(device)
     request = PredictRequest(
         checkpoint=checkpoint,
         data=data,
@@ -196,20 +217,50 @@ def predict(
         patients=tuple(p.strip() for p in (patients or "").split(",") if p.strip()),
         tta=tta,
         overlap=overlap,
-        roi_size=roi_size,
+        roi_size=_parse_roi(roi),
         threshold=threshold,
         min_volume_mm3=min_volume,
         sw_batch_size=sw_batch_size,
-        device=str(dev),
+        device=str(_device(device)),
         layout=layout,
         intervals=intervals,
-        preprocess=preprocess,
-        brain_method=brain_method,
+        preprocess=preprocess,  # type: ignore[arg-type]  # checked above
+        brain_method=brain_method,  # type: ignore[arg-type]
         spacing_mm=spacing,
         native=native,
         overwrite=overwrite,
-        precision=precision,
+        precision=precision,  # type: ignore[arg-type]
     )
+    run_prediction(
+        request,
+        roi=roi,
+        executor=executor,
+        workers=workers,
+        scheduler=scheduler,
+        task_memory=task_memory,
+    )
+
+
+def run_prediction(
+    request: PredictRequest,
+    *,
+    roi: str | None,
+    executor: str,
+    workers: int,
+    scheduler: str | None,
+    task_memory: float | None,
+) -> None:
+    """Run :func:`metstrack.infer.run.predict_dataset` with progress bars and a result table.
+
+    ``request`` holds every prediction option (the typed record the command builds);
+    ``roi`` is the raw ``--roi`` text for error messages, the rest choose the executor
+    (:func:`metstrack.cli.common.executor_from_options`). Exits 1 (after the table) when a patient failed; a window size the network refuses
+    is a usage error naming ``--roi``.
+    """
+    from metstrack.infer.run import predict_dataset
+    from metstrack.models.base import InputShapeError
+
+    out = request.out
     table = Table(title=f"predictions in {out}")
     for col in ("patient", "studies", "lesions", "status"):
         table.add_column(col)
