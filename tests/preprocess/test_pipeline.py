@@ -283,3 +283,47 @@ def test_brats_layout_input_becomes_a_release_dataset_with_binary_labels(head, t
     assert lab.array.sum() == np.isin(seg, (1, 3)).sum()  # same grid: the union of ET and NETC
     saved = json.loads((out / "preprocess" / "config.json").read_text())
     assert saved["source_layout"] == "brats-mets" and saved["label_classes"] == [1, 3]
+    # BraTS-METS co-registers every sequence onto one grid: shared_grid = "auto" does not
+    # register them again, and says so in the provenance
+    prov = json.loads(provenance_path(out, study.patient_id, study.study_id).read_text())
+    within = [s for s in prov["steps"] if s["step"] == "register_within_study"]
+    assert len(within) == 3 and all("shared_grid = 'auto'" in s["skipped"] for s in within)
+
+
+def _within_steps(out, pid: str, sid: str) -> list[dict]:
+    prov = json.loads(provenance_path(out, pid, sid).read_text())
+    return [s for s in prov["steps"] if s["step"] == "register_within_study"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "skipped"), [("auto", False), ("skip", True), ("register", False)]
+)
+def test_shared_grid_sequences_of_a_release_dataset(one_patient_cohort, tmp_path, mode, skipped):
+    """The release layout promises no co-registration: ``auto`` registers shared-grid sequences.
+
+    The phantom's T2 lies on the CT1's grid but moved within the study (a scanner
+    that copies one series' geometry to the next while the patient moves): only
+    ``skip`` leaves it unregistered, and then its residual motion shows.
+    """
+    src, _, _ = one_patient_cohort
+    out = tmp_path / mode
+    report = preprocess_dataset(src, out, _cfg(f'shared_grid="{mode}"'), workers=1)
+    assert report.count("done") == 2
+    within = _within_steps(out, "P00", "P00S2")
+    assert [("skipped" in s) for s in within] == [skipped, skipped]  # T1 and T2
+    if not skipped:
+        assert all("study_ct1_to_sequence" in s for s in within)
+
+
+def test_shares_grid_and_a_wrong_shared_grid_value():
+    from metstrack.preprocess.study import shares_grid
+    from metstrack.types import Volume
+
+    a = Volume(np.zeros((4, 5, 6), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    moved = np.diag([2.0, 2.0, 2.0, 1.0])
+    moved[0, 3] = 0.5
+    assert shares_grid(a, Volume(np.ones((4, 5, 6), np.float32), a.affine.copy()))
+    assert not shares_grid(a, Volume(np.zeros((4, 5, 6), np.float32), moved))
+    assert not shares_grid(a, Volume(np.zeros((4, 5, 7), np.float32), a.affine.copy()))
+    with pytest.raises(ConfigError, match=r"shared_grid: 'skp'.*'skip'"):
+        PreprocessConfig(shared_grid="skp")

@@ -51,6 +51,10 @@ class Layout:
         detect: True when a folder looks like this layout.
         scan: Lenient scan returning a :class:`~metstrack.io.problems.DatasetScan`.
         read: Reader returning a :class:`~metstrack.types.Cohort`.
+        coregistered: The layout's provider co-registers every sequence of a study
+            and stores them on one grid (BraTS-METS: all sequences resampled to
+            the SRI24 atlas, 1 mm); preprocessing then need not register
+            sequences that share the T1 post's grid again.
     """
 
     name: str
@@ -58,6 +62,7 @@ class Layout:
     detect: Callable[[Path], bool]
     scan: Callable[..., DatasetScan]
     read: Callable[..., Cohort]
+    coregistered: bool = False
 
 
 def _release_detect(root: Path) -> bool:
@@ -89,6 +94,7 @@ LAYOUTS: dict[str, Layout] = {
         brats.detect,
         brats.scan_brats_mets,
         brats.read_brats_mets,
+        coregistered=True,
     ),
     "brainmetshare": Layout(
         "brainmetshare",

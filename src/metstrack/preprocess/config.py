@@ -29,6 +29,9 @@ Normalization = Literal["zscore", "none"]
 #: Spline order of each interpolation.
 INTERPOLATIONS: dict[str, int] = dict(zip(get_args(Interpolation), (1, 3), strict=True))
 NORMALISATIONS: tuple[str, ...] = get_args(Normalization)
+#: What preprocessing does with a sequence stored on the T1 post's own grid
+#: (:attr:`PreprocessConfig.shared_grid`).
+SharedGrid = Literal["auto", "skip", "register"]
 
 
 def _within_default() -> RegistrationConfig:
@@ -68,6 +71,14 @@ class PreprocessConfig:
         normalize: ``zscore`` (per channel inside the brain, 0 outside) or ``none``.
         register_within_study: Register each sequence to the study's CT1 (else the
             scanner frame is trusted and only ``baseline_to_study`` is applied).
+        shared_grid: With ``register_within_study``, what to do with a sequence
+            stored on exactly the CT1's grid (same shape, affine equal within
+            1e-3 mm): ``auto`` (default) does not register it again when the input
+            layout is one whose provider co-registers the sequences
+            (:attr:`metstrack.io.layouts.Layout.coregistered`: BraTS-METS) and
+            registers it otherwise (a scanner may copy one series' geometry to the
+            next while the patient moves); ``skip`` never registers it again;
+            ``register`` always does.
         metric_mask_mm: When > 0 and a brain mask exists, restrict the through-time
             metric to the baseline brain dilated by this many mm (0: whole image).
         within_study: Registration settings sequence -> CT1.
@@ -84,6 +95,7 @@ class PreprocessConfig:
     n4_shrink_factor: int = 4
     normalize: Normalization = "zscore"
     register_within_study: bool = True
+    shared_grid: SharedGrid = "auto"
     metric_mask_mm: float = 0.0
     within_study: RegistrationConfig = field(default_factory=_within_default)
     through_time: RegistrationConfig = field(default_factory=_through_default)
@@ -98,6 +110,11 @@ class PreprocessConfig:
         if self.normalize not in NORMALISATIONS:
             raise ConfigError(
                 f"normalize: {self.normalize!r} is not one of {', '.join(NORMALISATIONS)}"
+            )
+        if self.shared_grid not in get_args(SharedGrid):
+            raise ConfigError(
+                f"shared_grid: {self.shared_grid!r}; "
+                + did_you_mean(self.shared_grid, get_args(SharedGrid))
             )
         if self.spacing_mm <= 0:
             raise ConfigError(f"spacing_mm must be positive, found {self.spacing_mm}")

@@ -48,7 +48,7 @@ from metstrack.core.mapping import (
 )
 from metstrack.errors import DatasetError, MetstrackError
 from metstrack.execution.executor import Executor, LocalExecutor
-from metstrack.io.layouts import apply_intervals, read_dataset
+from metstrack.io.layouts import LAYOUTS, apply_intervals, read_dataset
 from metstrack.io.release import read_release
 from metstrack.preprocess.config import (
     PREPROCESS_DIR,
@@ -259,7 +259,12 @@ def preprocess_dataset(
     try:
         pool = executor if executor is not None else LocalExecutor(workers)
         for _, batch in pool.map_unordered(
-            preprocess_patient, list(cohort.patients), out_root, cfg, label_classes=classes
+            preprocess_patient,
+            list(cohort.patients),
+            out_root,
+            cfg,
+            label_classes=classes,
+            coregistered_input=getattr(LAYOUTS.get(cohort.layout), "coregistered", False),
         ):
             collect(batch)
         sweep_stale_temps(out_root)  # a killed worker's temporaries (its patient was rerun)

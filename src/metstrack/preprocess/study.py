@@ -75,6 +75,17 @@ def _read_ras(path: Path, *, label: bool = False) -> tuple[Volume, Volume, dict]
     return native, ras, rec.to_dict()
 
 
+def shares_grid(a: Volume, b: Volume, *, tol_mm: float = 1e-3) -> bool:
+    """True when two volumes lie on the same voxel grid: same shape, affines equal within ``tol_mm``.
+
+    Two sequences of one study stored on one grid were resampled there by whoever
+    co-registered them (scanner series come on their own grids).
+    """
+    return a.array.shape[:3] == b.array.shape[:3] and bool(
+        np.allclose(a.affine, b.affine, rtol=0.0, atol=tol_mm)
+    )
+
+
 def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float) -> np.ndarray:
     r = radius_mm / spacing_mm
     n = max(1, int(np.ceil(r)))
@@ -161,19 +172,37 @@ def register_through_time(
 
 
 def resample_sequences(
-    study: Study, ct1_ras: Volume, b2s: np.ndarray, grid: Grid, cfg: PreprocessConfig
+    study: Study,
+    ct1_ras: Volume,
+    b2s: np.ndarray,
+    grid: Grid,
+    cfg: PreprocessConfig,
+    *,
+    coregistered_input: bool = False,
 ) -> tuple[dict[str, np.ndarray], list[StepRecord]]:
     """Step 2: every sequence of the study on the baseline grid, each resampled once.
 
     The CT1 goes through ``b2s``; every other sequence (and the planning T1 post)
     is registered to the study's CT1 on the grid, starting from ``b2s``, unless
-    ``cfg.register_within_study`` is off (the scanner frame is then trusted).
+    ``cfg.register_within_study`` is off (the scanner frame is then trusted) or
+    the sequence is stored on the CT1's own grid (:func:`shares_grid`) and
+    ``cfg.shared_grid`` is ``skip``, or ``auto`` with ``coregistered_input``.
+
+    Args:
+        study: The study.
+        ct1_ras: Its CT1, reoriented to RAS.
+        b2s: ``baseline_to_study`` of the CT1.
+        grid: The baseline grid.
+        cfg: Settings.
+        coregistered_input: The input layout's provider co-registers the
+            sequences (:attr:`metstrack.io.layouts.Layout.coregistered`).
 
     Returns:
         Sequence name -> float (X, Y, Z) array on ``grid``, and the provenance entries.
     """
     order = INTERPOLATIONS[cfg.image_interpolation]
     sid = study.study_id
+    skip_shared = cfg.shared_grid == "skip" or (cfg.shared_grid == "auto" and coregistered_input)
     ct1 = resample_array(
         ct1_ras.array, ct1_ras.affine, grid.shape, grid.affine, transform=b2s, order=order
     )
@@ -197,7 +226,18 @@ def resample_sequences(
             continue
         _, ras, rec = _read_ras(p)
         steps.append({"step": "reorient", "sequence": seq, **rec})
-        if cfg.register_within_study:
+        if cfg.register_within_study and skip_shared and shares_grid(ras, ct1_ras):
+            t = b2s
+            steps.append(
+                {
+                    "step": "register_within_study",
+                    "fixed": f"{sid}/{REFERENCE_SEQUENCE}",
+                    "moving": f"{sid}/{seq}",
+                    "skipped": "stored on the CT1's grid: co-registered by the provider "
+                    f"(shared_grid = {cfg.shared_grid!r})",
+                }
+            )
+        elif cfg.register_within_study:
             res = register(ct1_vol, ras, cfg.within_study, initial=b2s)
             t = res.transform
             steps.append(
@@ -453,6 +493,7 @@ def preprocess_study(
     cfg: PreprocessConfig,
     *,
     label_classes: tuple[int, ...] = (),
+    coregistered_input: bool = False,
 ) -> tuple[str, ...]:
     """Preprocess one study onto its patient's baseline grid and write every output.
 
@@ -470,6 +511,8 @@ def preprocess_study(
         label_classes: For multi-class label files (``Cohort.label_classes``), the
             values whose union is the metastasis mask (written as uint8 0/1); empty
             keeps the label as it is, dtype included.
+        coregistered_input: The input layout co-registers a study's sequences
+            (:func:`resample_sequences`).
 
     Returns:
         Output paths relative to ``out_root`` (the transform JSON, written last, included).
@@ -488,7 +531,9 @@ def preprocess_study(
     steps: list[StepRecord] = [{"step": "reorient", "sequence": REFERENCE_SEQUENCE, **ct1_rec}]
     b2s, step = register_through_time(sid, ct1_ras, baseline, cfg)
     steps.append(step)
-    images, more = resample_sequences(study, ct1_ras, b2s, baseline.grid, cfg)
+    images, more = resample_sequences(
+        study, ct1_ras, b2s, baseline.grid, cfg, coregistered_input=coregistered_input
+    )
     steps += more
     brain, native_brain, step = study_brain_masks(
         ct1_path, ct1_native, ct1_ras, b2s, baseline.grid, cfg
@@ -518,6 +563,7 @@ def preprocess_patient(
     cfg: PreprocessConfig,
     *,
     label_classes: tuple[int, ...] = (),
+    coregistered_input: bool = False,
 ) -> list[StudyOutcome]:
     """Preprocess every unfinished study of one patient (the unit of parallel work).
 
@@ -529,6 +575,8 @@ def preprocess_patient(
         out_root: Output dataset root.
         cfg: Preprocessing settings.
         label_classes: ``Cohort.label_classes`` of the patient's cohort (multi-class labels).
+        coregistered_input: The cohort's layout co-registers a study's sequences
+            (:attr:`metstrack.io.layouts.Layout.coregistered`; see ``cfg.shared_grid``).
 
     Returns:
         One :class:`StudyOutcome` per study. Errors of one study are caught and
@@ -565,7 +613,13 @@ def preprocess_patient(
         ts = time.perf_counter()
         try:
             outs = preprocess_study(
-                patient, study, baseline, out_root, cfg, label_classes=label_classes
+                patient,
+                study,
+                baseline,
+                out_root,
+                cfg,
+                label_classes=label_classes,
+                coregistered_input=coregistered_input,
             )
             outcomes.append(
                 StudyOutcome(
