@@ -363,3 +363,40 @@ def test_parse_imports_resolves_relative_and_type_checking_imports() -> None:
         "metstrack.tracking.records",
     ]
     assert not any(i.in_function for i in found)
+
+
+#: Size limits of issue 16 ("oversized units"): a module reads in one sitting,
+#: a function is a handful of named steps.
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 150
+
+
+def oversized(src: Path = SRC) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES (docstring in)."""
+    found = []
+    for path in sorted((src / ROOT).rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = module_name(path, src)
+        if text.count("\n") > MAX_MODULE_LINES:
+            found.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    found.append(f"{name}.{node.name}: {n} lines")
+    return found
+
+
+def test_no_oversized_module_or_function() -> None:
+    assert oversized() == []
+
+
+def test_size_checker_flags_a_long_module_and_function(tmp_path) -> None:
+    pkg = tmp_path / ROOT
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (pkg / "big.py").write_text("def long():\n" + body + "\n" + "\n" * MAX_MODULE_LINES)
+    assert oversized(tmp_path) == [
+        f"{ROOT}.big: {MAX_MODULE_LINES + MAX_FUNCTION_LINES + 1} lines",
+        f"{ROOT}.big.long: {MAX_FUNCTION_LINES + 1} lines",
+    ]

@@ -316,7 +316,7 @@ def test_shared_grid_sequences_of_a_release_dataset(one_patient_cohort, tmp_path
 
 
 def test_shares_grid_and_a_wrong_shared_grid_value():
-    from metstrack.preprocess.study import shares_grid
+    from metstrack.core.grid import shares_grid
     from metstrack.types import Volume
 
     a = Volume(np.zeros((4, 5, 6), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))

@@ -154,3 +154,14 @@ def isotropic_grid(grid: Grid | Volume, spacing_mm: float = 1.0) -> Grid:
     aff = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
     aff[:3, 3] = origin
     return Grid(shape=(int(n[0]), int(n[1]), int(n[2])), affine=aff)
+
+
+def shares_grid(a: Volume, b: Volume, *, tol_mm: float = 1e-3) -> bool:
+    """True when two volumes lie on the same voxel grid: same shape, affines equal within ``tol_mm``.
+
+    Two sequences of one study stored on one grid were resampled there by whoever
+    co-registered them (scanner series come on their own grids).
+    """
+    return a.array.shape[:3] == b.array.shape[:3] and bool(
+        np.allclose(a.affine, b.affine, rtol=0.0, atol=tol_mm)
+    )

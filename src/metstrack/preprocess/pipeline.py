@@ -56,7 +56,7 @@ from metstrack.preprocess.config import (
     PreprocessReport,
     StudyOutcome,
 )
-from metstrack.preprocess.study import preprocess_patient
+from metstrack.preprocess.patient import preprocess_patient
 from metstrack.types import (
     LABEL_SEQUENCE,
     SEQUENCES,

@@ -1,15 +1,15 @@
 """Preprocessing of one study and one patient onto the patient's baseline grid.
 
-:func:`preprocess_patient` is the unit of parallel work (a worker owns the
-baseline it registers to): :func:`prepare_baseline` builds the baseline
-reference, then :func:`preprocess_study` runs the named steps on each study
-(see :mod:`metstrack.preprocess.pipeline` for the whole method and the outputs).
+:func:`prepare_baseline` builds the baseline reference, then
+:func:`preprocess_study` runs the named steps on each study (see
+:mod:`metstrack.preprocess.pipeline` for the whole method and the outputs);
+:func:`metstrack.preprocess.patient.preprocess_patient` runs them over one
+patient, the unit of parallel work.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +21,14 @@ from metstrack.core import schema
 from metstrack.core.atomic import (
     write_json_atomic,
 )
-from metstrack.core.grid import Grid, isotropic_grid, reorient_to_ras
+from metstrack.core.grid import Grid, isotropic_grid, reorient_to_ras, shares_grid
 from metstrack.core.mapping import (
     StudyTransform,
     save_transform,
     transform_path,
 )
 from metstrack.core.spatial import resample_array
-from metstrack.errors import DatasetError, LabelError, MetstrackError
+from metstrack.errors import DatasetError, LabelError
 from metstrack.io.labels import lesion_mask
 from metstrack.io.nifti import read_volume, write_volume
 from metstrack.preprocess.brain import (
@@ -39,14 +39,11 @@ from metstrack.preprocess.config import (
     INTERPOLATIONS,
     REFERENCE_SEQUENCE,
     PreprocessConfig,
-    StudyOutcome,
 )
 from metstrack.preprocess.intensity import n4_correct, zscore_in_brain
 from metstrack.preprocess.outputs import (
     brain_mask_path,
-    is_study_done,
     provenance_path,
-    recorded_outputs,
     study_fingerprint,
 )
 from metstrack.preprocess.register import register
@@ -73,17 +70,6 @@ def _read_ras(path: Path, *, label: bool = False) -> tuple[Volume, Volume, dict]
             )
     ras, rec = reorient_to_ras(native)
     return native, ras, rec.to_dict()
-
-
-def shares_grid(a: Volume, b: Volume, *, tol_mm: float = 1e-3) -> bool:
-    """True when two volumes lie on the same voxel grid: same shape, affines equal within ``tol_mm``.
-
-    Two sequences of one study stored on one grid were resampled there by whoever
-    co-registered them (scanner series come on their own grids).
-    """
-    return a.array.shape[:3] == b.array.shape[:3] and bool(
-        np.allclose(a.affine, b.affine, rtol=0.0, atol=tol_mm)
-    )
 
 
 def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: float) -> np.ndarray:
@@ -555,83 +541,3 @@ def preprocess_study(
         b2s=b2s,
         steps=steps,
     )
-
-
-def preprocess_patient(
-    patient: Patient,
-    out_root: str | Path,
-    cfg: PreprocessConfig,
-    *,
-    label_classes: tuple[int, ...] = (),
-    coregistered_input: bool = False,
-) -> list[StudyOutcome]:
-    """Preprocess every unfinished study of one patient (the unit of parallel work).
-
-    This is the function to map over patients with another engine (Dask, Ray):
-    it only reads the patient's input files and writes under ``out_root``.
-
-    Args:
-        patient: The patient (studies in time order; the first is the baseline).
-        out_root: Output dataset root.
-        cfg: Preprocessing settings.
-        label_classes: ``Cohort.label_classes`` of the patient's cohort (multi-class labels).
-        coregistered_input: The cohort's layout co-registers a study's sequences
-            (:attr:`metstrack.io.layouts.Layout.coregistered`; see ``cfg.shared_grid``).
-
-    Returns:
-        One :class:`StudyOutcome` per study. Errors of one study are caught and
-        reported as ``failed``; a failing baseline fails every study of the patient.
-    """
-    out_root = Path(out_root)
-    todo = [
-        s for s in patient.studies if not is_study_done(out_root, patient.patient_id, s.study_id)
-    ]
-    outcomes = [
-        StudyOutcome(
-            patient.patient_id,
-            s.study_id,
-            "skipped",
-            outputs=recorded_outputs(out_root, patient.patient_id, s.study_id),
-        )
-        for s in patient.studies
-        if s not in todo
-    ]
-    if not todo:
-        return outcomes
-    t0 = time.perf_counter()
-    try:
-        baseline = prepare_baseline(patient, cfg)
-    except MetstrackError as exc:
-        log.info("patient %s failed: %s", patient.patient_id, exc)
-        return outcomes + [
-            StudyOutcome(
-                patient.patient_id, s.study_id, "failed", str(exc), time.perf_counter() - t0
-            )
-            for s in todo
-        ]
-    for study in todo:
-        ts = time.perf_counter()
-        try:
-            outs = preprocess_study(
-                patient,
-                study,
-                baseline,
-                out_root,
-                cfg,
-                label_classes=label_classes,
-                coregistered_input=coregistered_input,
-            )
-            outcomes.append(
-                StudyOutcome(
-                    patient.patient_id, study.study_id, "done", "", time.perf_counter() - ts, outs
-                )
-            )
-        except MetstrackError as exc:
-            log.info("study %s/%s failed: %s", patient.patient_id, study.study_id, exc)
-            outcomes.append(
-                StudyOutcome(
-                    patient.patient_id, study.study_id, "failed", str(exc), time.perf_counter() - ts
-                )
-            )
-    order = {s.study_id: i for i, s in enumerate(patient.studies)}
-    return sorted(outcomes, key=lambda o: order[o.study_id])
