@@ -95,6 +95,9 @@ def test_worked_example_writes_a_complete_leaderboard(tiny_run):
     # STT carries the ConvLSTM: more parameters than the same backbone without memory
     params = dict(zip(frame["model"], frame["parameters"], strict=True))
     assert params["stt"] > params["unet"]
+    # every run reads one shared study cache (a cache per run would be the cohort again)
+    assert any((out / "cache").rglob("image.npy"))
+    assert not any((out / "models").rglob("image.npy"))
 
 
 def test_leaderboard_markdown_names_commit_machine_and_every_model(tiny_run):

@@ -4,6 +4,7 @@ Output folder::
 
     <out>/config.json                     resolved BenchmarkConfig, fingerprint, machine
     <out>/cohort/                         the synthetic cohort (release layout + ground_truth/)
+    <out>/cache/                          the training study cache every run shares
     <out>/models/<name>/run/              training run (metstrack.train.api.train)
     <out>/models/<name>/pred/             test-patient predictions (metstrack.infer)
     <out>/models/<name>/stage.json        steps, times, parameters, peak memory
@@ -355,8 +356,13 @@ def run_benchmark(
                 + (f" and {len(val_ids)} validation" if val_ids else "")
                 + " patients"
             )
+            train_cfg = model_train_config(cfg, entry, seed=seed, regime=regime)
+            if not train_cfg.data.cache_dir:  # one study cache for every run (content-keyed)
+                train_cfg = replace(
+                    train_cfg, data=replace(train_cfg.data, cache_dir=str(out / "cache"))
+                )
             args = (
-                model_train_config(cfg, entry, seed=seed, regime=regime),
+                train_cfg,
                 data_dir,
                 model_dir,
                 tuple(test_ids),
