@@ -286,3 +286,32 @@ def test_unknown_regime_is_refused_with_a_suggestion():
         load_benchmark_config(TINY, ["regimes=['radiosurgry']"])
     with pytest.raises(ConfigError, match="seeds"):
         load_benchmark_config(TINY, ["budget.seeds=[1, 1]"])
+
+
+def test_side_by_side_processes_generate_the_cohort_once(tmp_path, monkeypatch):
+    """Two runs started together on one folder: one generates the cohort, the other waits."""
+    import threading
+    import time
+
+    from metstrack.benchmark import runner
+
+    calls = []
+
+    def slow_generate(cohort_cfg, data_dir):
+        calls.append(data_dir)
+        time.sleep(0.5)
+        data_dir.mkdir(parents=True)
+        (data_dir / "imaging").mkdir()
+
+    monkeypatch.setattr(runner, "generate_cohort", slow_generate)
+    cfg = load_benchmark_config(TINY)
+    found = []
+    threads = [
+        threading.Thread(target=lambda: found.append(runner._cohort(cfg, tmp_path, lambda m: None)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and found == [tmp_path / "cohort"] * 2

@@ -29,6 +29,7 @@ included, about 300-400 MiB on CPU).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import time
@@ -261,6 +262,22 @@ def _run_detections(
 
 
 def _cohort(cfg: BenchmarkConfig, out: Path, on_event: Callable[[str], None]) -> Path:
+    """The benchmark's cohort under ``out``, generated once.
+
+    Processes started side by side on one output folder (disjoint ``--models``)
+    take an exclusive lock on ``<out>/.cohort.lock`` first, so one generates and
+    the others wait, then reuse it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".cohort.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _cohort_locked(cfg, out, on_event)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _cohort_locked(cfg: BenchmarkConfig, out: Path, on_event: Callable[[str], None]) -> Path:
     data_dir = out / "cohort"
     fp = config_fingerprint(cfg.cohort)
     marker = data_dir / COHORT_MARKER
