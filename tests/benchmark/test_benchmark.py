@@ -137,6 +137,21 @@ def test_rerun_reuses_finished_models(tiny_run, cli):
     assert res.exit_code == 0, res.output
     assert "reusing the finished run" in res.output
     assert pd.read_csv(out / "leaderboard.csv")["model"].tolist() == ["unet"]
+    # its evaluation too (row.json): the tables were not rewritten, the row is the same
+    summary = out / "models" / "unet" / "evaluation" / "summary.csv"
+    before = summary.stat().st_mtime_ns
+    metrics = ["lesion_f1", "fp_per_scan", "sensitivity_lt10_mm3", "tracking_link_accuracy"]
+    first = pd.read_csv(out / "leaderboard.csv")[metrics]
+    again = cli("benchmark", "--config", TINY, "--out", out, "--models", "unet")
+    assert "reusing its evaluation" in again.output and summary.stat().st_mtime_ns == before
+    pd.testing.assert_frame_equal(pd.read_csv(out / "leaderboard.csv")[metrics], first)
+    # other evaluation settings: evaluated again
+    changed = cli(
+        "benchmark", "--config", TINY, "--out", out, "--models", "unet",
+        "--set", "evaluation.n_bootstrap=50",
+    )  # fmt: skip
+    assert changed.exit_code == 0, changed.output
+    assert "evaluating and tracking" in changed.output and summary.stat().st_mtime_ns != before
 
 
 def test_select_models_keeps_config_order_and_suggests():

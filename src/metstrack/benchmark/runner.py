@@ -10,13 +10,18 @@ Output folder::
     <out>/models/<name>/stage.json        steps, times, parameters, peak memory
     <out>/models/<name>/evaluation/       metstrack.workflows.evaluate.write_outputs tables
     <out>/models/<name>/tracking.json     tracking accuracy against ground-truth identities
+    <out>/models/<name>/row.json          its leaderboard row and the fingerprints it came from
     <out>/models/<name>/worker.log        log of the model's subprocess (isolated runs)
     <out>/leaderboard.{csv,md,json}       one row per model (metstrack.benchmark.leaderboard)
 
 A rerun with the same config reuses the cohort and every model whose
 ``stage.json`` matches the model's fingerprint (training settings, budget,
 inference settings and cohort), so an interrupted benchmark resumes at the
-first unfinished model; evaluation and tracking are always recomputed.
+first unfinished model. Each run's leaderboard row is saved in
+``<model>/row.json`` with the fingerprints it came from (stage, evaluation and
+tracking settings, test patients, metstrack version) and reused while they
+match, so a final pass over runs made by side-by-side processes only writes
+the tables.
 
 Peak memory: each stage (training, inference) first resets the kernel's peak
 resident-set counter of the process (``/proc/self/clear_refs`` = 5) and reads
@@ -32,6 +37,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -87,6 +93,9 @@ from metstrack.workflows.evaluate import evaluate_cohort, write_outputs
 from metstrack.workflows.synth import generate_cohort
 
 log = logging.getLogger(__name__)
+
+#: A run's leaderboard row, keyed by its stage fingerprint and the evaluation settings.
+ROW_FILE = "row.json"
 
 #: Marker written in the cohort folder once generation finished (holds the fingerprint).
 COHORT_MARKER = ".benchmark_cohort.json"
@@ -212,6 +221,17 @@ def leaderboard_row(
 
 
 # ---------------------------------------------------------------- the whole benchmark
+
+
+def _cached_row(model_dir: Path, key: dict[str, object]) -> dict[str, object] | None:
+    """A run's leaderboard row saved by an earlier pass with the same ``key``, else None."""
+    path = model_dir / ROW_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("key") != key:
+        return None
+    return {k: math.nan if v is None else v for k, v in saved["row"].items()}
 
 
 def _run_detections(
@@ -394,12 +414,26 @@ def run_benchmark(
                 stage = train_and_predict(
                     *args[:5], fingerprint=fp, threads=cfg.budget.threads, extra_patients=args[7]
                 )
-        emit(f"[{k}/{len(runs)}] {label}: evaluating and tracking")
-        pred_root = model_dir / "pred"
-        evaluation = evaluate_model(cfg, data_dir, pred_root, test_ids, model_dir / "evaluation")
-        tracking = track_model(cfg, cohort, pred_root, test_ids)
-        write_json_atomic(model_dir / "tracking.json", tracking.as_dict())
-        row = leaderboard_row(entry, stage, evaluation, tracking, cfg, len(test_ids))
+        row_key = {
+            "stage": stage.fingerprint,
+            "evaluation": config_fingerprint(cfg.evaluation),
+            "tracking": config_fingerprint(cfg.tracking),
+            "test_patients": list(test_ids),
+            "metstrack_version": __version__,
+        }
+        row = _cached_row(model_dir, row_key)
+        if row is None:
+            emit(f"[{k}/{len(runs)}] {label}: evaluating and tracking")
+            pred_root = model_dir / "pred"
+            evaluation = evaluate_model(
+                cfg, data_dir, pred_root, test_ids, model_dir / "evaluation"
+            )
+            tracking = track_model(cfg, cohort, pred_root, test_ids)
+            write_json_atomic(model_dir / "tracking.json", tracking.as_dict())
+            row = leaderboard_row(entry, stage, evaluation, tracking, cfg, len(test_ids))
+            write_json_atomic(model_dir / ROW_FILE, {"key": row_key, "row": row})
+        else:
+            emit(f"[{k}/{len(runs)}] {label}: reusing its evaluation ({ROW_FILE})")
         rows.append({**row, "model": label, "regime": regime, "seed": seed})
         if cfg.froc.enabled:
             detections.append(
