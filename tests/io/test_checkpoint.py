@@ -157,3 +157,24 @@ def test_published_checkpoint_with_unknown_channels_needs_a_config(tmp_path: Pat
         tmp_path / "p5.ckpt", config=ModelConfig(features=SMALL, prior_mask=True)
     )
     assert cfg.network_in_channels == 5
+
+
+def test_export_checkpoint_keeps_the_network_and_writes_its_provenance(
+    tmp_path: Path, seq: torch.Tensor
+) -> None:
+    """How the shipped model was made (metstrack/data/stt_demo.json names this call)."""
+    import json
+
+    from metstrack.io.checkpoint import export_checkpoint, training_spacing_mm
+
+    torch.manual_seed(2)
+    cfg = ModelConfig(name="stt", width=0.25, roi_size=(32, 32, 32))
+    net = build_model(cfg)
+    src = save_checkpoint(tmp_path / "best.ckpt", net, cfg, epoch=7, score=0.6)
+    dst = export_checkpoint(src, tmp_path / "out" / "m.pt", {"input_spacing_mm": 1.5})
+    assert dst == tmp_path / "out" / "m.pt"
+    assert json.loads(dst.with_suffix(".json").read_text()) == {"input_spacing_mm": 1.5}
+    loaded, cfg2 = load_checkpoint(dst)
+    assert cfg2 == cfg
+    assert torch.equal(_outputs(loaded, seq), _outputs(net, seq))
+    assert training_spacing_mm(dst) == 1.5
