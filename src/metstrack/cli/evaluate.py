@@ -21,7 +21,6 @@ from metstrack.cli.common import (
 )
 from metstrack.errors import ConfigError, did_you_mean
 from metstrack.io.labels import parse_label_values
-from metstrack.metrics.matching import CRITERIA, MATCH_MODES, OBJECTIVES
 
 #: Rows of the printed table: (metric name in the summary, label).
 HEADLINE_ROWS: tuple[tuple[str, str], ...] = (
@@ -133,6 +132,8 @@ def evaluate(
     Writes studies.csv, lesions.csv, longitudinal.csv, summary.csv, summary.json and
     config.json to --out, and prints the headline metrics with 95% bootstrap intervals.
     """
+    from metstrack.metrics.matching import CRITERIA, MATCH_MODES, OBJECTIVES  # lazy: scipy
+
     _choice(mode, MATCH_MODES, "--mode")
     _choice(criterion, CRITERIA, "--criterion")
     _choice(match_objective, OBJECTIVES, "--match-objective")

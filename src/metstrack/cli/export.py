@@ -11,9 +11,6 @@ import typer
 from rich.table import Table
 
 from metstrack.cli.common import console, guarded, progress, usage_error
-from metstrack.io.export import lesion_instances, write_rtstruct, write_seg
-from metstrack.io.nifti import read_label
-from metstrack.io.pseudonyms import source_series_uid
 
 
 def export_rtstruct(
@@ -47,6 +44,10 @@ def export_rtstruct(
     """Write each lesion of MASK as one ROI (RTSTRUCT) or segment (SEG) on the source series."""
     if study is not None and mapping is None:
         usage_error("--study needs --mapping (the ingest's mapping file)")
+    from metstrack.io.export import lesion_instances, write_rtstruct, write_seg  # lazy: pydicom
+    from metstrack.io.nifti import read_label
+    from metstrack.io.pseudonyms import source_series_uid
+
     with guarded():
         if study is not None:
             series_uid = source_series_uid(mapping, study, sequence)

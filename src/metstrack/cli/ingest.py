@@ -12,9 +12,6 @@ from rich.table import Table
 from metstrack.cli.common import EXIT_DATA_ERROR, console, err_console, guarded, progress
 from metstrack.config import load_config
 from metstrack.errors import DicomSeriesError
-from metstrack.io.dicom import scan_dicom, uid_suffix
-from metstrack.io.dicom_classify import classify_series, load_rules
-from metstrack.io.ingest import IngestConfig, StudyOutcome, ingest_dicom
 
 
 def ingest(
@@ -48,6 +45,9 @@ def ingest(
     ] = False,
 ) -> None:
     """Convert a DICOM export into the release layout with pseudonymised IDs."""
+    from metstrack.io.dicom_classify import load_rules  # lazy: pandas, pydicom
+    from metstrack.io.ingest import IngestConfig, StudyOutcome, ingest_dicom
+
     with guarded():
         cfg = load_config(IngestConfig, config, tuple(overrides or ()))
         if rules is not None:
@@ -92,6 +92,10 @@ def dicom_scan(
     ] = None,
 ) -> None:
     """List the series under SRC with the sequence the rule table assigns (headers only)."""
+    from metstrack.io.dicom import scan_dicom, uid_suffix  # lazy: pydicom
+    from metstrack.io.dicom_classify import classify_series
+    from metstrack.io.ingest import IngestConfig
+
     with guarded():
         cfg = load_config(IngestConfig, config)
         scan = scan_dicom(src)

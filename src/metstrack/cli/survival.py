@@ -12,7 +12,6 @@ from rich.table import Table
 from metstrack.cli.common import console, guarded
 from metstrack.config import load_config
 from metstrack.survival.config import SurvivalConfig
-from metstrack.workflows.survival import survival_from_dataset
 
 
 def survival(
@@ -62,6 +61,8 @@ def survival(
             "time_varying": time_varying,
         }
         cfg = load_config(SurvivalConfig, config, list(set_ or []), values=values)
+        from metstrack.workflows.survival import survival_from_dataset  # lazy: lifelines
+
         res = survival_from_dataset(data, out, cfg, burden=burden, tracking=tracking)
     _render(res)
 

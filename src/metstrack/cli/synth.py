@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 
@@ -138,6 +137,8 @@ def synth(
 
 
 def _print_summary(out: Path, clinical_only: bool) -> None:
+    import pandas as pd  # lazy: the command's start-up
+
     imaging = pd.read_csv(schema.table_path(out, schema.IMAGING_TABLE))
     patients = pd.read_csv(schema.table_path(out, schema.PATIENTS_TABLE))
     traj = pd.read_csv(out / schema.GROUND_TRUTH_DIR / "lesion_trajectories.csv")
