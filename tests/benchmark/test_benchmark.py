@@ -330,3 +330,21 @@ def test_side_by_side_processes_generate_the_cohort_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and found == [tmp_path / "cohort"] * 2
+
+
+def test_a_run_stopped_while_predicting_resumes_at_its_predictions(tiny_run, cli):
+    """train_stage.json: the finished training is reused, the predictions are made again."""
+    _, out = tiny_run
+    model = out / "models" / "dynunet"
+    trained = json.loads((model / "train_stage.json").read_text())
+    best = Path(trained["best_ckpt"])
+    before = best.stat().st_mtime_ns
+    (model / "stage.json").unlink()  # as if killed after training, before stage.json
+    mask = next((model / "pred").rglob("mask.nii.gz"))
+    mask.unlink()
+    res = cli("benchmark", "--config", TINY, "--out", out, "--models", "dynunet")
+    assert res.exit_code == 0, res.output
+    assert best.stat().st_mtime_ns == before and mask.is_file()
+    stage = json.loads((model / "stage.json").read_text())
+    assert stage["train_time_s"] == trained["train_time_s"]
+    assert stage["train_steps"] == trained["train_steps"]

@@ -36,6 +36,11 @@ from metstrack.train.config import TrainConfig
 
 #: Per-model stage record.
 STAGE_FILE = "stage.json"
+#: Written when a model's training finished, before its predictions: a run stopped
+#: while predicting resumes at prediction (same fingerprint, best checkpoint present).
+TRAIN_STAGE_FILE = "train_stage.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,22 @@ def model_fingerprint(
     )
 
 
+def finished_training(model_dir: Path, fingerprint: str) -> dict[str, object] | None:
+    """The training record of ``model_dir`` when its training finished with ``fingerprint``.
+
+    Returns:
+        The :data:`TRAIN_STAGE_FILE` record, or None when there is none, it belongs to
+        other settings, or its best checkpoint is gone.
+    """
+    path = model_dir / TRAIN_STAGE_FILE
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    if rec.get("fingerprint") != fingerprint or not Path(str(rec.get("best_ckpt"))).is_file():
+        return None
+    return rec
+
+
 def train_and_predict(
     train_cfg: TrainConfig,
     data_dir: Path,
@@ -116,6 +137,10 @@ def train_and_predict(
     extra_patients: Sequence[str] = (),
 ) -> StageResult:
     """Train one model, predict the test patients, and record cost (``stage.json``).
+
+    A model whose training already finished with the same ``fingerprint``
+    (:func:`finished_training`) is not trained again: a run stopped while
+    predicting resumes at its predictions, with the recorded training figures.
 
     Args:
         train_cfg: The model's full training config (budget applied).
@@ -135,16 +160,28 @@ def train_and_predict(
 
     model_dir.mkdir(parents=True, exist_ok=True)
     cohort = read_release(data_dir)
-    method = "vmhwm" if reset_peak_rss() else "ru_maxrss"
-    t0 = time.perf_counter()
-    result = train(train_cfg, data_dir, model_dir / "run", cohort=cohort)
-    train_s = time.perf_counter() - t0
-    train_peak = peak_rss_mb()
+    trained = finished_training(model_dir, fingerprint)
+    if trained is None:
+        method = "vmhwm" if reset_peak_rss() else "ru_maxrss"
+        t0 = time.perf_counter()
+        result = train(train_cfg, data_dir, model_dir / "run", cohort=cohort)
+        trained = {
+            "fingerprint": fingerprint,
+            "train_steps": int(result.global_step),
+            "train_stopped_by": result.stopped_by,
+            "train_time_s": round(time.perf_counter() - t0, 3),
+            "best_ckpt": str(result.best_ckpt),
+            "train_peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_method": method,
+        }
+        write_json_atomic(model_dir / TRAIN_STAGE_FILE, trained)
+    else:
+        log.info("%s: reusing the finished training (%s)", model_dir, TRAIN_STAGE_FILE)
 
     if threads > 0:
         torch.set_num_threads(threads)
     reset_peak_rss()
-    model, mcfg = load_checkpoint(result.best_ckpt, map_location="cpu")
+    model, mcfg = load_checkpoint(trained["best_ckpt"], map_location="cpu")
     n_params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
     options = PredictOptions(
         overlap=predict.overlap,
@@ -167,16 +204,16 @@ def train_and_predict(
         predict_patient(model, pid, studies, pred_root, options=options)
     stage = StageResult(
         fingerprint=fingerprint,
-        train_steps=int(result.global_step),
-        train_stopped_by=result.stopped_by,
-        train_time_s=round(train_s, 3),
-        best_ckpt=str(result.best_ckpt),
+        train_steps=int(trained["train_steps"]),
+        train_stopped_by=str(trained["train_stopped_by"]),
+        train_time_s=float(trained["train_time_s"]),
+        best_ckpt=str(trained["best_ckpt"]),
         infer_time_s=round(infer_s, 3),
         n_studies=n_studies,
         parameters=n_params,
-        train_peak_rss_mb=round(train_peak, 1),
+        train_peak_rss_mb=float(trained["train_peak_rss_mb"]),
         infer_peak_rss_mb=round(peak_rss_mb(), 1),
-        peak_method=method,
+        peak_method=str(trained["peak_method"]),
     )
     write_json_atomic(model_dir / STAGE_FILE, to_dict(stage))
     return stage

@@ -7,6 +7,7 @@ Output folder::
     <out>/cache/                          the training study cache every run shares
     <out>/models/<name>/run/              training run (metstrack.train.api.train)
     <out>/models/<name>/pred/             test-patient predictions (metstrack.infer)
+    <out>/models/<name>/train_stage.json  the finished training (resume point before predicting)
     <out>/models/<name>/stage.json        steps, times, parameters, peak memory
     <out>/models/<name>/evaluation/       metstrack.workflows.evaluate.write_outputs tables
     <out>/models/<name>/tracking.json     tracking accuracy against ground-truth identities
