@@ -234,7 +234,8 @@ def test_run_benchmark_script_copies_the_leaderboard(tiny_run, tmp_path):
     spec.loader.exec_module(mod)
     results = tmp_path / "results"
     assert mod.main(["--config", str(TINY), "--out", str(out), "--results", str(results)]) == 0
-    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "config.json"):
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "config.json",
+                 "froc.md", "froc.csv", "froc_curves.csv", "froc_all.png"):  # fmt: skip
         assert (results / name).is_file(), name
     assert pd.read_csv(results / "leaderboard.csv")["model"].tolist() == [
         "stt",
@@ -242,6 +243,17 @@ def test_run_benchmark_script_copies_the_leaderboard(tiny_run, tmp_path):
         "stt_prior",
         "dynunet",
     ]
+
+
+def test_report_shows_the_froc_comparison(tiny_run, cli, tmp_path):
+    """docs/benchmark.md: `metstrack report --benchmark bench-tiny --out bench-tiny/report`."""
+    _, out = tiny_run
+    r = cli("report", "--benchmark", out, "--out", tmp_path / "report")
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "report" / "index.html").read_text()
+    for arm in pd.read_csv(out / "froc.csv")["arm"]:
+        assert f"<td>{arm}</td>" in html
+    assert (tmp_path / "report" / "img" / "froc_all.png").is_file()
 
 
 def test_froc_comparison_is_written_for_every_arm(tiny_run):

@@ -22,7 +22,7 @@ from metstrack.workflows.synth import generate_cohort, write_clinical_only
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, bench_folder):
     """A tiny cohort pushed through evaluate, track and survival, then the report."""
     from typer.testing import CliRunner
 
@@ -94,6 +94,8 @@ def pipeline(tmp_path_factory):
             str(tr),
             "--survival",
             str(sv),
+            "--benchmark",
+            str(bench_folder(tmp / "bench")),
             "--out",
             str(rep),
         ],

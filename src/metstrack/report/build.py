@@ -30,6 +30,7 @@ from metstrack.core.lesions import lesion_table
 from metstrack.io.layouts import read_dataset
 from metstrack.io.nifti import find_nifti, read_label, read_volume
 from metstrack.io.tracks import tracked_map_path
+from metstrack.report.benchmark import benchmark_section
 from metstrack.report.figures import StripLesion, lesion_strip
 from metstrack.report.html import cards, esc, figure, fmt, page, table
 from metstrack.tracking.identity import lesion_id_of, tracking_id
@@ -52,6 +53,8 @@ class ReportInputs:
         tracking: Output folder of ``metstrack track`` (optional).
         survival: Output folder of ``metstrack survival`` (optional).
         title: Report title.
+        benchmark: Output folder of ``metstrack benchmark`` (optional): its FROC
+            comparison and curves become a section of the cohort page.
     """
 
     data: Path
@@ -60,6 +63,7 @@ class ReportInputs:
     tracking: Path | None = None
     survival: Path | None = None
     title: str = "metstrack report"
+    benchmark: Path | None = None
 
 
 def _read_csv(path: Path | None) -> pd.DataFrame | None:
@@ -174,6 +178,8 @@ def build_report(
     body.append(_evaluation_section(ev_summary, ev_json))
     body.append(_tracking_section(traj, rates, burden, facts))
     body.append(_survival_section(inputs, cox, sv_json, out, facts))
+    if inputs.benchmark is not None:
+        body.append(benchmark_section(inputs.benchmark, out, facts))
     body.append(_patient_index(chosen, traj, rates, ev_studies))
     index = out / "index.html"
     write_text_atomic(index, page(inputs.title, "".join(body)))
