@@ -254,13 +254,15 @@ def comparison_tables(
     return pd.DataFrame(rows), pd.DataFrame(curve_rows)
 
 
-def _f(v: object, digits: int = 2) -> str:
+def format_cell(v: object, digits: int = 2) -> str:
+    """A table cell: floats with ``digits`` decimals, NaN as ``n/a``."""
     if isinstance(v, float) and math.isnan(v):
         return "n/a"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _diff(row: pd.Series, name: str) -> str:
+def format_diff(row: pd.Series, name: str) -> str:
+    """``+d [lo, hi]`` of a FROC row's difference ``name``; ``(reference)`` where undefined."""
     d = row[f"diff_{name}"]
     if isinstance(d, float) and math.isnan(d):
         return "(reference)"
@@ -292,11 +294,11 @@ def froc_markdown(table: pd.DataFrame, settings: FrocSettings) -> str:
                 "steps", "train s", "peak MiB"]  # fmt: skip
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in part.iterrows():
-            cells = [str(r["arm"]), str(r["seeds"]), str(r["thresholds"]), _f(r["val_fp_per_scan"]),
-                     _f(r["fp_per_scan"]), _f(r["sensitivity_all"]), _diff(r, "all"),
-                     _f(r["sensitivity_lt10_mm3"]), _diff(r, "lt10_mm3"), _f(r["sensitivity_new"]),
-                     _diff(r, "new"), _f(r["train_steps"], 0), _f(r["train_time_s"], 0),
-                     _f(r["train_peak_rss_mb"], 0)]  # fmt: skip
+            cells = [str(r["arm"]), str(r["seeds"]), str(r["thresholds"]), format_cell(r["val_fp_per_scan"]),
+                     format_cell(r["fp_per_scan"]), format_cell(r["sensitivity_all"]), format_diff(r, "all"),
+                     format_cell(r["sensitivity_lt10_mm3"]), format_diff(r, "lt10_mm3"), format_cell(r["sensitivity_new"]),
+                     format_diff(r, "new"), format_cell(r["train_steps"], 0), format_cell(r["train_time_s"], 0),
+                     format_cell(r["train_peak_rss_mb"], 0)]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from metstrack.benchmark.froc_report import format_cell, format_diff
 from metstrack.core.atomic import write_json_atomic, write_text_atomic
 from metstrack.errors import DatasetError
 from metstrack.report.html import esc, figure, page
@@ -29,20 +30,6 @@ _REGIME_TITLES = {
     "all": "every study labelled",
     "radiosurgery": "label-scarce: only radiosurgery studies labelled",
 }
-
-
-def _num(v: object, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{float(v):.{digits}f}"
-
-
-def _diff(row: pd.Series, name: str) -> str:
-    d = row.get(f"diff_{name}")
-    if d is None or (isinstance(d, float) and math.isnan(d)):
-        return "(reference)"
-    lo, hi = row[f"diff_{name}_ci_low"], row[f"diff_{name}_ci_high"]
-    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 def read_froc(bench_dir: Path) -> pd.DataFrame:
@@ -103,13 +90,17 @@ def benchmark_section(bench_dir: str | Path, out: Path, facts: dict) -> str:
         rows = pd.DataFrame(
             {
                 "arm": part["arm"].astype(str),
-                "test FP/scan": [_num(v) for v in part["fp_per_scan"]],
-                "sens. all": [_num(v) for v in part["sensitivity_all"]],
-                "diff all": [_diff(r, "all") for _, r in part.iterrows()],
-                "sens. < 10 mm3": [_num(v) for v in part["sensitivity_lt10_mm3"]],
-                "diff < 10 mm3": [_diff(r, "lt10_mm3") for _, r in part.iterrows()],
-                "sens. new": [_num(v) for v in part.get("sensitivity_new", [math.nan] * len(part))],
-                "steps": [_num(v, 0) for v in part.get("train_steps", [math.nan] * len(part))],
+                "test FP/scan": [format_cell(v) for v in part["fp_per_scan"]],
+                "sens. all": [format_cell(v) for v in part["sensitivity_all"]],
+                "diff all": [format_diff(r, "all") for _, r in part.iterrows()],
+                "sens. < 10 mm3": [format_cell(v) for v in part["sensitivity_lt10_mm3"]],
+                "diff < 10 mm3": [format_diff(r, "lt10_mm3") for _, r in part.iterrows()],
+                "sens. new": [
+                    format_cell(v) for v in part.get("sensitivity_new", [math.nan] * len(part))
+                ],
+                "steps": [
+                    format_cell(v, 0) for v in part.get("train_steps", [math.nan] * len(part))
+                ],
             }
         )
         head = "".join(f"<th>{esc(c)}</th>" for c in rows.columns)
