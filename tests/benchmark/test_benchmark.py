@@ -254,6 +254,7 @@ def test_report_shows_the_froc_comparison(tiny_run, cli, tmp_path):
     for arm in pd.read_csv(out / "froc.csv")["arm"]:
         assert f"<td>{arm}</td>" in html
     assert (tmp_path / "report" / "img" / "froc_all.png").is_file()
+    assert "The same comparison at other FP/scan targets" in html and "<td>4</td>" in html
 
 
 def test_froc_comparison_is_written_for_every_arm(tiny_run):
@@ -280,6 +281,17 @@ def test_froc_comparison_is_written_for_every_arm(tiny_run):
     assert "Regime: all" in md and f"at most {cfg.froc.fp_per_scan_target:g}" in md
     # each run's detections are cached next to it
     assert all((out / "models" / m.name / "froc.json").is_file() for m in cfg.models)
+    # the comparison repeated at the other targets: more FP allowed -> a threshold no higher
+    # and a sensitivity no lower than at the main target, run by run and arm by arm
+    others = pd.read_csv(out / "froc_targets.csv")
+    assert set(others["fp_per_scan_target"]) == set(cfg.froc.other_targets) == {4.0}
+    assert others["arm"].tolist() == table["arm"].tolist()
+    for (_, main), (_, other) in zip(table.iterrows(), others.iterrows(), strict=True):
+        t_main = [float(x) for x in str(main["thresholds"]).split(",")]
+        t_other = [float(x) for x in str(other["thresholds"]).split(",")]
+        assert all(b <= a for a, b in zip(t_main, t_other, strict=True))
+        assert other["sensitivity_all"] >= main["sensitivity_all"]
+    assert "## Other operating points" in md and "| 4 | " in md
 
 
 def test_seeds_and_label_regimes_each_train_their_own_run(tmp_path):
@@ -313,6 +325,8 @@ def test_unknown_regime_is_refused_with_a_suggestion():
         load_benchmark_config(TINY, ["regimes=['radiosurgry']"])
     with pytest.raises(ConfigError, match="seeds"):
         load_benchmark_config(TINY, ["budget.seeds=[1, 1]"])
+    with pytest.raises(ConfigError, match=r"froc.other_targets \[-1.0\]"):
+        load_benchmark_config(TINY, ["froc.other_targets=[-1.0]"])
 
 
 def test_side_by_side_processes_generate_the_cohort_once(tmp_path, monkeypatch):

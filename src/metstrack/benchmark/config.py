@@ -26,6 +26,7 @@ Load with :func:`load_benchmark_config`; the resolved config is saved as
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -104,6 +105,9 @@ class FrocSettings:
             comparison when it is not among the arms.
         n_bootstrap: Bootstrap replicates of each paired difference.
         seed: Seed of the bootstrap.
+        other_targets: Further FP/scan targets at which the same comparison is
+            repeated (``froc_targets.csv`` and a section of ``froc.md``): where the
+            arms differ can depend on the operating point.
     """
 
     enabled: bool = True
@@ -112,6 +116,7 @@ class FrocSettings:
     reference: str = "unet"
     n_bootstrap: int = 2000
     seed: int = 0
+    other_targets: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,11 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
     if f.fp_per_scan_target < 0 or f.n_bootstrap < 1:
         raise ConfigError(
             f"{where}: froc.fp_per_scan_target must be >= 0 and froc.n_bootstrap >= 1"
+        )
+    others = list(f.other_targets)
+    if any(not math.isfinite(t) or t < 0 for t in others) or len(set(others)) != len(others):
+        raise ConfigError(
+            f"{where}: froc.other_targets {others} must be distinct FP/scan rates >= 0"
         )
     p = cfg.predict
     if not 0.0 <= p.overlap < 1.0:

@@ -17,7 +17,8 @@ validation and the test patients and keeps the probability maps. This module:
    reference arm, and the pooled FROC curves (CSV and a PNG per regime).
 
 Files (in the benchmark folder): ``froc.csv``, ``froc.md``, ``froc_curves.csv``,
-``froc_<regime>.png``; per run ``<run>/froc.json`` (the detections).
+``froc_<regime>.png``, ``froc_targets.csv`` (with ``[froc] other_targets``);
+per run ``<run>/froc.json`` (the detections).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ STRATA: dict[str, Stratum] = {
 FROC_CSV = "froc.csv"
 FROC_MD = "froc.md"
 CURVES_CSV = "froc_curves.csv"
+TARGETS_CSV = "froc_targets.csv"
 RUN_FILE = "froc.json"
 
 
@@ -182,7 +184,7 @@ class RunDetections:
 
 
 def comparison_tables(
-    runs: Sequence[RunDetections], settings: FrocSettings
+    runs: Sequence[RunDetections], settings: FrocSettings, *, curves: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The FROC table (one row per regime and arm) and the pooled curves.
 
@@ -192,7 +194,7 @@ def comparison_tables(
         number of reference lesions, test FP/scan, the difference to the
         reference arm per stratum with its CI, steps, wall time and peak memory
         (means over seeds). ``curves``: regime, arm, threshold, stratum,
-        sensitivity, FP/scan (test, pooled over seeds).
+        sensitivity, FP/scan (test, pooled over seeds); empty when ``curves`` is False.
     """
     rows, curve_rows = [], []
     by_key: dict[tuple[str, str], list[RunDetections]] = {}
@@ -243,6 +245,8 @@ def comparison_tables(
         row["train_time_s"] = float(np.mean([g.train_time_s for g in group]))
         row["train_peak_rss_mb"] = float(np.max([g.train_peak_rss_mb for g in group]))
         rows.append(row)
+        if not curves:
+            continue
         pooled = [s for g in group for s in g.test]
         for name, stratum in STRATA.items():
             c = froc_curve(pooled, stratum)
@@ -304,6 +308,45 @@ def froc_markdown(table: pd.DataFrame, settings: FrocSettings) -> str:
     return "\n".join(lines)
 
 
+def other_targets_table(runs: Sequence[RunDetections], settings: FrocSettings) -> pd.DataFrame:
+    """The comparison repeated at each of ``settings.other_targets`` (one row per target,
+    regime and arm; the columns of :func:`comparison_tables` plus ``fp_per_scan_target``)."""
+    parts = []
+    for target in settings.other_targets:
+        table, _ = comparison_tables(
+            runs, replace(settings, fp_per_scan_target=float(target)), curves=False
+        )
+        table.insert(0, "fp_per_scan_target", float(target))
+        parts.append(table)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def other_targets_markdown(table: pd.DataFrame, settings: FrocSettings) -> str:
+    """``table`` of :func:`other_targets_table` as Markdown, one section per regime."""
+    if table.empty:
+        return ""
+    lines = [
+        "## Other operating points",
+        "",
+        "The same comparison with each run's threshold picked on validation at other "
+        f"FP/scan targets ({', '.join(f'{t:g}' for t in settings.other_targets)}).",
+        "",
+    ]
+    for regime, part in table.groupby("regime", sort=False):
+        lines += [f"### Regime: {regime}", ""]
+        head = ["target FP/scan", "arm", "thresholds", "test FP/scan", "sens. all", "diff",
+                "sens. < 10 mm3", "diff", "sens. new", "diff"]  # fmt: skip
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for _, r in part.iterrows():
+            cells = [f"{r['fp_per_scan_target']:g}", str(r["arm"]), str(r["thresholds"]),
+                     format_cell(r["fp_per_scan"]), format_cell(r["sensitivity_all"]), format_diff(r, "all"),
+                     format_cell(r["sensitivity_lt10_mm3"]), format_diff(r, "lt10_mm3"),
+                     format_cell(r["sensitivity_new"]), format_diff(r, "new")]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot_curves(curves: pd.DataFrame, out: Path, regime: str) -> Path:
     """FROC curves of one regime (all sizes and < 10 mm3 side by side) as a PNG."""
     import matplotlib
@@ -335,12 +378,19 @@ def plot_curves(curves: pd.DataFrame, out: Path, regime: str) -> Path:
 
 
 def write_froc(runs: Sequence[RunDetections], out: Path, settings: FrocSettings) -> dict[str, Path]:
-    """Write ``froc.csv``, ``froc.md``, ``froc_curves.csv`` and one PNG per regime."""
+    """Write ``froc.csv``, ``froc.md``, ``froc_curves.csv``, one PNG per regime and,
+    with ``settings.other_targets``, ``froc_targets.csv``."""
     table, curves = comparison_tables(runs, settings)
     paths = {"csv": out / FROC_CSV, "md": out / FROC_MD, "curves": out / CURVES_CSV}
     write_csv_atomic(paths["csv"], table)
     write_csv_atomic(paths["curves"], curves)
-    write_text_atomic(paths["md"], froc_markdown(table, settings))
+    md = froc_markdown(table, settings)
+    if settings.other_targets:
+        others = other_targets_table(runs, settings)
+        paths["targets"] = out / TARGETS_CSV
+        write_csv_atomic(paths["targets"], others)
+        md = md + "\n" + other_targets_markdown(others, settings)
+    write_text_atomic(paths["md"], md)
     for regime in table["regime"].unique():
         paths[f"png_{regime}"] = plot_curves(curves, out, str(regime))
     return paths

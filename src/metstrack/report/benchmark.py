@@ -3,7 +3,8 @@
 Reads what ``metstrack benchmark`` wrote: ``froc.csv`` (one row per label regime
 and arm at the common FP/scan operating point, with the paired bootstrap
 differences to the reference arm), ``froc_<regime>.png`` (the pooled test FROC
-curves) and ``config.json`` (the resolved config, the commit and the machine).
+curves), ``froc_targets.csv`` (the comparison at other FP/scan targets, when
+configured) and ``config.json`` (the resolved config, the commit and the machine).
 The pictures are copied into the report's ``img/`` folder, so the report stays
 self-contained.
 """
@@ -24,6 +25,7 @@ from metstrack.report.html import esc, figure, page
 
 #: Files of a benchmark folder this section reads.
 FROC_CSV = "froc.csv"
+TARGETS_CSV = "froc_targets.csv"
 CONFIG_JSON = "config.json"
 
 _REGIME_TITLES = {
@@ -50,6 +52,38 @@ def read_froc(bench_dir: Path) -> pd.DataFrame:
     if missing:
         raise DatasetError(f"{path}: not a FROC table of metstrack benchmark (no {missing})")
     return frame
+
+
+def _html_table(rows: pd.DataFrame) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in rows.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in rec) + "</tr>"
+        for rec in rows.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _other_targets(bench: Path, regime: str) -> str:
+    """HTML of the comparison at the other FP/scan targets of one regime ('' without them)."""
+    path = bench / TARGETS_CSV
+    if not path.is_file():
+        return ""
+    frame = pd.read_csv(path)
+    part = frame[frame["regime"].astype(str) == regime]
+    if part.empty:
+        return ""
+    rows = pd.DataFrame(
+        {
+            "target FP/scan": [f"{v:g}" for v in part["fp_per_scan_target"]],
+            "arm": part["arm"].astype(str),
+            "test FP/scan": [format_cell(v) for v in part["fp_per_scan"]],
+            "sens. all": [format_cell(v) for v in part["sensitivity_all"]],
+            "diff all": [format_diff(r, "all") for _, r in part.iterrows()],
+            "sens. < 10 mm3": [format_cell(v) for v in part["sensitivity_lt10_mm3"]],
+            "diff < 10 mm3": [format_diff(r, "lt10_mm3") for _, r in part.iterrows()],
+        }
+    )
+    return "<p>The same comparison at other FP/scan targets:</p>" + _html_table(rows)
 
 
 def benchmark_section(bench_dir: str | Path, out: Path, facts: dict) -> str:
@@ -103,12 +137,8 @@ def benchmark_section(bench_dir: str | Path, out: Path, facts: dict) -> str:
                 ],
             }
         )
-        head = "".join(f"<th>{esc(c)}</th>" for c in rows.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{esc(v)}</td>" for v in rec) + "</tr>"
-            for rec in rows.itertuples(index=False)
-        )
-        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        parts.append(_html_table(rows))
+        parts.append(_other_targets(bench, regime))
         png = bench / f"froc_{regime}.png"
         if png.is_file():
             shutil.copyfile(png, out / "img" / png.name)
