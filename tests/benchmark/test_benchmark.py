@@ -374,3 +374,29 @@ def test_a_run_stopped_while_predicting_resumes_at_its_predictions(tiny_run, cli
     stage = json.loads((model / "stage.json").read_text())
     assert stage["train_time_s"] == trained["train_time_s"]
     assert stage["train_steps"] == trained["train_steps"]
+
+
+def test_memory_ablation_switches_off_only_the_memory(tiny_run, tmp_path):
+    """benchmarks/memory_ablation.py on the worked example's STT run."""
+    import importlib.util
+
+    _, out = tiny_run
+    script = REPO / "benchmarks" / "memory_ablation.py"
+    spec = importlib.util.spec_from_file_location("memory_ablation", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = mod.find_runs(out, "all", ["stt", "unet"])
+    assert [(arm, seed) for arm, seed, _ in runs] == [("stt", 0), ("unet", 0)]
+    assert mod.main(["--bench", str(out), "--arms", "stt,unet", "--out", str(tmp_path),
+                     "--n-bootstrap", "50"]) == 0  # fmt: skip
+    table = pd.read_csv(tmp_path / "memory_ablation.csv").set_index("arm")
+    # the first study has no memory to lose: its mask is the same with memory on or off
+    assert (table["mask_dice_first_study"] == 1.0).all()
+    # the U-Net has no memory: switching it off changes nothing at all
+    unet = table.loc["unet"]
+    assert unet["mask_dice_later_min"] == 1.0 and unet["diff_all"] == 0.0
+    assert unet["sens_all_memory"] == unet["sens_all_no_memory"]
+    for col in ("sens_all_memory", "sens_all_no_memory", "fp_per_scan_no_memory"):
+        assert table[col].notna().all() and (table[col] >= 0).all()
+    assert (out / "models" / "stt" / "pred_nomemory").is_dir()
+    assert "| stt |" in (tmp_path / "memory_ablation.md").read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -217,3 +218,39 @@ def test_preprocessed_studies_map_back_to_their_original_grid(tmp_path: Path, rn
     assert img.shape == (36, 28, 18)
     np.testing.assert_allclose(img.affine, native_aff, atol=1e-5)
     assert dice(np.asarray(img.dataobj).astype(bool), f_sphere) > 0.8
+
+
+def test_memory_off_segments_every_study_alone(tmp_path: Path, rng) -> None:
+    """``memory=False`` (the ablation) drops exactly what the state carries, nothing else."""
+    aff = np.eye(4)
+    studies, spheres = [], []
+    for s, centre in (("S0", (10.0, 16.0, 16.0)), ("S1", (22.0, 16.0, 16.0))):
+        imgs, sphere = phantom((32, 32, 32), aff, centre, 4.0, rng)
+        studies.append(StudyImages(s, tuple(imgs)))
+        spheres.append(sphere)
+    off = replace(NO_MASK, memory=False)
+
+    def masks(model, root, options):
+        predict_patient(model, "P", studies, root, options=options)
+        return [
+            np.asarray(nib.load(output_paths(root, "P", s)[0]).dataobj) > 0 for s in ("S0", "S1")
+        ]
+
+    # the oracle with memory repeats the first study's spot; alone, each study shows its own
+    with_memory = masks(FirstStudyOracle(), tmp_path / "on", NO_MASK)
+    alone = masks(FirstStudyOracle(), tmp_path / "off", off)
+    assert dice(with_memory[1], spheres[0]) > 0.8 and dice(with_memory[1], spheres[1]) == 0.0
+    assert dice(alone[1], spheres[1]) > 0.8
+    assert np.array_equal(with_memory[0], alone[0])
+    # a real STT: the first study's probabilities are identical, later ones move
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(width=0.25, roi_size=(32, 32, 32)))
+    probs = {}
+    for name, options in (("on", NO_MASK), ("off", off)):
+        predict_patient(net, "P", studies, tmp_path / f"stt-{name}", options=options)
+        probs[name] = [
+            np.asarray(nib.load(output_paths(tmp_path / f"stt-{name}", "P", s)[1]).dataobj)
+            for s in ("S0", "S1")
+        ]
+    assert np.abs(probs["on"][0] - probs["off"][0]).max() <= 1e-6
+    assert np.abs(probs["on"][1] - probs["off"][1]).max() > 1e-4

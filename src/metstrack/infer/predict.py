@@ -142,6 +142,10 @@ class PredictOptions:
             sliding window runs.
         precision: Network arithmetic, ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16
             where the device computes it natively; :func:`metstrack.infer.sliding.resolve_precision`).
+        memory: ``True`` (the model) carries the memory from study to study. ``False``
+            segments every study as a sequence of one, with the same crop, normalisation
+            and windows: an ablation that shows what the memory contributes (the first
+            study's output is the same either way).
     """
 
     roi_size: tuple[int, int, int] | None = None
@@ -155,6 +159,7 @@ class PredictOptions:
     brain_method: BrainMethod = "auto"
     crop_margin_mm: float = 8.0
     precision: InferPrecision = "fp32"
+    memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -326,16 +331,21 @@ def predict_patient(
     del channels
     roi = options.roi_size if options.roi_size is not None else model.config.roi_size
     roi = tuple(min(int(r), _fit(model, s)) for r, s in zip(roi, x.shape[2:], strict=True))
-    probs = predict_sequence(
-        model,
-        torch.from_numpy(x),
-        roi_size=roi,
-        overlap=options.overlap,
-        mode=options.mode,
-        sw_batch_size=options.sw_batch_size,
-        tta_flips=options.tta_flips,
-        precision=options.precision,
-    )
+    settings = {
+        "roi_size": roi,
+        "overlap": options.overlap,
+        "mode": options.mode,
+        "sw_batch_size": options.sw_batch_size,
+        "tta_flips": options.tta_flips,
+        "precision": options.precision,
+    }
+    images = torch.from_numpy(x)
+    if options.memory:
+        probs = predict_sequence(model, images, **settings)
+    else:  # every study alone: no state (and no prior mask) from an earlier study
+        probs = torch.cat(
+            [predict_sequence(model, images[i : i + 1], **settings) for i in range(len(x))]
+        )
     for i, st in enumerate(studies):
         if done[i]:
             continue
