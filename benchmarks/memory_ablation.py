@@ -99,6 +99,7 @@ def ablate_run(run_dir: Path, data_dir: Path, saved: dict, test_ids: list[str]) 
         studies_of,
         thresholds=tuple(cfg["froc"]["thresholds"]),
         new_lesions=new_lesion_flags(data_dir),
+        min_iou=float(cfg["froc"].get("min_iou", 0.0)),
     )
     dice_by_position: dict[int, list[float]] = {}
     for pid, sids in studies_of.items():

@@ -327,6 +327,8 @@ def test_unknown_regime_is_refused_with_a_suggestion():
         load_benchmark_config(TINY, ["budget.seeds=[1, 1]"])
     with pytest.raises(ConfigError, match=r"froc.other_targets \[-1.0\]"):
         load_benchmark_config(TINY, ["froc.other_targets=[-1.0]"])
+    with pytest.raises(ConfigError, match="froc.min_iou"):
+        load_benchmark_config(TINY, ["froc.min_iou=2"])
 
 
 def test_side_by_side_processes_generate_the_cohort_once(tmp_path, monkeypatch):

@@ -56,7 +56,7 @@ def test_size_filter_drops_small_components_before_counting() -> None:
     assert s.detected[0].tolist() == [True, False, False]
 
 
-def _slow_reference(prob, ref, thresholds, min_voxels):
+def _slow_reference(prob, ref, thresholds, min_voxels, min_iou):
     """Straightforward per-component loops with scipy's labelling (26-connected)."""
     values = sorted(v for v in np.unique(ref) if v)
     det, fps = [], []
@@ -69,28 +69,52 @@ def _slow_reference(prob, ref, thresholds, min_voxels):
             if comp.sum() < max(min_voxels, 1):
                 continue
             under = set(np.unique(ref[comp]).tolist()) - {0}
-            for v in under:
+            hits = [
+                v for v in under if (comp & (ref == v)).sum() / (comp | (ref == v)).sum() >= min_iou
+            ]
+            for v in hits:
                 row[values.index(v)] = True
-            fp += not under
+            fp += not hits
         det.append(row)
         fps.append(fp)
     return np.array(det, bool).reshape(len(thresholds), len(values)), np.array(fps)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_a_slow_reference_on_random_scenes(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "min_iou"), [(0, 0.0), (1, 0.1), (2, 0.3), (3, 0.1)])
+def test_matches_a_slow_reference_on_random_scenes(seed: int, min_iou: float) -> None:
     rng = np.random.default_rng(seed)
     prob = ndimage.gaussian_filter(rng.random((24, 24, 24)), 1.5).astype(np.float32)
     prob = (prob - prob.min()) / (prob.max() - prob.min())
     ref, _ = ndimage.label(ndimage.gaussian_filter(rng.random((24, 24, 24)), 1.2) > 0.56)
     th = (0.3, 0.5, 0.6, 0.7, 0.8)
     s = scan_froc(
-        prob, ref, voxel_volume_mm3=0.5, patient_id="P", thresholds=th, min_volume_mm3=1.5
-    )
-    det, fps = _slow_reference(prob, ref, th, 3)
+        prob, ref, voxel_volume_mm3=0.5, patient_id="P", thresholds=th, min_volume_mm3=1.5,
+        min_iou=min_iou,
+    )  # fmt: skip
+    det, fps = _slow_reference(prob, ref, th, 3, min_iou)
     assert ref.max() > 3 and fps.sum() > 0 and det.any() and not det.all()
     np.testing.assert_array_equal(s.detected, det)
     np.testing.assert_array_equal(s.false_positives, fps)
+
+
+def test_one_component_over_the_whole_brain_detects_nothing() -> None:
+    """The any-overlap rule's failure: at a low threshold one blob 'finds' every lesion."""
+    ref = np.zeros((40, 40, 40), np.int32)
+    for k, c in enumerate((8, 20, 32), start=1):
+        ref[c - 1 : c + 1, 20, 20] = k  # three 2-voxel lesions
+    prob = np.full(ref.shape, 0.01, np.float32)
+    prob[2:38, 2:38, 2:38] = 0.2  # the "brain": one component of 46,656 voxels
+    prob[ref > 0] = 0.9
+    prob[19:22, 19:22, 19:22] = np.maximum(prob[19:22, 19:22, 19:22], 0.9)  # lesion 2 oversized
+    th = (0.1, 0.5)
+    loose = scan_froc(prob, ref, voxel_volume_mm3=1.0, patient_id="P", thresholds=th, min_iou=0.0)
+    assert loose.detected[0].all() and loose.false_positives[0] == 0
+    s = scan_froc(prob, ref, voxel_volume_mm3=1.0, patient_id="P", thresholds=th)
+    assert s.detected[0].tolist() == [False, False, False] and s.false_positives[0] == 1
+    # at 0.5: lesions 1 and 3 exactly, lesion 2 inside a 27-voxel blob (IoU 2/27 < 0.1)
+    assert s.detected[1].tolist() == [True, False, True] and s.false_positives[1] == 1
+    with pytest.raises(ValueError, match="min_iou"):
+        scan_froc(prob, ref, voxel_volume_mm3=1.0, patient_id="P", min_iou=1.5)
 
 
 def test_pooled_curve_strata_and_operating_point() -> None:

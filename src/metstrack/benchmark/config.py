@@ -34,7 +34,7 @@ from pathlib import Path
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
-from metstrack.metrics.froc import DEFAULT_THRESHOLDS
+from metstrack.metrics.froc import DEFAULT_MIN_IOU, DEFAULT_THRESHOLDS
 from metstrack.models.registry import MODELS
 from metstrack.synth.config import SynthConfig
 from metstrack.tracking.config import TrackConfig
@@ -105,6 +105,8 @@ class FrocSettings:
             comparison when it is not among the arms.
         n_bootstrap: Bootstrap replicates of each paired difference.
         seed: Seed of the bootstrap.
+        min_iou: IoU (component vs lesion) from which an overlapping component
+            detects a lesion (:func:`metstrack.metrics.froc.scan_froc`); 0 = any overlap.
         other_targets: Further FP/scan targets at which the same comparison is
             repeated (``froc_targets.csv`` and a section of ``froc.md``): where the
             arms differ can depend on the operating point.
@@ -116,6 +118,7 @@ class FrocSettings:
     reference: str = "unet"
     n_bootstrap: int = 2000
     seed: int = 0
+    min_iou: float = DEFAULT_MIN_IOU
     other_targets: tuple[float, ...] = ()
 
 
@@ -234,6 +237,8 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
         raise ConfigError(
             f"{where}: froc.fp_per_scan_target must be >= 0 and froc.n_bootstrap >= 1"
         )
+    if not 0.0 <= f.min_iou <= 1.0:
+        raise ConfigError(f"{where}: froc.min_iou = {f.min_iou} must lie in [0, 1]")
     others = list(f.other_targets)
     if any(not math.isfinite(t) or t < 0 for t in others) or len(set(others)) != len(others):
         raise ConfigError(

@@ -45,6 +45,7 @@ from metstrack.io.nifti import find_nifti, read_label, read_volume
 from metstrack.io.tracks import GT_INSTANCES_DIR
 from metstrack.metrics.detection import SMALL_LESION_MM3
 from metstrack.metrics.froc import (
+    DEFAULT_MIN_IOU,
     ScanFROC,
     Stratum,
     at_operating_point,
@@ -91,6 +92,7 @@ def run_scans(
     thresholds: Sequence[float],
     min_volume_mm3: float = 0.0,
     new_lesions: Mapping[str, set[int]] | None = None,
+    min_iou: float = DEFAULT_MIN_IOU,
 ) -> list[ScanFROC]:
     """Per-scan detections of one run: its probability maps against the true instance maps.
 
@@ -101,6 +103,7 @@ def run_scans(
         thresholds: The FROC grid.
         min_volume_mm3: Predicted components smaller than this are dropped.
         new_lesions: :func:`new_lesion_flags` (read from ``data_dir`` when ``None``).
+        min_iou: IoU from which a component detects a lesion (:func:`scan_froc`).
 
     Raises:
         DatasetError: A probability map or instance map is missing.
@@ -128,6 +131,7 @@ def run_scans(
                     thresholds=thresholds,
                     min_volume_mm3=min_volume_mm3,
                     ref_new=flags,
+                    min_iou=min_iou,
                 )
             )
     return scans
@@ -282,7 +286,9 @@ def froc_markdown(table: pd.DataFrame, settings: FrocSettings) -> str:
         f"is at most {settings.fp_per_scan_target:g}; sensitivities and FP/scan are on the test "
         "patients, pooled over seeds. Differences are to the reference arm "
         f"`{settings.reference}` with {settings.n_bootstrap}-replicate paired patient-level "
-        "bootstrap 95% intervals. A lesion is detected when a predicted component overlaps it.",
+        "bootstrap 95% intervals. A lesion is detected when a predicted component overlaps it "
+        f"with an IoU of at least {settings.min_iou:g}; a component that detects none is a "
+        "false positive.",
         "",
     ]
     for regime, part in table.groupby("regime", sort=False):

@@ -248,7 +248,11 @@ def _run_detections(
 ) -> RunDetections:
     """One run's FROC detections on validation and test patients (cached in ``froc.json``)."""
     path = model_dir / RUN_FILE
-    marker = {"fingerprint": stage.fingerprint, "thresholds": list(cfg.froc.thresholds)}
+    marker = {
+        "fingerprint": stage.fingerprint,
+        "thresholds": list(cfg.froc.thresholds),
+        "min_iou": cfg.froc.min_iou,
+    }
     key_path = model_dir / (RUN_FILE + ".key")
     cached = None
     if (
@@ -263,7 +267,11 @@ def _run_detections(
         def studies(ids: Sequence[str]) -> dict[str, list[str]]:
             return {pid: [s.study_id for s in cohort.patient(pid).studies] for pid in ids}
 
-        common = {"thresholds": cfg.froc.thresholds, "new_lesions": new_lesions}
+        common = {
+            "thresholds": cfg.froc.thresholds,
+            "new_lesions": new_lesions,
+            "min_iou": cfg.froc.min_iou,
+        }
         val = run_scans(data_dir, pred_root, studies(val_ids), **common)
         test = run_scans(data_dir, pred_root, studies(test_ids), **common)
         save_scans(path, val, test)

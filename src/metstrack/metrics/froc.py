@@ -10,10 +10,15 @@ module computes exactly that, from probability maps and reference lesions:
   threshold, labels the 26-connected components (dropping those under
   ``min_volume_mm3``) and records, per threshold, which reference lesions are
   detected and how many components are false positives. A reference lesion is
-  **detected** when a predicted component overlaps it by at least one voxel; a
-  component that overlaps no reference lesion is a **false positive**. (The
-  one-to-one matching of ``metstrack evaluate`` can only count fewer hits: a
-  component covering two lesions detects both here.)
+  **detected** when a predicted component overlaps it with an intersection over
+  union of at least ``min_iou`` (default 0.1, the usual hit criterion of 3D
+  detection FROCs, e.g. nnDetection's); a component that detects no reference
+  lesion is a **false positive**. The IoU floor matters: with "any overlap" one
+  component spilling over the whole brain at a low threshold detects every
+  lesion with no false positive, and the operating point picked on validation
+  goes straight to it. (``min_iou=0`` is that any-overlap rule. A component
+  covering two lesions can detect both; the one-to-one matching of
+  ``metstrack evaluate`` cannot.)
 * :func:`froc_curve` pools scans into sensitivity per stratum (all, a volume
   range, new lesions) and FP per scan at each threshold.
 * :func:`operating_threshold` picks, on validation scans, the lowest threshold
@@ -41,6 +46,9 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = (
     0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.995,
     0.998, 0.999, 0.9995, 0.9999,
 )  # fmt: skip
+
+#: Default IoU from which an overlapping component detects a reference lesion (:func:`scan_froc`).
+DEFAULT_MIN_IOU = 0.1
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ def scan_froc(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     min_volume_mm3: float = 0.0,
     ref_new: Sequence[bool] | None = None,
+    min_iou: float = DEFAULT_MIN_IOU,
 ) -> ScanFROC:
     """Which reference lesions are found, and how many false components, at each threshold.
 
@@ -88,13 +97,15 @@ def scan_froc(
             (the checkpoint's size filter), before counting.
         ref_new: Per reference lesion (in increasing value order), whether it
             appeared after baseline; ``None``: none is new.
+        min_iou: Intersection over union (component vs lesion, voxels) from which
+            an overlapping component detects a lesion; 0 = any overlap.
 
     Returns:
         The :class:`ScanFROC` record.
 
     Raises:
-        ValueError: Shapes differ, thresholds not increasing, or ``ref_new`` of
-            the wrong length.
+        ValueError: Shapes differ, thresholds not increasing, ``ref_new`` of
+            the wrong length, or ``min_iou`` outside [0, 1].
     """
     prob = np.asarray(probability, dtype=np.float32)
     ref = np.asarray(reference_labels)
@@ -113,6 +124,9 @@ def scan_froc(
     new = np.zeros(n_ref, bool) if ref_new is None else np.asarray(ref_new, bool)
     if new.shape != (n_ref,):
         raise ValueError(f"ref_new has {new.size} entries for {n_ref} reference lesions")
+    if not 0.0 <= float(min_iou) <= 1.0:
+        raise ValueError(f"min_iou must lie in [0, 1], found {min_iou}")
+    ref_voxels = np.bincount(ref_idx.ravel(), minlength=n_ref + 1)[:n_ref]
     min_voxels = float(min_volume_mm3) / float(voxel_volume_mm3)
     detected = np.zeros((th.size, n_ref), bool)
     fps = np.zeros(th.size, np.int64)
@@ -129,10 +143,17 @@ def scan_froc(
         kept = keep[comp]
         comp, hit_ref = comp[kept], hit_ref[kept]
         on_lesion = hit_ref < n_ref
-        detected[i, np.unique(hit_ref[on_lesion])] = True
-        touching = np.zeros(n + 1, bool)
-        touching[np.unique(comp[on_lesion])] = True
-        fps[i] = int(np.count_nonzero(keep & ~touching))
+        # (component, lesion) pairs with their shared voxels, then their IoU
+        detecting = np.zeros(n + 1, bool)
+        if n_ref:
+            pairs, inter = np.unique(
+                comp[on_lesion].astype(np.int64) * n_ref + hit_ref[on_lesion], return_counts=True
+            )
+            pc, pl = pairs // n_ref, pairs % n_ref
+            hit = inter / (sizes[pc] + ref_voxels[pl] - inter) >= float(min_iou)
+            detected[i, np.unique(pl[hit])] = True
+            detecting[np.unique(pc[hit])] = True
+        fps[i] = int(np.count_nonzero(keep & ~detecting))
     return ScanFROC(
         patient_id=str(patient_id),
         thresholds=th,
