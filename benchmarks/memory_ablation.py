@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench", type=Path, required=True, help="a metstrack benchmark --out folder")
     ap.add_argument("--arms", default="stt,stt_ms", help="comma-separated arms with memory")
     ap.add_argument("--regime", default="all", help="label regime (all or radiosurgery)")
+    ap.add_argument(
+        "--seeds", default="", help="comma-separated seeds (default: every finished one)"
+    )
     ap.add_argument("--out", type=Path, required=True, help="where the tables go")
     ap.add_argument("--n-bootstrap", type=int, default=2000)
     args = ap.parse_args(argv)
@@ -214,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     test_ids = [p.patient_id for p in read_release(data_dir).split("test")]
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     runs = find_runs(args.bench, args.regime, arms)
+    if args.seeds.strip():
+        wanted = {int(s) for s in args.seeds.split(",") if s.strip()}
+        runs = [r for r in runs if r[1] in wanted]
     if not runs:
         print(f"{args.bench}: no finished run of {arms} in regime {args.regime}", file=sys.stderr)
         return 1

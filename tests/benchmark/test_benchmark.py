@@ -389,8 +389,12 @@ def test_memory_ablation_switches_off_only_the_memory(tiny_run, tmp_path):
     spec.loader.exec_module(mod)
     runs = mod.find_runs(out, "all", ["stt", "unet"])
     assert [(arm, seed) for arm, seed, _ in runs] == [("stt", 0), ("unet", 0)]
+    assert (
+        mod.main(["--bench", str(out), "--arms", "stt", "--seeds", "1", "--out", str(tmp_path)])
+        == 1
+    )
     assert mod.main(["--bench", str(out), "--arms", "stt,unet", "--out", str(tmp_path),
-                     "--n-bootstrap", "50"]) == 0  # fmt: skip
+                     "--n-bootstrap", "50", "--seeds", "0"]) == 0  # fmt: skip
     table = pd.read_csv(tmp_path / "memory_ablation.csv").set_index("arm")
     # the first study has no memory to lose: its mask is the same with memory on or off
     assert (table["mask_dice_first_study"] == 1.0).all()
