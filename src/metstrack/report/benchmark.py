@@ -63,6 +63,18 @@ def _html_table(rows: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _comparison_columns(part: pd.DataFrame) -> dict[str, list[str]]:
+    """The arm, test FP/scan and sensitivity-with-difference columns of a FROC table part."""
+    return {
+        "arm": part["arm"].astype(str).tolist(),
+        "test FP/scan": [format_cell(v) for v in part["fp_per_scan"]],
+        "sens. all": [format_cell(v) for v in part["sensitivity_all"]],
+        "diff all": [format_diff(r, "all") for _, r in part.iterrows()],
+        "sens. < 10 mm3": [format_cell(v) for v in part["sensitivity_lt10_mm3"]],
+        "diff < 10 mm3": [format_diff(r, "lt10_mm3") for _, r in part.iterrows()],
+    }
+
+
 def _other_targets(bench: Path, regime: str) -> str:
     """HTML of the comparison at the other FP/scan targets of one regime ('' without them)."""
     path = bench / TARGETS_CSV
@@ -75,12 +87,7 @@ def _other_targets(bench: Path, regime: str) -> str:
     rows = pd.DataFrame(
         {
             "target FP/scan": [f"{v:g}" for v in part["fp_per_scan_target"]],
-            "arm": part["arm"].astype(str),
-            "test FP/scan": [format_cell(v) for v in part["fp_per_scan"]],
-            "sens. all": [format_cell(v) for v in part["sensitivity_all"]],
-            "diff all": [format_diff(r, "all") for _, r in part.iterrows()],
-            "sens. < 10 mm3": [format_cell(v) for v in part["sensitivity_lt10_mm3"]],
-            "diff < 10 mm3": [format_diff(r, "lt10_mm3") for _, r in part.iterrows()],
+            **_comparison_columns(part),
         }
     )
     return "<p>The same comparison at other FP/scan targets:</p>" + _html_table(rows)
@@ -123,12 +130,7 @@ def benchmark_section(bench_dir: str | Path, out: Path, facts: dict) -> str:
         parts.append(f"<h3>{esc(regime)} ({esc(_REGIME_TITLES.get(regime, regime))})</h3>")
         rows = pd.DataFrame(
             {
-                "arm": part["arm"].astype(str),
-                "test FP/scan": [format_cell(v) for v in part["fp_per_scan"]],
-                "sens. all": [format_cell(v) for v in part["sensitivity_all"]],
-                "diff all": [format_diff(r, "all") for _, r in part.iterrows()],
-                "sens. < 10 mm3": [format_cell(v) for v in part["sensitivity_lt10_mm3"]],
-                "diff < 10 mm3": [format_diff(r, "lt10_mm3") for _, r in part.iterrows()],
+                **_comparison_columns(part),
                 "sens. new": [
                     format_cell(v) for v in part.get("sensitivity_new", [math.nan] * len(part))
                 ],
