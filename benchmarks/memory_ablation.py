@@ -82,6 +82,8 @@ def ablate_run(run_dir: Path, data_dir: Path, saved: dict, test_ids: list[str]) 
         threshold=float(threshold),
         sw_batch_size=int(pred.get("sw_batch_size", 2)),
         tta_flips=bool(pred.get("tta_flips", False)),
+        precision=pred.get("precision", "fp32"),  # what the run's own predictions used
+        memory_format=pred.get("memory_format", "ncdhw"),
         memory=False,
         skip_existing=True,
     )

@@ -9,11 +9,14 @@ quoting numbers). Compare rows of one run only: they ran under the same load.
    on one patient of ``--studies`` studies (default 3) of 4 x ``--size``^3
    (default 192^3), through :func:`metstrack.infer.sliding.predict_sequence`:
 
-   * ``reference``: the settings before issue 18 (fp32, one window per call);
-   * ``default``: today's defaults (fp32, two windows per call, inference mode);
-   * ``bf16``: the default with ``precision="bf16"``;
-   * ``bf16 roi112 ov0.25``: bf16 with 112^3 windows at overlap 0.25 (8 windows
-     instead of 27 on 192^3);
+   * ``reference``: the settings before issue 18 (fp32, the network as trained
+     in the ``ncdhw`` memory format, one window per call);
+   * ``default``: ``metstrack predict``'s defaults (two windows per call,
+     ``precision="auto"`` and ``memory_format="auto"``: on a CPU with native bf16,
+     bf16 in the channels-last format; the row names what it resolved to);
+   * ``fp32 channels-last``: what the defaults give on a CPU without native bf16;
+   * ``bf16 ncdhw``: bf16 in the usual memory format (the bf16 path before the
+     channels-last format);
    * ``whole-volume``: the whole (padded) volume in one window, fp32, study by
      study: what the published code's whole-volume forward does.
 
@@ -65,19 +68,21 @@ SHIPPED = Path(__file__).resolve().parents[1] / "src" / "metstrack" / "data" / "
 
 #: name -> predict_sequence settings; roi None: the whole volume in one window.
 VOLUME_RUNS: dict[str, dict] = {
-    "reference": {"roi": 96, "sw_batch_size": 1, "precision": "fp32", "overlap": 0.5},
-    "default": {"roi": 96, "sw_batch_size": 2, "precision": "fp32", "overlap": 0.5},
-    "bf16": {"roi": 96, "sw_batch_size": 2, "precision": "bf16", "overlap": 0.5},
-    "bf16 roi112 ov0.25": {"roi": 112, "sw_batch_size": 2, "precision": "bf16", "overlap": 0.25},
-    "whole-volume": {"roi": None, "sw_batch_size": 1, "precision": "fp32", "overlap": 0.5},
-}
+    "reference": {"roi": 96, "sw_batch_size": 1, "precision": "fp32", "format": "ncdhw"},
+    "default": {"roi": 96, "sw_batch_size": 2, "precision": "auto", "format": "auto"},
+    "fp32 channels-last": {
+        "roi": 96, "sw_batch_size": 2, "precision": "fp32", "format": "channels-last",
+    },
+    "bf16 ncdhw": {"roi": 96, "sw_batch_size": 2, "precision": "bf16", "format": "ncdhw"},
+    "whole-volume": {"roi": None, "sw_batch_size": 1, "precision": "fp32", "format": "ncdhw"},
+}  # fmt: skip
 #: name -> extra ``metstrack predict`` arguments for the demo-cohort comparison.
 DEMO_RUNS: dict[str, list[str]] = {
-    "reference": ["--sw-batch-size", "1", "--precision", "fp32"],
+    "reference": ["--sw-batch-size", "1", "--precision", "fp32", "--memory-format", "ncdhw"],
     "default": [],
-    "bf16": ["--precision", "bf16"],
-    "overlap 0.25": ["--overlap", "0.25"],
-    "bf16 ov0.25": ["--precision", "bf16", "--overlap", "0.25"],
+    "fp32": ["--precision", "fp32"],
+    "bf16 ncdhw": ["--precision", "bf16", "--memory-format", "ncdhw"],
+    "bf16 ch-last": ["--precision", "bf16", "--memory-format", "channels-last"],
 }
 
 
@@ -95,7 +100,12 @@ def child_volume(spec: dict, size: int, studies: int, threads: int, out: str) ->
     import numpy as np
     import torch
 
-    from metstrack.infer.sliding import predict_sequence
+    from metstrack.infer.predict import PredictOptions
+    from metstrack.infer.sliding import (
+        predict_sequence,
+        resolve_memory_format,
+        resolve_precision,
+    )
     from metstrack.models.config import ModelConfig
     from metstrack.models.registry import build_model
 
@@ -105,14 +115,17 @@ def child_volume(spec: dict, size: int, studies: int, threads: int, out: str) ->
     x = torch.randn(studies, 4, size, size, size, generator=torch.Generator().manual_seed(0))
     idle = _rss_bytes()
     roi = None if spec["roi"] is None else (spec["roi"],) * 3
+    precision = resolve_precision(spec["precision"])
+    fmt = resolve_memory_format(spec["format"], net, precision)
     w0, c0 = time.perf_counter(), time.process_time()
     probs = predict_sequence(
         net,
         x,
         roi_size=roi,
-        overlap=spec["overlap"],
+        overlap=PredictOptions().overlap,
         sw_batch_size=spec["sw_batch_size"],
-        precision=spec["precision"],
+        precision=precision,
+        memory_format=fmt,
     )
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     np.save(out, probs[:, 1].numpy())
@@ -122,6 +135,7 @@ def child_volume(spec: dict, size: int, studies: int, threads: int, out: str) ->
         "cpu_s": cpu,
         "peak_gib": peak / GIB,
         "above_idle_gib": (peak - idle) / GIB,
+        "resolved": f"{precision} {fmt}",
     }
 
 
@@ -165,7 +179,7 @@ def volume_table(size: int, studies: int, threads: int, runs: list[str]) -> None
                 dice = _dice(ref >= 0.5, cur >= 0.5)
             print(
                 f"{name:<20} {m['wall_s']:>8.1f} {m['cpu_s']:>8.1f} {m['cpu_s'] / studies:>11.1f} "
-                f"{m['peak_gib']:>9.2f} {diff:>8.2g} {dice:>7.4f}",
+                f"{m['peak_gib']:>9.2f} {diff:>8.2g} {dice:>7.4f}   ({m['resolved']})",
                 flush=True,
             )
     finally:
@@ -279,11 +293,14 @@ def profile_window(threads: int) -> None:
     torch.manual_seed(0)
     net = build_model(ModelConfig(name="stt", roi_size=(96, 96, 96))).eval()
     x = torch.randn(1, 4, 96, 96, 96)
-    for precision in ("fp32", "bf16"):
-        predict_sequence(net, x, roi_size=None, precision=precision)
+    for precision, fmt in (("fp32", "ncdhw"), ("bf16", "ncdhw"), ("bf16", "channels-last")):
+        kw = {"roi_size": None, "precision": precision, "memory_format": fmt}
+        predict_sequence(net, x, **kw)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            predict_sequence(net, x, roi_size=None, precision=precision)
-        print(f"\nprofile: one 96^3 window of the full-size STT, {precision}, {threads} thread(s)")
+            predict_sequence(net, x, **kw)
+        print(
+            f"\nprofile: one 96^3 window of the full-size STT, {precision} {fmt}, {threads} thread(s)"
+        )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
 

@@ -208,3 +208,26 @@ def test_precision_option_is_recorded_and_part_of_the_run(
     # fp32 outputs differ from bf16 ones: the run refuses to mix them without --overwrite
     again = cli(*args, "--precision", "fp32", "--patients", "P00001")
     assert again.exit_code != 0 and "--overwrite" in again.output
+
+
+def test_memory_format_option_is_recorded_resolved_and_part_of_the_run(
+    cli, cohort, checkpoint, tmp_path
+) -> None:
+    bad = cli(
+        "predict", "--checkpoint", checkpoint, "--data", cohort, "--out", tmp_path / "x",
+        "--memory-format", "channel-last",
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "channels-last" in bad.output
+    out = tmp_path / "preds"
+    args = ("predict", "--checkpoint", checkpoint, "--data", cohort, "--out", out)
+    res = cli(*args, "--precision", "fp32", "--patients", "P00001")  # auto format
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "predict_config.json").read_text())["config"]
+    assert saved["precision"] == "fp32" and saved["memory_format"] == "channels-last"
+    # the reference path's outputs differ in the last bits: not mixed without --overwrite
+    ref = ("--precision", "fp32", "--memory-format", "ncdhw", "--patients", "P00001")
+    assert cli(*args, *ref).exit_code != 0
+    res = cli(*args, *ref, "--overwrite")
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "predict_config.json").read_text())["config"]
+    assert saved["memory_format"] == "ncdhw"

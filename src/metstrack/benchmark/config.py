@@ -34,6 +34,7 @@ from pathlib import Path
 
 from metstrack.config import load_config
 from metstrack.errors import ConfigError, did_you_mean
+from metstrack.infer.sliding import MEMORY_FORMATS, PRECISIONS
 from metstrack.metrics.froc import DEFAULT_MIN_IOU, DEFAULT_THRESHOLDS
 from metstrack.models.registry import MODELS
 from metstrack.synth.config import SynthConfig
@@ -131,12 +132,19 @@ class PredictSettings:
         threshold: Foreground probability at or above which a voxel is lesion.
         sw_batch_size: Windows per network call (2: oneDNN convolutions for small networks; docs/speed.md).
         tta_flips: Average over the 8 mirror flips.
+        precision: Network arithmetic (``fp32``, ``bf16`` or ``auto``). The benchmark
+            compares networks, so it defaults to the reference path (``fp32`` and the
+            ``ncdhw`` memory format), the same on every CPU, not to ``metstrack
+            predict``'s fastest path.
+        memory_format: The network's memory format (``ncdhw``, ``channels-last`` or ``auto``).
     """
 
     overlap: float = 0.25
     threshold: float = 0.5
     sw_batch_size: int = 2
     tta_flips: bool = False
+    precision: str = "fp32"
+    memory_format: str = "ncdhw"
 
 
 def _default_models() -> tuple[ModelEntry, ...]:
@@ -251,6 +259,12 @@ def check_benchmark_config(cfg: BenchmarkConfig, *, where: str = "config") -> No
         raise ConfigError(f"{where}: predict.threshold = {p.threshold} must lie in (0, 1]")
     if p.sw_batch_size < 1:
         raise ConfigError(f"{where}: predict.sw_batch_size must be at least 1")
+    for value, choices, key in (
+        (p.precision, PRECISIONS, "precision"),
+        (p.memory_format, MEMORY_FORMATS, "memory_format"),
+    ):
+        if value not in choices:
+            raise ConfigError(f"{where}: predict.{key} {value!r}; {did_you_mean(value, choices)}")
     bins = tuple(cfg.evaluation.volume_bins_mm3)
     if len(bins) < 3 or bins[0] != 0 or bins[1] != 10:
         raise ConfigError(

@@ -188,6 +188,8 @@ def train_and_predict(
         threshold=predict.threshold,
         sw_batch_size=predict.sw_batch_size,
         tta_flips=predict.tta_flips,
+        precision=predict.precision,  # type: ignore[arg-type]  # checked by the config
+        memory_format=predict.memory_format,  # type: ignore[arg-type]
         skip_existing=False,
     )
     pred_root = model_dir / "pred"

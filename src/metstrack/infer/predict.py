@@ -49,7 +49,7 @@ from metstrack.core.lesions import lesion_table
 from metstrack.core.mapping import load_transform
 from metstrack.core.spatial import resample_array
 from metstrack.errors import DatasetError, InvalidImageError
-from metstrack.infer.sliding import BlendMode, InferPrecision, predict_sequence
+from metstrack.infer.sliding import BlendMode, InferMemoryFormat, InferPrecision, predict_sequence
 from metstrack.io.nifti import check_same_grid, read_label, read_volume, write_volume
 from metstrack.models.base import SequenceModel
 from metstrack.preprocess.brain import BrainMethod, estimate_brain_mask
@@ -140,8 +140,13 @@ class PredictOptions:
             :data:`metstrack.preprocess.brain.BRAIN_METHODS`).
         crop_margin_mm: Margin kept around the brains' bounding box before the
             sliding window runs.
-        precision: Network arithmetic, ``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16
-            where the device computes it natively; :func:`metstrack.infer.sliding.resolve_precision`).
+        precision: Network arithmetic, ``"fp32"``, ``"bf16"`` or ``"auto"`` (the
+            default: bf16 where the device computes it natively;
+            :func:`metstrack.infer.sliding.resolve_precision`).
+        memory_format: The network's memory format, ``"ncdhw"``, ``"channels-last"``
+            or ``"auto"`` (the default: the faster one measured;
+            :func:`metstrack.infer.sliding.resolve_memory_format`). ``precision="fp32",
+            memory_format="ncdhw"`` is the reference path, the network exactly as trained.
         memory: ``True`` (the model) carries the memory from study to study. ``False``
             segments every study as a sequence of one, with the same crop, normalisation
             and windows: an ablation that shows what the memory contributes (the first
@@ -158,7 +163,8 @@ class PredictOptions:
     skip_existing: bool = True
     brain_method: BrainMethod = "auto"
     crop_margin_mm: float = 8.0
-    precision: InferPrecision = "fp32"
+    precision: InferPrecision = "auto"
+    memory_format: InferMemoryFormat = "auto"
     memory: bool = True
 
 
@@ -338,6 +344,7 @@ def predict_patient(
         "sw_batch_size": options.sw_batch_size,
         "tta_flips": options.tta_flips,
         "precision": options.precision,
+        "memory_format": options.memory_format,
     }
     images = torch.from_numpy(x)
     if options.memory:

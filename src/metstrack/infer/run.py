@@ -47,7 +47,14 @@ from metstrack.infer.resume import (
     run_fingerprint,
     saved_fingerprint,
 )
-from metstrack.infer.sliding import PRECISIONS, InferPrecision, resolve_precision
+from metstrack.infer.sliding import (
+    MEMORY_FORMATS,
+    PRECISIONS,
+    InferMemoryFormat,
+    InferPrecision,
+    resolve_memory_format,
+    resolve_precision,
+)
 from metstrack.io.checkpoint import (
     MIN_VOLUME_KEY,
     THRESHOLD_KEY,
@@ -96,8 +103,11 @@ class PredictRequest:
             checkpoint's training spacing.
         native: Write masks on each study's native grid (when the input was preprocessed).
         overwrite: Replace an output folder that holds another run.
-        precision: Network arithmetic: ``fp32``, ``bf16`` or ``auto`` (bf16 where the
-            device computes it natively); recorded resolved.
+        precision: Network arithmetic: ``fp32``, ``bf16`` or ``auto`` (the default:
+            bf16 where the device computes it natively); recorded resolved.
+        memory_format: The network's memory format: ``ncdhw``, ``channels-last`` or
+            ``auto`` (the default: the faster one measured; see
+            :func:`metstrack.infer.sliding.resolve_memory_format`); recorded resolved.
     """
 
     checkpoint: Path
@@ -118,13 +128,15 @@ class PredictRequest:
     spacing_mm: float | None = None
     native: bool = True
     overwrite: bool = False
-    precision: InferPrecision = "fp32"
+    precision: InferPrecision = "auto"
+    memory_format: InferMemoryFormat = "auto"
 
     def __post_init__(self) -> None:
         for value, choices, name in (
             (self.preprocess, PREPROCESS_CHOICES, "preprocess"),
             (self.brain_method, BRAIN_METHODS, "brain_method"),
             (self.precision, PRECISIONS, "precision"),
+            (self.memory_format, MEMORY_FORMATS, "memory_format"),
         ):
             if value not in choices:
                 raise ConfigError(f"{name} {value!r}; {did_you_mean(value, choices)}")
@@ -150,6 +162,7 @@ class PredictRun:
     spacing_mm: float = 1.0
     min_volume_mm3: float = 0.0
     precision: str = "fp32"
+    memory_format: str = "ncdhw"
 
 
 @dataclass(frozen=True)
@@ -309,6 +322,7 @@ def predict_dataset(
     precision = resolve_precision(req.precision, dev)  # recorded resolved: it changes outputs
     digest = file_sha256(req.checkpoint)
     model, cfg = worker_model(req.checkpoint, digest, str(dev))
+    memory_format = resolve_memory_format(req.memory_format, model, precision, dev)  # recorded too
     spacing_mm = (
         req.spacing_mm if req.spacing_mm is not None else training_spacing_mm(req.checkpoint)
     )
@@ -348,6 +362,7 @@ def predict_dataset(
         min_volume_mm3=min_volume,
         sw_batch_size=req.sw_batch_size,
         precision=precision,
+        memory_format=memory_format,
     )
     run = PredictRun(
         checkpoint=str(req.checkpoint),
@@ -366,6 +381,7 @@ def predict_dataset(
         spacing_mm=spacing_mm,
         min_volume_mm3=min_volume,
         precision=precision,
+        memory_format=memory_format,
     )
     # Everything that changes a study's outputs; device and batch size do not. The
     # dataset is not part of it: a study is its StudyID, so a follow-up added to
@@ -383,6 +399,7 @@ def predict_dataset(
             "min_volume_mm3": min_volume,
             # fp32 runs keep the fingerprint they had before the option existed
             **({"precision": precision} if precision != "fp32" else {}),
+            **({"memory_format": memory_format} if memory_format != "ncdhw" else {}),
         },
     )
     prepare_prediction_root(req.out, fingerprint, overwrite=req.overwrite)
