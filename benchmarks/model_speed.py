@@ -38,6 +38,12 @@ quoting numbers). Compare rows of one run only: they ran under the same load.
    (``--sw-batch-size 1``) and with each fast setting; per-study Dice of the masks
    and the largest probability difference.
 
+4. **GPU** (``--gpu``): where PyTorch sees a CUDA device, studies per second
+   and peak GPU memory (``torch.cuda.max_memory_allocated``) of the published
+   full-size STT's sequence inference in fp32, bf16 and fp16 (96^3 windows,
+   overlap 0.5), and of the whole-volume forward in fp32. Without a GPU it says
+   so and prints no figure.
+
 ``--profile`` prints torch.profiler's operator table for one 96^3 window in fp32
 and bf16; ``--training`` adds the training-step comparison of STT and its
 no-memory ablation.
@@ -281,6 +287,45 @@ def demo_dice(prep: str, threads: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def gpu_table(size: int, studies: int) -> None:
+    """Studies per second and peak GPU memory of the full-size STT (only where CUDA is)."""
+    import torch
+
+    from metstrack.infer.sliding import predict_sequence
+
+    print(f"\n4. GPU: full-size STT (random weights), {studies} studies x 4 x {size}^3:")
+    if not torch.cuda.is_available():
+        print("no CUDA device on this machine: no GPU figure (none measured, none estimated)")
+        return
+    from metstrack.models.config import ModelConfig
+    from metstrack.models.registry import build_model
+
+    dev = torch.device("cuda")
+    print(f"device: {torch.cuda.get_device_name(dev)}")
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(name="stt", roi_size=(96, 96, 96))).eval().to(dev)
+    x = torch.randn(studies, 4, size, size, size, generator=torch.Generator().manual_seed(0))
+    print(f"{'run':<22} {'wall s':>8} {'studies/s':>10} {'peak GPU GiB':>13}")
+    for name, roi, precision in (
+        ("sliding fp32", (96,) * 3, "fp32"),
+        ("sliding bf16", (96,) * 3, "bf16"),
+        ("sliding fp16", (96,) * 3, "fp16"),
+        ("whole-volume fp32", None, "fp32"),
+    ):
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            print(f"{name:<22} (this GPU has no bf16)")
+            continue
+        predict_sequence(net, x[:1, :, :96, :96, :96], roi_size=None, precision=precision)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+        w0 = time.perf_counter()
+        predict_sequence(net, x, roi_size=roi, precision=precision, sw_batch_size=2)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - w0
+        peak = torch.cuda.max_memory_allocated(dev) / GIB
+        print(f"{name:<22} {wall:>8.2f} {studies / wall:>10.2f} {peak:>13.2f}", flush=True)
+
+
 def profile_window(threads: int) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -320,6 +365,7 @@ def main() -> None:
     ap.add_argument("--real", default=str(REAL_CASE) if REAL_CASE.is_dir() else "")
     ap.add_argument("--demo", default="", help="preprocessed demo cohort, or 'synth'")
     ap.add_argument("--profile", action="store_true", help="torch.profiler of one window")
+    ap.add_argument("--gpu", action="store_true", help="GPU figures (where CUDA is)")
     ap.add_argument("--training", action="store_true", help="training-step comparison")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -338,7 +384,7 @@ def main() -> None:
     load = os.getloadavg()
     print(
         f"metstrack model speed: CPU, torch {torch.__version__}, {os.cpu_count()} cores, "
-        f"load average {load[0]:.1f} at start (other jobs share the cores); no GPU measured"
+        f"load average {load[0]:.1f} at start (other jobs share the cores)"
     )
     if args.profile:
         profile_window(args.threads)
@@ -348,6 +394,8 @@ def main() -> None:
         real_case(Path(args.real))
     if args.demo:
         demo_dice(args.demo, args.threads)
+    if args.gpu:
+        gpu_table(size, studies)
     if args.training:
         from model_speed_training import training_table  # noqa: PLC0415
 

@@ -329,6 +329,18 @@ def test_unknown_regime_is_refused_with_a_suggestion():
         load_benchmark_config(TINY, ["froc.other_targets=[-1.0]"])
     with pytest.raises(ConfigError, match="froc.min_iou"):
         load_benchmark_config(TINY, ["froc.min_iou=2"])
+    with pytest.raises(ConfigError, match="predict.precision 'bf61'.*did you mean 'bf16'"):
+        load_benchmark_config(TINY, ["predict.precision='bf61'"])
+    with pytest.raises(ConfigError, match="predict.memory_format"):
+        load_benchmark_config(TINY, ["predict.memory_format='nchw'"])
+
+
+def test_the_benchmark_predicts_on_the_reference_path_unless_told():
+    """Networks are compared in fp32 as trained, the same on every CPU (docs/speed.md)."""
+    cfg = load_benchmark_config(TINY)
+    assert (cfg.predict.precision, cfg.predict.memory_format) == ("fp32", "ncdhw")
+    fast = load_benchmark_config(TINY, ["predict.precision='auto'"])
+    assert fast.predict.precision == "auto"
 
 
 def test_side_by_side_processes_generate_the_cohort_once(tmp_path, monkeypatch):

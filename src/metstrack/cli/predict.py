@@ -114,8 +114,9 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         help="Network arithmetic: auto (bf16 where the device computes it natively, "
-        "else fp32), fp32 (the reference), or bf16 (about 2x faster on CPUs with native "
-        "bf16; masks agree with fp32 within the tolerance in docs/speed.md).",
+        "else fp32), fp32 (the reference), bf16 (about 2x faster on CPUs with native "
+        "bf16; masks agree with fp32 within the tolerance in docs/speed.md), or fp16 "
+        "(for GPUs without bf16).",
     ),
 ]
 MemoryFormatOpt = Annotated[

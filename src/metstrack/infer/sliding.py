@@ -56,10 +56,18 @@ from metstrack.models.base import InputShapeError, SequenceModel
 
 log = logging.getLogger(__name__)
 
-#: Arithmetic the network runs in: ``"fp32"``, ``"bf16"``, or ``"auto"`` (bf16
-#: where the device computes it natively, else fp32; see :func:`resolve_precision`).
-InferPrecision = Literal["auto", "fp32", "bf16"]
+#: Arithmetic the network runs in: ``"fp32"``, ``"bf16"``, ``"fp16"``, or ``"auto"``
+#: (bf16 where the device computes it natively, else fp32; see :func:`resolve_precision`).
+#: ``"auto"`` never picks fp16: its range (max 65504) is narrower than the activations
+#: of a network trained in float32 may need; it is there for GPUs without bf16.
+InferPrecision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(InferPrecision)
+#: torch dtype of each resolved precision.
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 #: Memory format of the network at inference: ``"ncdhw"`` (as trained),
 #: ``"channels-last"`` (:func:`inference_network`), or ``"auto"`` (:func:`resolve_memory_format`).
 InferMemoryFormat = Literal["auto", "ncdhw", "channels-last"]
@@ -88,7 +96,7 @@ def bf16_native(device: torch.device | str = "cpu") -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``"fp32"`` or ``"bf16"`` for a requested precision (``"auto"`` resolved on ``device``).
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for a requested precision (``"auto"`` resolved).
 
     Raises:
         ValueError: ``precision`` is not one of :data:`PRECISIONS` (with a suggestion).
@@ -158,7 +166,7 @@ def inference_network(
 
     Args:
         model: A network (not changed).
-        dtype: ``torch.float32`` or ``torch.bfloat16``.
+        dtype: ``torch.float32``, ``torch.bfloat16`` or ``torch.float16``.
         memory_format: ``"ncdhw"`` or ``"channels-last"`` (resolved; see
             :func:`resolve_memory_format`).
 
@@ -247,8 +255,8 @@ def predict_sequence(
             previous study's prediction (foreground probability >= ``prior_threshold``)
             feeds the next study, and the first study gets zeros.
         prior_threshold: Threshold turning the previous prediction into a mask.
-        precision: ``"fp32"`` (the reference), ``"bf16"`` (a bfloat16 copy of the
-            network; the given model is not changed) or ``"auto"``
+        precision: ``"fp32"`` (the reference), ``"bf16"`` or ``"fp16"`` (a copy of the
+            network in that type; the given model is not changed) or ``"auto"``
             (:func:`resolve_precision`).
         memory_format: ``"ncdhw"`` (the network as trained), ``"channels-last"``
             (:func:`inference_network`) or ``"auto"`` (:func:`resolve_memory_format`).
@@ -294,7 +302,7 @@ def predict_sequence(
     except StopIteration:
         device = torch.device("cpu")
     resolved = resolve_precision(precision, device)
-    dtype = torch.bfloat16 if resolved == "bf16" else torch.float32
+    dtype = DTYPES[resolved]
     fmt = resolve_memory_format(memory_format, model, resolved, device)
     net = inference_network(model, dtype, fmt)
     torch_format = torch.channels_last_3d if fmt == "channels-last" else torch.contiguous_format
