@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from metstrack.errors import ConfigError
 from metstrack.infer.sliding import predict_sequence
 from metstrack.io.checkpoint import load_checkpoint
 from metstrack.train import module as module_mod
@@ -183,3 +185,44 @@ def test_early_stopping_with_step_interval_validation(tiny_cohort, tmp_path):
     assert result.stopped_by == "early_stopping"
     assert result.global_step == 2 and len(result.history) == 2
     assert [h["step"] for h in result.history] == [1.0, 2.0]
+
+
+PUBLISHED_GPU = Path(__file__).resolve().parents[2] / "configs" / "stt_published_gpu.toml"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present: nothing to refuse")
+def test_a_gpu_config_on_a_machine_without_gpu_is_refused_before_any_work(tiny_cohort, tmp_path):
+    cfg = load_train_config(PUBLISHED_GPU)
+    with pytest.raises(ConfigError, match="accelerator = 'gpu'.*sees no CUDA GPU"):
+        train(cfg, tiny_cohort.root, tmp_path / "run", cohort=tiny_cohort)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_published_gpu_config_trains_the_published_network_on_cpu_settings(
+    tiny_cohort, tmp_path
+):
+    """The GPU config as written, with only the machine, patch and length made CPU-sized.
+
+    It builds the published STT (features 32, 32, 64, 128, 256, 32) and its loss,
+    schedule, clipping and validation run for two steps; the full-size run itself
+    needs a GPU (docs/training.md).
+    """
+    cfg = load_train_config(
+        PUBLISHED_GPU,
+        [
+            "trainer.accelerator=cpu",
+            "trainer.precision=32-true",
+            "trainer.max_steps=2",
+            "trainer.max_epochs=-1",
+            "trainer.progress_bar=false",
+            "model.roi_size=[32,32,32]",
+            "data.max_studies=2",
+            "data.num_workers=0",
+            "validation.every_n_epochs=1",
+        ],
+    )
+    assert cfg.model.scaled_features == (32, 32, 64, 128, 256, 32)
+    result = train(cfg, tiny_cohort.root, tmp_path / "run", cohort=tiny_cohort)
+    net, saved = load_checkpoint(result.last_ckpt)
+    assert saved.scaled_features == (32, 32, 64, 128, 256, 32)
+    assert sum(p.numel() for p in net.parameters()) > 5_000_000

@@ -260,6 +260,30 @@ def _best_checkpoint(
     return best
 
 
+def check_accelerator(cfg: TrainConfig) -> None:
+    """Refuse, in one line and before any work, a GPU accelerator on a machine without one.
+
+    Raises:
+        ConfigError: ``trainer.accelerator = "gpu"`` and PyTorch sees no CUDA device
+            (a CPU build of torch, or no GPU), or fewer GPUs than ``trainer.devices``.
+    """
+    t = cfg.trainer
+    if t.accelerator != "gpu":
+        return
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found == 0:
+        build = "a CPU build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"trainer.accelerator = 'gpu', but PyTorch ({torch.__version__}, {build}) sees no "
+            "CUDA GPU on this machine; train on a GPU machine, or pass --accelerator cpu "
+            "(or auto)"
+        )
+    if isinstance(t.devices, int) and t.devices > found:
+        raise ConfigError(
+            f"trainer.devices = {t.devices}, but PyTorch sees {found} CUDA GPU(s) on this machine"
+        )
+
+
 def train(
     cfg: TrainConfig,
     data_dir: str | Path,
@@ -300,6 +324,7 @@ def train(
     """
     start = dt.datetime.now()
     check_train_config(cfg)
+    check_accelerator(cfg)
     data_dir = Path(data_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
