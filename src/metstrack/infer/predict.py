@@ -140,7 +140,7 @@ class PredictOptions:
             :data:`metstrack.preprocess.brain.BRAIN_METHODS`).
         crop_margin_mm: Margin kept around the brains' bounding box before the
             sliding window runs.
-        precision: Network arithmetic, ``"fp32"``, ``"bf16"`` or ``"auto"`` (the
+        precision: Network arithmetic, ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (the
             default: bf16 where the device computes it natively;
             :func:`metstrack.infer.sliding.resolve_precision`).
         memory_format: The network's memory format, ``"ncdhw"``, ``"channels-last"``

@@ -103,7 +103,7 @@ class PredictRequest:
             checkpoint's training spacing.
         native: Write masks on each study's native grid (when the input was preprocessed).
         overwrite: Replace an output folder that holds another run.
-        precision: Network arithmetic: ``fp32``, ``bf16`` or ``auto`` (the default:
+        precision: Network arithmetic: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (the default:
             bf16 where the device computes it natively); recorded resolved.
         memory_format: The network's memory format: ``ncdhw``, ``channels-last`` or
             ``auto`` (the default: the faster one measured; see
